@@ -1,0 +1,148 @@
+//! Raft's RPC messages, with the fields of hashicorp/raft's `commands.go`.
+//!
+//! Every message derives serde; the wire codec encodes them with postcard. Payload bytes are
+//! [`bytes::Bytes`], so entries can be shared without copying.
+
+mod append;
+mod header;
+mod ids;
+mod log;
+mod snapshot;
+mod timeout_now;
+mod vote;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use append::{AppendEntriesRequest, AppendEntriesResponse};
+pub use header::{PROTOCOL_VERSION, RpcHeader};
+pub use ids::{ServerAddress, ServerId};
+pub use log::{Log, LogType};
+pub use snapshot::{InstallSnapshotRequest, InstallSnapshotResponse};
+pub use timeout_now::{TimeoutNowRequest, TimeoutNowResponse};
+pub use vote::{
+    RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse,
+};
+
+/// The kinds of RPC, for errors, logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RpcKind {
+    /// [`AppendEntriesRequest`].
+    AppendEntries,
+    /// [`RequestVoteRequest`].
+    RequestVote,
+    /// [`RequestPreVoteRequest`].
+    RequestPreVote,
+    /// [`InstallSnapshotRequest`].
+    InstallSnapshot,
+    /// [`TimeoutNowRequest`].
+    TimeoutNow,
+}
+
+impl fmt::Display for RpcKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::AppendEntries => "AppendEntries",
+            Self::RequestVote => "RequestVote",
+            Self::RequestPreVote => "RequestPreVote",
+            Self::InstallSnapshot => "InstallSnapshot",
+            Self::TimeoutNow => "TimeoutNow",
+        })
+    }
+}
+
+/// An incoming request, as a consumer sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Command {
+    /// Log replication or a heartbeat.
+    AppendEntries(AppendEntriesRequest),
+    /// An election vote request.
+    RequestVote(RequestVoteRequest),
+    /// A pre-vote request.
+    RequestPreVote(RequestPreVoteRequest),
+    /// A snapshot offer; its data comes through the RPC's snapshot reader.
+    InstallSnapshot(InstallSnapshotRequest),
+    /// A leadership-transfer order.
+    TimeoutNow(TimeoutNowRequest),
+}
+
+/// The answer to a [`Command`], of the matching kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Response {
+    /// Answers [`Command::AppendEntries`].
+    AppendEntries(AppendEntriesResponse),
+    /// Answers [`Command::RequestVote`].
+    RequestVote(RequestVoteResponse),
+    /// Answers [`Command::RequestPreVote`].
+    RequestPreVote(RequestPreVoteResponse),
+    /// Answers [`Command::InstallSnapshot`].
+    InstallSnapshot(InstallSnapshotResponse),
+    /// Answers [`Command::TimeoutNow`].
+    TimeoutNow(TimeoutNowResponse),
+}
+
+macro_rules! message_kinds {
+    ($($kind:ident: $request:ty => $response:ty),* $(,)?) => {
+        impl Command {
+            /// Which RPC this is.
+            pub fn kind(&self) -> RpcKind {
+                match self { $(Self::$kind(_) => RpcKind::$kind,)* }
+            }
+
+            /// The sender's header.
+            pub fn header(&self) -> &RpcHeader {
+                match self { $(Self::$kind(m) => &m.header,)* }
+            }
+        }
+
+        impl Response {
+            /// Which RPC this answers.
+            pub fn kind(&self) -> RpcKind {
+                match self { $(Self::$kind(_) => RpcKind::$kind,)* }
+            }
+
+            /// The responder's header.
+            pub fn header(&self) -> &RpcHeader {
+                match self { $(Self::$kind(m) => &m.header,)* }
+            }
+        }
+
+        $(
+            impl From<$request> for Command {
+                fn from(request: $request) -> Self {
+                    Self::$kind(request)
+                }
+            }
+
+            impl From<$response> for Response {
+                fn from(response: $response) -> Self {
+                    Self::$kind(response)
+                }
+            }
+
+            impl TryFrom<Response> for $response {
+                type Error = Response;
+
+                /// Unwraps the response, or gives it back when it is of another kind.
+                fn try_from(response: Response) -> Result<Self, Response> {
+                    match response {
+                        Response::$kind(inner) => Ok(inner),
+                        other => Err(other),
+                    }
+                }
+            }
+        )*
+    };
+}
+
+message_kinds! {
+    AppendEntries: AppendEntriesRequest => AppendEntriesResponse,
+    RequestVote: RequestVoteRequest => RequestVoteResponse,
+    RequestPreVote: RequestPreVoteRequest => RequestPreVoteResponse,
+    InstallSnapshot: InstallSnapshotRequest => InstallSnapshotResponse,
+    TimeoutNow: TimeoutNowRequest => TimeoutNowResponse,
+}

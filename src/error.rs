@@ -1,0 +1,144 @@
+//! The errors a [`Transport`](crate::Transport) returns to a Raft engine.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{RpcKind, ServerAddress};
+
+/// Why an RPC failed, typed so an engine can choose: back off ([`Error::Unreachable`]), retry
+/// ([`Error::ConnectionLost`], [`Error::Timeout`]), or give up ([`Error::Shutdown`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// This transport was closed; no further RPC will be sent or received.
+    #[error("transport is shut down")]
+    Shutdown,
+    /// The pipeline was closed, by its owner or because it failed earlier.
+    #[error("append pipeline is closed")]
+    PipelineClosed,
+    /// Pipelining is turned off (`max_in_flight` of 1); send appends one at a time.
+    #[error("pipeline replication is not supported (max in flight is 1)")]
+    PipelineNotSupported,
+    /// The peer could not be reached at all: back off before trying again.
+    #[error("peer {peer} is unreachable: {reason}")]
+    Unreachable {
+        /// The address that was tried.
+        peer: ServerAddress,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The connection failed while the RPC was under way; a new attempt may succeed at once.
+    #[error("connection to {peer} was lost: {reason}")]
+    ConnectionLost {
+        /// The peer's address.
+        peer: ServerAddress,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No answer came in time.
+    #[error("{rpc} timed out after {after:?}")]
+    Timeout {
+        /// The RPC that timed out.
+        rpc: RpcKind,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The peer's handler answered with an error.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// A certificate or identity check failed, on either side of the connection.
+    #[error("authentication failed: {0}")]
+    Authentication(String),
+    /// The peer sent something the protocol does not allow.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// A snapshot's data did not match its declared size.
+    #[error("snapshot data has {actual} bytes but the request declared {declared}")]
+    SnapshotSizeMismatch {
+        /// `InstallSnapshotRequest::size`.
+        declared: u64,
+        /// How many bytes the source gave before it ended.
+        actual: u64,
+    },
+    /// The configuration given to the transport is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A local I/O error, such as reading the snapshot source.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// True for errors after which the caller should back off before calling this peer again.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
+}
+
+/// A code that classifies a [`RemoteError`]. Any `u32` may be sent; the constants are the
+/// codes quicraft itself uses.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ErrorCode(pub u32);
+
+impl ErrorCode {
+    /// The receiving handler rejected the request (the usual code for an engine's error).
+    pub const HANDLER: Self = Self(1);
+    /// The receiver dropped the RPC without answering it.
+    pub const NO_RESPONSE: Self = Self(2);
+    /// The receiver is shutting down or cannot take more work.
+    pub const UNAVAILABLE: Self = Self(3);
+    /// The receiver's handler answered with a response of the wrong kind.
+    pub const WRONG_RESPONSE: Self = Self(4);
+    /// The request's header does not name the identity the sender proved.
+    pub const IDENTITY_MISMATCH: Self = Self(5);
+    /// The request broke the protocol (unknown kind, oversize, malformed).
+    pub const BAD_REQUEST: Self = Self(6);
+}
+
+impl fmt::Debug for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match *self {
+            Self::HANDLER => "HANDLER",
+            Self::NO_RESPONSE => "NO_RESPONSE",
+            Self::UNAVAILABLE => "UNAVAILABLE",
+            Self::WRONG_RESPONSE => "WRONG_RESPONSE",
+            Self::IDENTITY_MISMATCH => "IDENTITY_MISMATCH",
+            Self::BAD_REQUEST => "BAD_REQUEST",
+            _ => return write!(f, "ErrorCode({})", self.0),
+        };
+        f.write_str(name)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// An error answered by the peer instead of a response: a code and a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("remote error {code}: {message}")]
+pub struct RemoteError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// Human-readable detail from the peer.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A handler's rejection ([`ErrorCode::HANDLER`]).
+    pub fn handler(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::HANDLER, message)
+    }
+}

@@ -1,0 +1,460 @@
+//! The in-memory transport, for testing Raft engines without a network.
+//!
+//! Nodes are joined with [`InmemTransport::connect`]; [`Faults`] on a link emulate
+//! partitions, black holes and latency deterministically (it works under paused tokio time).
+
+mod config;
+mod pipeline;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use tokio::io::AsyncRead;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Faults, InmemConfig};
+
+use crate::command::{
+    AppendEntriesRequest, AppendEntriesResponse, Command, InstallSnapshotRequest,
+    InstallSnapshotResponse, RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest,
+    RequestVoteResponse, Response, RpcKind, ServerAddress, ServerId, TimeoutNowRequest,
+    TimeoutNowResponse,
+};
+use crate::error::{Error, ErrorCode, RemoteError};
+use crate::transport::{
+    AddressResolver, AppendPipeline, HeartbeatHandler, Incoming, Responder, Rpc, RpcResult,
+    SnapshotReader, Transport, copy_exact, decode_peer, snapshot_timeout,
+};
+
+/// A [`Transport`] between nodes in one process (hashicorp/raft's `InmemTransport`).
+///
+/// Cheap to clone: clones are handles to one node.
+#[derive(Clone, Debug)]
+pub struct InmemTransport {
+    node: Arc<Node>,
+}
+
+struct Node {
+    addr: ServerAddress,
+    config: InmemConfig,
+    resolver: AddressResolver,
+    consumer: Mutex<Option<mpsc::Sender<Rpc>>>,
+    heartbeat: RwLock<Option<HeartbeatHandler>>,
+    links: Mutex<HashMap<ServerAddress, Link>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A one-way link to a peer. Weak, so two nodes linked both ways do not keep each other alive.
+#[derive(Clone)]
+struct Link {
+    peer: Weak<Node>,
+    faults: Faults,
+    /// Cancelled when the link is cut, failing what is under way on it.
+    cut: CancellationToken,
+}
+
+/// The peer a call reached, with what is needed to wait for its answer.
+struct Route {
+    peer: Arc<Node>,
+    target: ServerAddress,
+    faults: Faults,
+    cut: CancellationToken,
+}
+
+impl InmemTransport {
+    /// A node at `addr` with the default [`InmemConfig`], and its consumer.
+    pub fn new(addr: impl Into<ServerAddress>) -> (Self, Incoming) {
+        Self::with_config(addr, InmemConfig::default())
+    }
+
+    /// A node at `addr` with `config`, and its consumer.
+    pub fn with_config(addr: impl Into<ServerAddress>, config: InmemConfig) -> (Self, Incoming) {
+        let (tx, incoming) = Incoming::channel(config.consumer_capacity);
+        let node = Node {
+            addr: addr.into(),
+            resolver: AddressResolver::new(config.address_provider.clone()),
+            config,
+            consumer: Mutex::new(Some(tx)),
+            heartbeat: RwLock::new(None),
+            links: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+        };
+        (
+            Self {
+                node: Arc::new(node),
+            },
+            incoming,
+        )
+    }
+
+    /// Lets this node reach `peer` at the peer's address (one direction; connect both ways
+    /// for a two-way link). Replaces an earlier link and clears its faults.
+    pub fn connect(&self, peer: &InmemTransport) {
+        let link = Link {
+            peer: Arc::downgrade(&peer.node),
+            faults: Faults::none(),
+            cut: CancellationToken::new(),
+        };
+        if let Some(old) = self.node.links().insert(peer.node.addr.clone(), link) {
+            old.cut.cancel();
+        }
+    }
+
+    /// Cuts the link to the peer at `addr`: what is under way on it fails, and later calls
+    /// are unreachable until [`connect`](Self::connect).
+    pub fn disconnect(&self, addr: &ServerAddress) {
+        if let Some(link) = self.node.links().remove(addr) {
+            link.cut.cancel();
+        }
+    }
+
+    /// Cuts every link of this node.
+    pub fn disconnect_all(&self) {
+        for (_, link) in self.node.links().drain() {
+            link.cut.cancel();
+        }
+    }
+
+    /// Sets the faults on the link to the peer at `addr`; false when there is no such link.
+    pub fn set_faults(&self, addr: &ServerAddress, faults: Faults) -> bool {
+        match self.node.links().get_mut(addr) {
+            Some(link) => {
+                link.faults = faults;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn route(&self, id: &ServerId, target: &ServerAddress) -> Result<Route, Error> {
+        let node = &self.node;
+        if node.shutdown.is_cancelled() {
+            return Err(Error::Shutdown);
+        }
+        let target = node.resolver.resolve(id, target);
+        let unreachable = |reason: &str| Error::Unreachable {
+            peer: target.clone(),
+            reason: reason.to_owned(),
+        };
+        let link = node
+            .links()
+            .get(&target)
+            .cloned()
+            .ok_or_else(|| unreachable("not connected"))?;
+        if link.faults.unreachable {
+            return Err(unreachable("injected fault: unreachable"));
+        }
+        let peer = link
+            .peer
+            .upgrade()
+            .ok_or_else(|| unreachable("peer is gone"))?;
+        if peer.shutdown.is_cancelled() {
+            return Err(unreachable("peer is shut down"));
+        }
+        Ok(Route {
+            peer,
+            target,
+            faults: link.faults,
+            cut: link.cut,
+        })
+    }
+
+    /// Delivers `command` over `route` and returns the receiver of its answer.
+    async fn deliver(
+        &self,
+        route: &Route,
+        command: Command,
+        snapshot: Option<SnapshotReader>,
+        timeout: Duration,
+    ) -> Result<oneshot::Receiver<RpcResult>, Error> {
+        let kind = command.kind();
+        let (responder, rx) = Responder::new(kind);
+        if route.faults.drop_requests {
+            // A black hole: the request is lost, so the caller waits out its timeout.
+            drop(responder);
+            self.wait_or_fail(route, tokio::time::sleep(timeout))
+                .await?;
+            return Err(Error::Timeout {
+                rpc: kind,
+                after: timeout,
+            });
+        }
+        if !route.faults.delay.is_zero() {
+            self.wait_or_fail(route, tokio::time::sleep(route.faults.delay))
+                .await?;
+        }
+        let rpc = Rpc::new(command, snapshot, responder);
+        let rpc = match route.peer.heartbeat_fast_path(rpc) {
+            None => return Ok(rx),
+            Some(rpc) => rpc,
+        };
+        let consumer = route
+            .peer
+            .consumer_sender()
+            .ok_or_else(|| route.lost("peer is shut down"))?;
+        match self
+            .wait_or_fail(route, tokio::time::timeout(timeout, consumer.send(rpc)))
+            .await?
+        {
+            Ok(Ok(())) => Ok(rx),
+            Ok(Err(_)) => Err(route.lost("peer is shut down")),
+            Err(_) => Err(Error::Timeout {
+                rpc: kind,
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Runs `fut` unless this node shuts down or the route fails first.
+    async fn wait_or_fail<F: Future>(&self, route: &Route, fut: F) -> Result<F::Output, Error> {
+        tokio::select! {
+            biased;
+            _ = self.node.shutdown.cancelled() => Err(Error::Shutdown),
+            _ = route.cut.cancelled() => Err(route.lost("disconnected")),
+            _ = route.peer.shutdown.cancelled() => Err(route.lost("peer shut down")),
+            out = fut => Ok(out),
+        }
+    }
+
+    /// One request and its answer, with `timeout` for each half.
+    async fn call(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        command: Command,
+    ) -> Result<Response, Error> {
+        let timeout = self.node.config.timeout;
+        let kind = command.kind();
+        let route = self.route(id, target)?;
+        let rx = self.deliver(&route, command, None, timeout).await?;
+        let answer = self
+            .wait_or_fail(&route, tokio::time::timeout(timeout, rx))
+            .await?;
+        match answer {
+            Ok(answer) => route.answer(answer, kind),
+            Err(_) => Err(Error::Timeout {
+                rpc: kind,
+                after: timeout,
+            }),
+        }
+    }
+
+    fn new_pipeline(&self, id: &ServerId, target: &ServerAddress) -> Result<AppendPipeline, Error> {
+        let node = &self.node;
+        if node.config.max_in_flight < 2 {
+            return Err(Error::PipelineNotSupported);
+        }
+        let route = self.route(id, target)?;
+        let sink = pipeline::InmemSink::new(self.clone(), route);
+        AppendPipeline::new(
+            sink,
+            node.config.max_in_flight,
+            node.config.timeout,
+            &node.shutdown,
+        )
+    }
+}
+
+impl Route {
+    fn lost(&self, reason: &str) -> Error {
+        Error::ConnectionLost {
+            peer: self.target.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// Turns what came back on a responder's channel into the caller's result.
+    fn answer(
+        &self,
+        answer: Result<RpcResult, oneshot::error::RecvError>,
+        kind: RpcKind,
+    ) -> Result<Response, Error> {
+        match answer {
+            Ok(Ok(response)) if response.kind() == kind => Ok(response),
+            Ok(Ok(response)) => Err(Error::Protocol(format!(
+                "{kind} answered with a {} response",
+                response.kind()
+            ))),
+            Ok(Err(remote)) => Err(Error::Remote(remote)),
+            Err(_) if self.peer.shutdown.is_cancelled() => Err(self.lost("peer shut down")),
+            Err(_) => Err(Error::Remote(RemoteError::new(
+                ErrorCode::NO_RESPONSE,
+                "the RPC was dropped without an answer",
+            ))),
+        }
+    }
+}
+
+impl Node {
+    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<ServerAddress, Link>> {
+        // A panic while holding this lock cannot leave the map half-updated: every critical
+        // section is a single map operation. So a poisoned lock is safe to use.
+        self.links.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn consumer_sender(&self) -> Option<mpsc::Sender<Rpc>> {
+        self.consumer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Hands a heartbeat to the heartbeat handler, if there is one; gives the RPC back
+    /// otherwise.
+    fn heartbeat_fast_path(&self, rpc: Rpc) -> Option<Rpc> {
+        let is_heartbeat =
+            matches!(rpc.command(), Command::AppendEntries(req) if req.is_heartbeat());
+        if !is_heartbeat {
+            return Some(rpc);
+        }
+        let handler = self
+            .heartbeat
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match handler {
+            Some(handler) => {
+                handler(rpc);
+                None
+            }
+            None => Some(rpc),
+        }
+    }
+}
+
+macro_rules! unary_rpc {
+    ($name:ident, $request:ty, $response:ty) => {
+        async fn $name(
+            &self,
+            id: &ServerId,
+            target: &ServerAddress,
+            request: $request,
+        ) -> Result<$response, Error> {
+            let response = self.call(id, target, Command::from(request)).await?;
+            // `call` checked the kind, so the conversion cannot fail; keep the error path anyway.
+            <$response>::try_from(response)
+                .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
+        }
+    };
+}
+
+impl Transport for InmemTransport {
+    fn local_addr(&self) -> ServerAddress {
+        self.node.addr.clone()
+    }
+
+    unary_rpc!(append_entries, AppendEntriesRequest, AppendEntriesResponse);
+    unary_rpc!(request_vote, RequestVoteRequest, RequestVoteResponse);
+    unary_rpc!(
+        request_pre_vote,
+        RequestPreVoteRequest,
+        RequestPreVoteResponse
+    );
+    unary_rpc!(timeout_now, TimeoutNowRequest, TimeoutNowResponse);
+
+    async fn install_snapshot<R>(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        request: InstallSnapshotRequest,
+        mut data: R,
+    ) -> Result<InstallSnapshotResponse, Error>
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+    {
+        let size = request.size;
+        let timeout = snapshot_timeout(self.node.config.timeout, size);
+        let deadline = Instant::now() + timeout;
+        let route = self.route(id, target)?;
+        let (mut writer, reader) = tokio::io::duplex(self.node.config.snapshot_buffer);
+        let reader = SnapshotReader::new(reader, size);
+        let command = Command::InstallSnapshot(request);
+        let rx = self.deliver(&route, command, Some(reader), timeout).await?;
+
+        let streaming = async move { copy_exact(&mut data, size, &mut writer).await };
+        let answer = async {
+            tokio::pin!(streaming);
+            tokio::pin!(rx);
+            let mut streaming_done = false;
+            loop {
+                tokio::select! {
+                    copied = &mut streaming, if !streaming_done => {
+                        streaming_done = true;
+                        // The receiver stopping early is its choice; its answer says why.
+                        if let Err(e) = copied
+                            && let Some(e) = e.into_source_error(size)
+                        {
+                            return Err(e);
+                        }
+                    }
+                    answer = &mut rx => return Ok(answer),
+                }
+            }
+        };
+        let answer = self
+            .wait_or_fail(&route, tokio::time::timeout_at(deadline, answer))
+            .await?;
+        match answer {
+            Ok(Ok(answer)) => {
+                let response = route.answer(answer, RpcKind::InstallSnapshot)?;
+                InstallSnapshotResponse::try_from(response)
+                    .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout {
+                rpc: RpcKind::InstallSnapshot,
+                after: timeout,
+            }),
+        }
+    }
+
+    async fn append_entries_pipeline(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+    ) -> Result<AppendPipeline, Error> {
+        self.new_pipeline(id, target)
+    }
+
+    fn encode_peer(&self, id: &ServerId, addr: &ServerAddress) -> Vec<u8> {
+        self.node.resolver.encode_peer(id, addr)
+    }
+
+    fn decode_peer(&self, encoded: &[u8]) -> Result<ServerAddress, Error> {
+        decode_peer(encoded)
+    }
+
+    fn set_heartbeat_handler(&self, handler: Option<HeartbeatHandler>) {
+        *self
+            .node
+            .heartbeat
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = handler;
+    }
+
+    async fn close(&self) {
+        let node = &self.node;
+        node.shutdown.cancel();
+        // Dropping the sender ends the consumer once it has drained what is queued.
+        node.consumer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        node.heartbeat
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.disconnect_all();
+    }
+}

@@ -1,0 +1,817 @@
+//! The conformance suite: test bodies written once, run against every [`Transport`].
+//!
+//! An implementation provides a [`Harness`] and instantiates every test with
+//! `conformance_suite!(harness_expression)` inside a module named after it.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quicraft::{
+    AppendEntriesRequest, AppendEntriesResponse, Command, DEFAULT_MAX_IN_FLIGHT, Error, ErrorCode,
+    Incoming, InstallSnapshotRequest, InstallSnapshotResponse, Log, RemoteError,
+    RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse,
+    Response, Rpc, RpcHeader, ServerAddress, ServerAddressProvider, ServerId, TimeoutNowRequest,
+    TimeoutNowResponse, Transport,
+};
+use tokio::io::AsyncReadExt;
+
+/// Generous bound on any single wait, so a broken implementation fails instead of hanging.
+pub const GUARD: Duration = Duration::from_secs(20);
+
+/// What a test may ask of a new node.
+#[derive(Clone, Default)]
+pub struct NodeOptions {
+    /// Pipeline limit (0 = the implementation's default).
+    pub max_in_flight: usize,
+    /// Address provider consulted on every dial.
+    pub address_provider: Option<Arc<dyn ServerAddressProvider>>,
+}
+
+/// A node under test.
+pub struct TestNode<T> {
+    pub transport: T,
+    pub incoming: Incoming,
+    pub id: ServerId,
+    pub addr: ServerAddress,
+}
+
+impl<T: Transport> TestNode<T> {
+    pub fn header(&self) -> RpcHeader {
+        RpcHeader::new(self.id.clone(), self.addr.clone())
+    }
+}
+
+/// Makes nodes of one implementation.
+pub trait Harness: Send + Sync + 'static {
+    type T: Transport + Clone;
+
+    /// A new, started node.
+    fn node(&self, options: NodeOptions) -> impl Future<Output = TestNode<Self::T>> + Send;
+
+    /// Lets `from` reach `to` (a no-op where any node can dial any other).
+    fn link(&self, from: &TestNode<Self::T>, to: &TestNode<Self::T>);
+
+    /// The id and address of a peer that does not exist.
+    fn absent_peer(&self) -> impl Future<Output = (ServerId, ServerAddress)> + Send;
+}
+
+/// Two linked nodes: `a` sends, `b` answers.
+pub async fn pair<H: Harness>(h: &H, a: NodeOptions) -> (TestNode<H::T>, TestNode<H::T>) {
+    let a = h.node(a).await;
+    let b = h.node(NodeOptions::default()).await;
+    h.link(&a, &b);
+    h.link(&b, &a);
+    (a, b)
+}
+
+async fn guarded<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(GUARD, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what} did not finish within {GUARD:?}"),
+    }
+}
+
+/// Polls `fut` once and reports whether it is still waiting.
+async fn is_pending<F: Future + Unpin>(fut: &mut F) -> bool {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx).is_pending())).await
+}
+use std::pin::Pin;
+
+/// Answers one RPC: checks it equals `expected`, responds with `response`.
+async fn answer_one(incoming: &mut Incoming, expected: Command, response: Response) {
+    let rpc = guarded("receiving the RPC", incoming.recv())
+        .await
+        .expect("consumer ended");
+    assert_eq!(rpc.command(), &expected);
+    rpc.respond(Ok(response));
+}
+
+fn entries(n: u64, size: usize) -> Vec<Log> {
+    (1..=n)
+        .map(|i| Log::command(i, 3, Bytes::from(vec![i as u8; size])))
+        .collect()
+}
+
+fn append_request(from: &RpcHeader, seq: u64) -> AppendEntriesRequest {
+    AppendEntriesRequest {
+        header: from.clone(),
+        term: 3,
+        prev_log_entry: seq,
+        prev_log_term: 3,
+        entries: entries(2, 16),
+        leader_commit_index: seq,
+    }
+}
+
+fn append_response(from: &RpcHeader, last_log: u64) -> AppendEntriesResponse {
+    AppendEntriesResponse {
+        header: from.clone(),
+        term: 3,
+        last_log,
+        success: true,
+        no_retry_backoff: false,
+    }
+}
+
+/// Answers every AppendEntries with `last_log = prev_log_entry`, checking they arrive in
+/// order, until the consumer ends.
+fn spawn_append_echo(mut incoming: Incoming, header: RpcHeader) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut next = 0u64;
+        while let Some(rpc) = incoming.recv().await {
+            let Command::AppendEntries(req) = rpc.command() else {
+                panic!("not an append")
+            };
+            assert_eq!(
+                req.prev_log_entry, next,
+                "appends reached the follower out of order"
+            );
+            next += 1;
+            let last = req.prev_log_entry;
+            rpc.respond(Ok(append_response(&header, last).into()));
+        }
+        next
+    })
+}
+
+fn snapshot_request(from: &RpcHeader, size: u64) -> InstallSnapshotRequest {
+    InstallSnapshotRequest {
+        header: from.clone(),
+        snapshot_version: 1,
+        term: 7,
+        last_log_index: 100,
+        last_log_term: 6,
+        configuration: Bytes::from_static(b"n1,n2,n3"),
+        configuration_index: 90,
+        size,
+    }
+}
+
+fn snapshot_bytes(size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i.wrapping_mul(31) % 251) as u8)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub async fn start_stop<H: Harness>(h: &H) {
+    let mut node = h.node(NodeOptions::default()).await;
+    assert!(!node.transport.local_addr().is_empty());
+    assert_eq!(node.transport.local_addr(), node.addr);
+    guarded("close", node.transport.close()).await;
+    guarded("second close", node.transport.close()).await;
+    assert!(
+        guarded("consumer end", node.incoming.recv())
+            .await
+            .is_none()
+    );
+}
+
+pub async fn append_entries_round_trip<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, NodeOptions::default()).await;
+    let request = append_request(&a.header(), 10);
+    let response = append_response(&b.header(), 12);
+    let server = answer_one(
+        &mut b.incoming,
+        request.clone().into(),
+        response.clone().into(),
+    );
+    let client = a.transport.append_entries(&b.id, &b.addr, request);
+    let (got, ()) = guarded("append_entries", async { tokio::join!(client, server) }).await;
+    assert_eq!(got.unwrap(), response);
+}
+
+pub async fn request_vote_round_trip<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, NodeOptions::default()).await;
+    let request = RequestVoteRequest {
+        header: a.header(),
+        term: 20,
+        last_log_index: 100,
+        last_log_term: 19,
+        leadership_transfer: true,
+    };
+    let response = RequestVoteResponse {
+        header: b.header(),
+        term: 20,
+        granted: true,
+    };
+    let server = answer_one(
+        &mut b.incoming,
+        request.clone().into(),
+        response.clone().into(),
+    );
+    let client = a.transport.request_vote(&b.id, &b.addr, request);
+    let (got, ()) = guarded("request_vote", async { tokio::join!(client, server) }).await;
+    assert_eq!(got.unwrap(), response);
+}
+
+pub async fn request_pre_vote_round_trip<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, NodeOptions::default()).await;
+    let request = RequestPreVoteRequest {
+        header: a.header(),
+        term: 20,
+        last_log_index: 100,
+        last_log_term: 19,
+    };
+    let response = RequestPreVoteResponse {
+        header: b.header(),
+        term: 20,
+        granted: false,
+    };
+    let server = answer_one(
+        &mut b.incoming,
+        request.clone().into(),
+        response.clone().into(),
+    );
+    let client = a.transport.request_pre_vote(&b.id, &b.addr, request);
+    let (got, ()) = guarded("request_pre_vote", async { tokio::join!(client, server) }).await;
+    assert_eq!(got.unwrap(), response);
+}
+
+pub async fn timeout_now_round_trip<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, NodeOptions::default()).await;
+    let request = TimeoutNowRequest { header: a.header() };
+    let response = TimeoutNowResponse { header: b.header() };
+    let server = answer_one(
+        &mut b.incoming,
+        request.clone().into(),
+        response.clone().into(),
+    );
+    let client = a.transport.timeout_now(&b.id, &b.addr, request);
+    let (got, ()) = guarded("timeout_now", async { tokio::join!(client, server) }).await;
+    assert_eq!(got.unwrap(), response);
+}
+
+pub async fn heartbeat_fast_path<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, NodeOptions::default()).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let header = b.header();
+    let handler_seen = seen.clone();
+    b.transport
+        .set_heartbeat_handler(Some(Arc::new(move |rpc: Rpc| {
+            handler_seen.lock().unwrap().push(rpc.command().clone());
+            rpc.respond(Ok(append_response(&header, 4242).into()));
+        })));
+    let heartbeat = AppendEntriesRequest::heartbeat(a.header(), 9);
+    assert!(heartbeat.is_heartbeat());
+    let got = guarded(
+        "heartbeat",
+        a.transport
+            .append_entries(&b.id, &b.addr, heartbeat.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.last_log, 4242, "the heartbeat handler did not answer");
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        &[Command::AppendEntries(heartbeat.clone())]
+    );
+    assert!(
+        b.incoming.try_recv().is_none(),
+        "the consumer saw a heartbeat"
+    );
+
+    // A non-heartbeat append still goes to the consumer.
+    let request = append_request(&a.header(), 1);
+    let response = append_response(&b.header(), 1);
+    let server = answer_one(
+        &mut b.incoming,
+        request.clone().into(),
+        response.clone().into(),
+    );
+    let client = a.transport.append_entries(&b.id, &b.addr, request);
+    let (got, ()) = guarded("append", async { tokio::join!(client, server) }).await;
+    assert_eq!(got.unwrap(), response);
+
+    // Without a handler, heartbeats reach the consumer.
+    b.transport.set_heartbeat_handler(None);
+    let response = append_response(&b.header(), 7);
+    let server = answer_one(
+        &mut b.incoming,
+        heartbeat.clone().into(),
+        response.clone().into(),
+    );
+    let client = a.transport.append_entries(&b.id, &b.addr, heartbeat);
+    let (got, ()) = guarded("heartbeat to consumer", async {
+        tokio::join!(client, server)
+    })
+    .await;
+    assert_eq!(got.unwrap(), response);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+pub async fn install_snapshot_round_trip<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, NodeOptions::default()).await;
+    let data = snapshot_bytes(3 * 1024 * 1024 + 17);
+    let request = snapshot_request(&a.header(), data.len() as u64);
+    let response = InstallSnapshotResponse {
+        header: b.header(),
+        term: 7,
+        success: true,
+    };
+    let expected_request = request.clone();
+    let expected_data = data.clone();
+    let answer = response.clone();
+    let (b_id, b_addr) = (b.id.clone(), b.addr.clone());
+    let server = async move {
+        let mut rpc = guarded("snapshot RPC", b.incoming.recv())
+            .await
+            .expect("consumer ended");
+        assert_eq!(rpc.command(), &Command::InstallSnapshot(expected_request));
+        let mut reader = rpc
+            .take_snapshot()
+            .expect("an InstallSnapshot has a reader");
+        assert_eq!(reader.declared_size(), expected_data.len() as u64);
+        let mut got = Vec::new();
+        reader
+            .read_to_end(&mut got)
+            .await
+            .expect("reading the snapshot");
+        assert!(got == expected_data, "snapshot bytes differ");
+        rpc.respond(Ok(answer.into()));
+        b
+    };
+    let client = a
+        .transport
+        .install_snapshot(&b_id, &b_addr, request, std::io::Cursor::new(data));
+    let (got, _b) = guarded("install_snapshot", async { tokio::join!(client, server) }).await;
+    assert_eq!(got.unwrap(), response);
+}
+
+pub async fn snapshot_reader_dropped_half_read<H: Harness>(h: &H) {
+    let (a, b) = pair(h, NodeOptions::default()).await;
+    let size = 4 * 1024 * 1024;
+    let request = snapshot_request(&a.header(), size as u64);
+    let header = b.header();
+    let TestNode {
+        mut incoming,
+        id: b_id,
+        addr: b_addr,
+        ..
+    } = b;
+    let server = tokio::spawn(async move {
+        let mut rpc = incoming.recv().await.expect("consumer ended");
+        let mut reader = rpc.take_snapshot().expect("reader");
+        let mut half = vec![0u8; size / 2];
+        reader.read_exact(&mut half).await.expect("reading half");
+        drop(reader);
+        let response = InstallSnapshotResponse {
+            header: header.clone(),
+            term: 7,
+            success: false,
+        };
+        rpc.respond(Ok(response.into()));
+        // Later RPCs still work.
+        let rpc = incoming.recv().await.expect("consumer ended");
+        let Command::AppendEntries(req) = rpc.command() else {
+            panic!("not an append")
+        };
+        let last = req.prev_log_entry;
+        rpc.respond(Ok(append_response(&header, last).into()));
+        incoming
+    });
+    let got = guarded(
+        "install_snapshot",
+        a.transport.install_snapshot(
+            &b_id,
+            &b_addr,
+            request,
+            std::io::Cursor::new(snapshot_bytes(size)),
+        ),
+    )
+    .await;
+    assert!(!got.expect("the receiver's answer").success);
+    let got = guarded(
+        "append after",
+        a.transport
+            .append_entries(&b_id, &b_addr, append_request(&a.header(), 5)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.last_log, 5);
+    guarded("server", server).await.unwrap();
+}
+
+pub async fn snapshot_short_source_fails_both_sides<H: Harness>(h: &H) {
+    let (a, b) = pair(h, NodeOptions::default()).await;
+    let TestNode {
+        mut incoming,
+        id: b_id,
+        addr: b_addr,
+        ..
+    } = b;
+    let declared = 1024 * 1024u64;
+    let request = snapshot_request(&a.header(), declared);
+    let server = tokio::spawn(async move {
+        let mut rpc = incoming.recv().await.expect("consumer ended");
+        let mut reader = rpc.take_snapshot().expect("reader");
+        let mut got = Vec::new();
+        let read = reader.read_to_end(&mut got).await;
+        (read.map(|_| got.len()), incoming)
+    });
+    let short = snapshot_bytes(declared as usize / 2);
+    let got = guarded(
+        "install_snapshot",
+        a.transport
+            .install_snapshot(&b_id, &b_addr, request, std::io::Cursor::new(short)),
+    )
+    .await;
+    match got {
+        Err(Error::SnapshotSizeMismatch {
+            declared: d,
+            actual,
+        }) => {
+            assert_eq!(d, declared);
+            assert_eq!(actual, declared / 2);
+        }
+        other => panic!("expected a size mismatch, got {other:?}"),
+    }
+    let (read, _incoming) = guarded("server", server).await.unwrap();
+    assert!(
+        read.is_err(),
+        "the receiver took a short snapshot as complete: {read:?}"
+    );
+}
+
+async fn run_pipeline<H: Harness>(h: &H, n: u64) {
+    let (a, b) = pair(h, NodeOptions::default()).await;
+    let header = b.header();
+    let echo = spawn_append_echo(b.incoming, header);
+    let pipeline = a
+        .transport
+        .append_entries_pipeline(&b.id, &b.addr)
+        .await
+        .unwrap();
+    let header = a.header();
+    let sender = async {
+        for seq in 0..n {
+            assert_eq!(
+                pipeline.send(append_request(&header, seq)).await.unwrap(),
+                seq
+            );
+        }
+    };
+    let receiver = async {
+        for seq in 0..n {
+            let done = pipeline.next().await.expect("pipeline ended early");
+            assert_eq!(done.seq, seq);
+            assert_eq!(done.request.prev_log_entry, seq);
+            assert_eq!(
+                done.response.unwrap().last_log,
+                seq,
+                "responses out of order"
+            );
+        }
+    };
+    guarded("pipeline", async { tokio::join!(sender, receiver) }).await;
+    assert_eq!(pipeline.in_flight(), 0);
+    pipeline.close();
+    a.transport.close().await;
+    b.transport.close().await;
+    assert_eq!(guarded("echo", echo).await.unwrap(), n);
+}
+
+pub async fn pipeline_10_in_order<H: Harness>(h: &H) {
+    run_pipeline(h, 10).await;
+}
+
+pub async fn pipeline_100_in_order<H: Harness>(h: &H) {
+    run_pipeline(h, 100).await;
+}
+
+async fn pipeline_max_in_flight<H: Harness>(h: &H, max: usize) {
+    let (a, mut b) = pair(
+        h,
+        NodeOptions {
+            max_in_flight: max,
+            ..NodeOptions::default()
+        },
+    )
+    .await;
+    let pipeline = a.transport.append_entries_pipeline(&b.id, &b.addr).await;
+    if max == 1 {
+        assert!(
+            matches!(pipeline, Err(Error::PipelineNotSupported)),
+            "{pipeline:?}"
+        );
+        return;
+    }
+    let pipeline = pipeline.unwrap();
+    let expected = if max == 0 { DEFAULT_MAX_IN_FLIGHT } else { max };
+    assert_eq!(pipeline.max_in_flight(), expected);
+    let header = a.header();
+    for seq in 0..expected as u64 {
+        guarded(
+            "send under the limit",
+            pipeline.send(append_request(&header, seq)),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(pipeline.in_flight(), expected);
+    let mut blocked = pin!(pipeline.send(append_request(&header, expected as u64)));
+    assert!(
+        is_pending(&mut blocked).await,
+        "send did not wait at the limit of {expected}"
+    );
+
+    // Answer the first request and take its completion: that makes room for one more.
+    let rpc = guarded("first RPC", b.incoming.recv()).await.unwrap();
+    rpc.respond(Ok(append_response(&b.header(), 0).into()));
+    let done = guarded("first completion", pipeline.next()).await.unwrap();
+    assert_eq!(done.seq, 0);
+    assert!(done.response.is_ok());
+    assert_eq!(
+        guarded("unblocked send", blocked).await.unwrap(),
+        expected as u64
+    );
+}
+
+pub async fn pipeline_max_in_flight_0<H: Harness>(h: &H) {
+    pipeline_max_in_flight(h, 0).await;
+}
+
+pub async fn pipeline_max_in_flight_1<H: Harness>(h: &H) {
+    pipeline_max_in_flight(h, 1).await;
+}
+
+pub async fn pipeline_max_in_flight_2<H: Harness>(h: &H) {
+    pipeline_max_in_flight(h, 2).await;
+}
+
+pub async fn pipeline_max_in_flight_10<H: Harness>(h: &H) {
+    pipeline_max_in_flight(h, 10).await;
+}
+
+pub async fn pipeline_fails_outstanding_when_peer_goes_away<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, NodeOptions::default()).await;
+    let pipeline = a
+        .transport
+        .append_entries_pipeline(&b.id, &b.addr)
+        .await
+        .unwrap();
+    for seq in 0..5 {
+        pipeline
+            .send(append_request(&a.header(), seq))
+            .await
+            .unwrap();
+    }
+    // The follower takes the requests but dies before answering any.
+    for _ in 0..5 {
+        let _held = guarded("RPC", b.incoming.recv()).await.unwrap();
+    }
+    guarded("peer close", b.transport.close()).await;
+    for seq in 0..5 {
+        let done = guarded("completion", pipeline.next()).await.unwrap();
+        assert_eq!(done.seq, seq);
+        assert!(
+            done.response.is_err(),
+            "request {seq} succeeded after the peer went away"
+        );
+    }
+}
+
+pub async fn pipeline_close_fails_outstanding<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, NodeOptions::default()).await;
+    let pipeline = a
+        .transport
+        .append_entries_pipeline(&b.id, &b.addr)
+        .await
+        .unwrap();
+    for seq in 0..3 {
+        pipeline
+            .send(append_request(&a.header(), seq))
+            .await
+            .unwrap();
+    }
+    let _held = guarded("RPC", b.incoming.recv()).await.unwrap();
+    pipeline.close();
+    for seq in 0..3 {
+        let done = guarded("completion", pipeline.next()).await.unwrap();
+        assert_eq!(done.seq, seq);
+        assert!(
+            matches!(done.response, Err(Error::PipelineClosed)),
+            "{:?}",
+            done.response
+        );
+    }
+    assert!(guarded("end", pipeline.next()).await.is_none());
+    assert!(matches!(
+        pipeline.send(append_request(&a.header(), 9)).await,
+        Err(Error::PipelineClosed)
+    ));
+}
+
+pub async fn encode_decode_peer<H: Harness>(h: &H) {
+    let node = h.node(NodeOptions::default()).await;
+    let id = ServerId::from("n9");
+    let addr = ServerAddress::from("127.0.0.1:7009");
+    let encoded = node.transport.encode_peer(&id, &addr);
+    assert_eq!(node.transport.decode_peer(&encoded).unwrap(), addr);
+    assert!(node.transport.decode_peer(&[0xff, 0xfe]).is_err());
+}
+
+pub async fn encode_decode_peer_with_address_provider<H: Harness>(h: &H) {
+    let b = h.node(NodeOptions::default()).await;
+    let (b_id, b_addr) = (b.id.clone(), b.addr.clone());
+    let provider = move |id: &ServerId| (id == &b_id).then(|| b_addr.clone());
+    let options = NodeOptions {
+        address_provider: Some(Arc::new(provider)),
+        ..NodeOptions::default()
+    };
+    let mut b = b;
+    let a = h.node(options).await;
+    h.link(&a, &b);
+    let stale = ServerAddress::from("127.0.0.1:9");
+    let encoded = a.transport.encode_peer(&b.id, &stale);
+    assert_eq!(
+        a.transport.decode_peer(&encoded).unwrap(),
+        b.addr,
+        "the provider's address wins"
+    );
+    let other = ServerId::from("not-provided");
+    let encoded = a.transport.encode_peer(&other, &stale);
+    assert_eq!(
+        a.transport.decode_peer(&encoded).unwrap(),
+        stale,
+        "falls back to the given address"
+    );
+
+    // Calls are dialled at the provider's address, not the stale one given.
+    let request = TimeoutNowRequest { header: a.header() };
+    let response = TimeoutNowResponse { header: b.header() };
+    let server = answer_one(
+        &mut b.incoming,
+        request.clone().into(),
+        response.clone().into(),
+    );
+    let client = a.transport.timeout_now(&b.id, &stale, request);
+    let (got, ()) = guarded("timeout_now via provider", async {
+        tokio::join!(client, server)
+    })
+    .await;
+    assert_eq!(got.unwrap(), response);
+}
+
+pub async fn remote_error_is_typed<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, NodeOptions::default()).await;
+    let server = async {
+        let rpc = guarded("RPC", b.incoming.recv()).await.unwrap();
+        rpc.respond(Err(RemoteError::handler("log is compacted past 10")));
+        // An RPC dropped unanswered is a remote error too.
+        drop(guarded("RPC", b.incoming.recv()).await.unwrap());
+    };
+    let client = async {
+        let first = a
+            .transport
+            .append_entries(&b.id, &b.addr, append_request(&a.header(), 1))
+            .await;
+        let second = a
+            .transport
+            .append_entries(&b.id, &b.addr, append_request(&a.header(), 2))
+            .await;
+        (first, second)
+    };
+    let ((first, second), ()) = guarded("calls", async { tokio::join!(client, server) }).await;
+    match first {
+        Err(Error::Remote(RemoteError { code, message })) => {
+            assert_eq!(code, ErrorCode::HANDLER);
+            assert_eq!(message, "log is compacted past 10");
+        }
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    match second {
+        Err(Error::Remote(e)) => assert_eq!(e.code, ErrorCode::NO_RESPONSE),
+        other => panic!("expected a no-response error, got {other:?}"),
+    }
+}
+
+pub async fn wrong_response_kind_is_an_error<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, NodeOptions::default()).await;
+    let header = b.header();
+    let server = async {
+        let rpc = guarded("RPC", b.incoming.recv()).await.unwrap();
+        rpc.respond(Ok(TimeoutNowResponse { header }.into()));
+    };
+    let client = a
+        .transport
+        .append_entries(&b.id, &b.addr, append_request(&a.header(), 1));
+    let (got, ()) = guarded("call", async { tokio::join!(client, server) }).await;
+    assert!(
+        matches!(got, Err(Error::Remote(ref e)) if e.code == ErrorCode::WRONG_RESPONSE),
+        "{got:?}"
+    );
+}
+
+pub async fn calls_after_close_fail_with_shutdown<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, NodeOptions::default()).await;
+    // One call is under way when the transport closes.
+    let in_flight = {
+        let transport = a.transport.clone();
+        let (id, addr, header) = (b.id.clone(), b.addr.clone(), a.header());
+        tokio::spawn(async move {
+            transport
+                .append_entries(&id, &addr, append_request(&header, 1))
+                .await
+        })
+    };
+    let _held = guarded("RPC", b.incoming.recv()).await.unwrap();
+    guarded("close", a.transport.close()).await;
+    let got = guarded("in-flight call", in_flight).await.unwrap();
+    assert!(
+        matches!(got, Err(Error::Shutdown)),
+        "in-flight call: {got:?}"
+    );
+
+    let got = a
+        .transport
+        .append_entries(&b.id, &b.addr, append_request(&a.header(), 2))
+        .await;
+    assert!(
+        matches!(got, Err(Error::Shutdown)),
+        "append_entries: {got:?}"
+    );
+    let got = a
+        .transport
+        .timeout_now(&b.id, &b.addr, TimeoutNowRequest { header: a.header() })
+        .await;
+    assert!(matches!(got, Err(Error::Shutdown)), "timeout_now: {got:?}");
+    let got = a.transport.append_entries_pipeline(&b.id, &b.addr).await;
+    assert!(matches!(got, Err(Error::Shutdown)), "pipeline: {got:?}");
+    let got = a
+        .transport
+        .install_snapshot(
+            &b.id,
+            &b.addr,
+            snapshot_request(&a.header(), 3),
+            std::io::Cursor::new(vec![1u8; 3]),
+        )
+        .await;
+    assert!(
+        matches!(got, Err(Error::Shutdown)),
+        "install_snapshot: {got:?}"
+    );
+}
+
+pub async fn absent_peer_is_unreachable<H: Harness>(h: &H) {
+    let a = h.node(NodeOptions::default()).await;
+    let (id, addr) = h.absent_peer().await;
+    let got = guarded(
+        "call",
+        a.transport
+            .timeout_now(&id, &addr, TimeoutNowRequest { header: a.header() }),
+    )
+    .await;
+    assert!(matches!(got, Err(Error::Unreachable { .. })), "{got:?}");
+}
+
+/// Instantiates every conformance test for the harness expression `$harness`.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($harness:expr) => {
+        $crate::conformance_tests!($harness;
+            start_stop,
+            append_entries_round_trip,
+            request_vote_round_trip,
+            request_pre_vote_round_trip,
+            timeout_now_round_trip,
+            heartbeat_fast_path,
+            install_snapshot_round_trip,
+            snapshot_reader_dropped_half_read,
+            snapshot_short_source_fails_both_sides,
+            pipeline_10_in_order,
+            pipeline_100_in_order,
+            pipeline_max_in_flight_0,
+            pipeline_max_in_flight_1,
+            pipeline_max_in_flight_2,
+            pipeline_max_in_flight_10,
+            pipeline_fails_outstanding_when_peer_goes_away,
+            pipeline_close_fails_outstanding,
+            encode_decode_peer,
+            encode_decode_peer_with_address_provider,
+            remote_error_is_typed,
+            wrong_response_kind_is_an_error,
+            calls_after_close_fail_with_shutdown,
+            absent_peer_is_unreachable,
+        );
+    };
+}
+
+/// Helper of [`conformance_suite!`]: one `#[tokio::test]` per name.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let harness = $harness;
+                $crate::suite::$name(&harness).await;
+            }
+        )*
+    };
+}
