@@ -9,7 +9,11 @@
 //!   ([`AppendEntriesRequest`], [`RequestVoteRequest`], ...), the receiving side
 //!   ([`Incoming`] yielding [`Rpc`]s), pipelines ([`AppendPipeline`]) and snapshots
 //!   ([`SnapshotReader`]).
+//! - [`QuicTransport`] with [`QuicConfig`]: the QUIC implementation, mutual TLS on every
+//!   connection.
 //! - [`InmemTransport`]: the in-memory implementation, for testing engines deterministically.
+//! - [`Identity`], [`CaRoots`] and [`ClusterCa`]: a node's certificate and key, the cluster's
+//!   trust roots, and generating both (identities are SPIFFE ids, [`SpiffeId`]).
 //! - [`Error`]: what can go wrong, typed so an engine knows whether to back off or retry.
 //!
 //! ```
@@ -44,11 +48,15 @@
 //! # }
 //! ```
 
+mod codec;
 mod command;
 mod error;
 mod inmem;
+mod quic;
+mod tls;
 mod transport;
 
+pub use codec::CodecError;
 pub use command::{
     AppendEntriesRequest, AppendEntriesResponse, Command, InstallSnapshotRequest,
     InstallSnapshotResponse, Log, LogType, PROTOCOL_VERSION, RequestPreVoteRequest,
@@ -57,6 +65,11 @@ pub use command::{
 };
 pub use error::{Error, ErrorCode, RemoteError};
 pub use inmem::{Faults, InmemConfig, InmemTransport};
+pub use quic::{ConnectionInfo, QuicConfig, QuicTransport};
+pub use tls::{
+    ALPN, CaRoots, ClusterCa, GeneratedNode, Identity, NodeCertOptions, SpiffeId, TlsContext,
+    TlsError, validate_cluster_name, validate_node_id,
+};
 pub use transport::{
     AppendCompletion, AppendPipeline, BoxFuture, DEFAULT_MAX_IN_FLIGHT, HeartbeatHandler, Incoming,
     PipelineSink, Responder, ResponseFuture, Rpc, RpcResult, SNAPSHOT_TIMEOUT_UNIT,

@@ -7,11 +7,11 @@ mod config;
 mod pipeline;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::io::AsyncRead;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -25,8 +25,9 @@ use crate::command::{
 };
 use crate::error::{Error, ErrorCode, RemoteError};
 use crate::transport::{
-    AddressResolver, AppendPipeline, HeartbeatHandler, Incoming, Responder, Rpc, RpcResult,
-    SnapshotReader, Transport, copy_exact, decode_peer, snapshot_timeout,
+    AddressResolver, AppendPipeline, Dispatcher, HeartbeatHandler, Incoming, Responder, Rpc,
+    RpcResult, SnapshotReader, Transport, copy_exact, decode_peer, snapshot_timeout,
+    stream_until_answer,
 };
 
 /// A [`Transport`] between nodes in one process (hashicorp/raft's `InmemTransport`).
@@ -41,8 +42,7 @@ struct Node {
     addr: ServerAddress,
     config: InmemConfig,
     resolver: AddressResolver,
-    consumer: Mutex<Option<mpsc::Sender<Rpc>>>,
-    heartbeat: RwLock<Option<HeartbeatHandler>>,
+    dispatcher: Dispatcher,
     links: Mutex<HashMap<ServerAddress, Link>>,
     shutdown: CancellationToken,
 }
@@ -80,13 +80,12 @@ impl InmemTransport {
 
     /// A node at `addr` with `config`, and its consumer.
     pub fn with_config(addr: impl Into<ServerAddress>, config: InmemConfig) -> (Self, Incoming) {
-        let (tx, incoming) = Incoming::channel(config.consumer_capacity);
+        let (dispatcher, incoming) = Dispatcher::new(config.consumer_capacity);
         let node = Node {
             addr: addr.into(),
             resolver: AddressResolver::new(config.address_provider.clone()),
             config,
-            consumer: Mutex::new(Some(tx)),
-            heartbeat: RwLock::new(None),
+            dispatcher,
             links: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
         };
@@ -195,20 +194,10 @@ impl InmemTransport {
                 .await?;
         }
         let rpc = Rpc::new(command, snapshot, responder);
-        let rpc = match route.peer.heartbeat_fast_path(rpc) {
-            None => return Ok(rx),
-            Some(rpc) => rpc,
-        };
-        let consumer = route
-            .peer
-            .consumer_sender()
-            .ok_or_else(|| route.lost("peer is shut down"))?;
-        match self
-            .wait_or_fail(route, tokio::time::timeout(timeout, consumer.send(rpc)))
-            .await?
-        {
+        let dispatched = tokio::time::timeout(timeout, route.peer.dispatcher.dispatch(rpc));
+        match self.wait_or_fail(route, dispatched).await? {
             Ok(Ok(())) => Ok(rx),
-            Ok(Err(_)) => Err(route.lost("peer is shut down")),
+            Ok(Err(_closed)) => Err(route.lost("peer is shut down")),
             Err(_) => Err(Error::Timeout {
                 rpc: kind,
                 after: timeout,
@@ -302,35 +291,6 @@ impl Node {
         // section is a single map operation. So a poisoned lock is safe to use.
         self.links.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    fn consumer_sender(&self) -> Option<mpsc::Sender<Rpc>> {
-        self.consumer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Hands a heartbeat to the heartbeat handler, if there is one; gives the RPC back
-    /// otherwise.
-    fn heartbeat_fast_path(&self, rpc: Rpc) -> Option<Rpc> {
-        let is_heartbeat =
-            matches!(rpc.command(), Command::AppendEntries(req) if req.is_heartbeat());
-        if !is_heartbeat {
-            return Some(rpc);
-        }
-        let handler = self
-            .heartbeat
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match handler {
-            Some(handler) => {
-                handler(rpc);
-                None
-            }
-            None => Some(rpc),
-        }
-    }
 }
 
 macro_rules! unary_rpc {
@@ -383,25 +343,7 @@ impl Transport for InmemTransport {
         let rx = self.deliver(&route, command, Some(reader), timeout).await?;
 
         let streaming = async move { copy_exact(&mut data, size, &mut writer).await };
-        let answer = async {
-            tokio::pin!(streaming);
-            tokio::pin!(rx);
-            let mut streaming_done = false;
-            loop {
-                tokio::select! {
-                    copied = &mut streaming, if !streaming_done => {
-                        streaming_done = true;
-                        // The receiver stopping early is its choice; its answer says why.
-                        if let Err(e) = copied
-                            && let Some(e) = e.into_source_error(size)
-                        {
-                            return Err(e);
-                        }
-                    }
-                    answer = &mut rx => return Ok(answer),
-                }
-            }
-        };
+        let answer = stream_until_answer(streaming, rx, size);
         let answer = self
             .wait_or_fail(&route, tokio::time::timeout_at(deadline, answer))
             .await?;
@@ -436,25 +378,12 @@ impl Transport for InmemTransport {
     }
 
     fn set_heartbeat_handler(&self, handler: Option<HeartbeatHandler>) {
-        *self
-            .node
-            .heartbeat
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = handler;
+        self.node.dispatcher.set_heartbeat_handler(handler);
     }
 
     async fn close(&self) {
-        let node = &self.node;
-        node.shutdown.cancel();
-        // Dropping the sender ends the consumer once it has drained what is queued.
-        node.consumer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        node.heartbeat
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.node.shutdown.cancel();
+        self.node.dispatcher.close();
         self.disconnect_all();
     }
 }

@@ -39,13 +39,10 @@ async fn deliver_in_order(
     mut rx: mpsc::UnboundedReceiver<(Instant, Rpc)>,
 ) {
     while let Some((at, rpc)) = rx.recv().await {
-        let Some(consumer) = route.peer.consumer_sender() else {
-            return;
-        };
         let delivered = transport
             .wait_or_fail(&route, async {
                 tokio::time::sleep_until(at).await;
-                consumer.send(rpc).await
+                route.peer.dispatcher.dispatch(rpc).await
             })
             .await;
         if !matches!(delivered, Ok(Ok(()))) {

@@ -1,5 +1,6 @@
 //! The Raft-facing API: the [`Transport`] trait, the receiving side, pipelines and snapshots.
 
+mod dispatch;
 mod peer;
 mod pipeline;
 mod rpc;
@@ -9,6 +10,7 @@ use std::future::Future;
 
 use tokio::io::AsyncRead;
 
+pub(crate) use dispatch::Dispatcher;
 pub use peer::ServerAddressProvider;
 pub(crate) use peer::{AddressResolver, decode_peer};
 pub use pipeline::{
@@ -16,8 +18,8 @@ pub use pipeline::{
     ResponseFuture,
 };
 pub use rpc::{HeartbeatHandler, Incoming, Responder, Rpc, RpcResult};
-pub(crate) use snapshot::copy_exact;
 pub use snapshot::{SNAPSHOT_TIMEOUT_UNIT, SnapshotReader, snapshot_timeout};
+pub(crate) use snapshot::{copy_exact, stream_until_answer};
 
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,

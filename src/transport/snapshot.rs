@@ -196,6 +196,33 @@ where
     Ok(())
 }
 
+/// Streams a snapshot's data while waiting for the receiver's answer, which may come before
+/// the data is all sent (the receiver may stop reading and answer at once).
+///
+/// A source at fault ends the call with its error; a receiver that stopped reading does not:
+/// its answer says why.
+pub(crate) async fn stream_until_answer<A>(
+    streaming: impl Future<Output = Result<(), CopyError>>,
+    answer: impl Future<Output = A>,
+    declared: u64,
+) -> Result<A, crate::Error> {
+    tokio::pin!(streaming, answer);
+    let mut streaming_done = false;
+    loop {
+        tokio::select! {
+            copied = &mut streaming, if !streaming_done => {
+                streaming_done = true;
+                if let Err(e) = copied
+                    && let Some(e) = e.into_source_error(declared)
+                {
+                    return Err(e);
+                }
+            }
+            answer = &mut answer => return Ok(answer),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncReadExt;

@@ -3,7 +3,10 @@
 
 #![allow(unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+#[path = "../common/mod.rs"]
+mod common;
 #[macro_use]
 mod suite;
 
 mod inmem;
+mod quic;

@@ -1,0 +1,414 @@
+//! Frame layout, kinds, and the encode/decode functions.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use super::CodecError;
+use crate::command::{
+    AppendEntriesRequest, InstallSnapshotRequest, RequestPreVoteRequest, RequestVoteRequest,
+    Response, TimeoutNowRequest,
+};
+use crate::error::RemoteError;
+
+/// Bytes before the body: the kind and the length.
+pub(crate) const HEADER_LEN: usize = 5;
+
+/// The kind byte of a frame. Values are fixed by the protocol (`docs/PROTOCOL.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum FrameKind {
+    AppendEntries = 0x01,
+    RequestVote = 0x02,
+    RequestPreVote = 0x03,
+    InstallSnapshot = 0x04,
+    TimeoutNow = 0x05,
+    PipelineOpen = 0x06,
+    SnapshotData = 0x07,
+    Response = 0x80,
+    Error = 0x81,
+}
+
+impl FrameKind {
+    fn from_byte(byte: u8) -> Result<Self, CodecError> {
+        Ok(match byte {
+            0x01 => Self::AppendEntries,
+            0x02 => Self::RequestVote,
+            0x03 => Self::RequestPreVote,
+            0x04 => Self::InstallSnapshot,
+            0x05 => Self::TimeoutNow,
+            0x06 => Self::PipelineOpen,
+            0x07 => Self::SnapshotData,
+            0x80 => Self::Response,
+            0x81 => Self::Error,
+            other => return Err(CodecError::UnknownKind(other)),
+        })
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::AppendEntries => "AppendEntries",
+            Self::RequestVote => "RequestVote",
+            Self::RequestPreVote => "RequestPreVote",
+            Self::InstallSnapshot => "InstallSnapshot",
+            Self::TimeoutNow => "TimeoutNow",
+            Self::PipelineOpen => "PipelineOpen",
+            Self::SnapshotData => "SnapshotData",
+            Self::Response => "Response",
+            Self::Error => "Error",
+        }
+    }
+}
+
+/// Every message that travels on a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Frame {
+    AppendEntries(AppendEntriesRequest),
+    RequestVote(RequestVoteRequest),
+    RequestPreVote(RequestPreVoteRequest),
+    TimeoutNow(TimeoutNowRequest),
+    /// The request half of an InstallSnapshot; its data arrives on the unidirectional stream
+    /// that opens with a `SnapshotData` frame of the same `transfer_id`.
+    InstallSnapshot {
+        transfer_id: u64,
+        request: InstallSnapshotRequest,
+    },
+    /// First frame of a pipeline stream; `AppendEntries` frames follow.
+    PipelineOpen,
+    /// First frame of a snapshot data stream; raw data follows until the stream ends.
+    SnapshotData {
+        transfer_id: u64,
+    },
+    Response(Response),
+    Error(RemoteError),
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotOffer<R> {
+    transfer_id: u64,
+    request: R,
+}
+
+impl Frame {
+    pub(crate) fn kind(&self) -> FrameKind {
+        match self {
+            Self::AppendEntries(_) => FrameKind::AppendEntries,
+            Self::RequestVote(_) => FrameKind::RequestVote,
+            Self::RequestPreVote(_) => FrameKind::RequestPreVote,
+            Self::TimeoutNow(_) => FrameKind::TimeoutNow,
+            Self::InstallSnapshot { .. } => FrameKind::InstallSnapshot,
+            Self::PipelineOpen => FrameKind::PipelineOpen,
+            Self::SnapshotData { .. } => FrameKind::SnapshotData,
+            Self::Response(_) => FrameKind::Response,
+            Self::Error(_) => FrameKind::Error,
+        }
+    }
+}
+
+/// A postcard output that appends to a `BytesMut` a slice at a time.
+struct BytesMutFlavor<'a>(&'a mut BytesMut);
+
+impl postcard::ser_flavors::Flavor for BytesMutFlavor<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.put_u8(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+fn encode_body<T: Serialize>(value: &T, dst: &mut BytesMut) -> Result<(), CodecError> {
+    postcard::serialize_with_flavor(value, BytesMutFlavor(dst))
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Appends `frame` to `dst`. Fails, leaving `dst` as it was, if the body would exceed `max`
+/// bytes (the peer would refuse it).
+pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut, max: usize) -> Result<(), CodecError> {
+    let start = dst.len();
+    dst.put_u8(frame.kind() as u8);
+    dst.put_u32(0);
+    let encoded = match frame {
+        Frame::AppendEntries(m) => encode_body(m, dst),
+        Frame::RequestVote(m) => encode_body(m, dst),
+        Frame::RequestPreVote(m) => encode_body(m, dst),
+        Frame::TimeoutNow(m) => encode_body(m, dst),
+        Frame::InstallSnapshot {
+            transfer_id,
+            request,
+        } => encode_body(
+            &SnapshotOffer {
+                transfer_id: *transfer_id,
+                request,
+            },
+            dst,
+        ),
+        Frame::PipelineOpen => Ok(()),
+        Frame::SnapshotData { transfer_id } => encode_body(transfer_id, dst),
+        Frame::Response(m) => encode_body(m, dst),
+        Frame::Error(m) => encode_body(m, dst),
+    };
+    let len = dst.len() - start - HEADER_LEN;
+    let result = encoded.and_then(|()| match u32::try_from(len) {
+        Ok(len32) if len <= max => {
+            dst[start + 1..start + HEADER_LEN].copy_from_slice(&len32.to_be_bytes());
+            Ok(())
+        }
+        _ => Err(CodecError::Oversize {
+            len: len as u64,
+            max,
+        }),
+    });
+    if result.is_err() {
+        dst.truncate(start);
+    }
+    result
+}
+
+fn decode_body<'a, T: Deserialize<'a>>(kind: FrameKind, body: &'a [u8]) -> Result<T, CodecError> {
+    let malformed = |reason: String| CodecError::Malformed {
+        kind: kind.name(),
+        reason,
+    };
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(malformed(format!("{} bytes left over", rest.len())));
+    }
+    Ok(value)
+}
+
+/// Takes one whole frame off the front of `src`.
+///
+/// `Ok(None)` when `src` holds only part of a frame (nothing is consumed; read more and call
+/// again). An unknown kind or a length over `max` is reported as soon as the 5-byte header has
+/// arrived, before the body is awaited or buffered. On error nothing is consumed either; the
+/// stream is unusable from there.
+pub(crate) fn decode(src: &mut BytesMut, max: usize) -> Result<Option<Frame>, CodecError> {
+    if src.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let kind = FrameKind::from_byte(src[0])?;
+    let len = u32::from_be_bytes([src[1], src[2], src[3], src[4]]);
+    let len = usize::try_from(len).map_err(|_| CodecError::Oversize {
+        len: len.into(),
+        max,
+    })?;
+    if len > max {
+        return Err(CodecError::Oversize {
+            len: len as u64,
+            max,
+        });
+    }
+    if src.len() < HEADER_LEN + len {
+        // Room for the rest of this frame; bounded by `max`, which was checked above.
+        src.reserve(HEADER_LEN + len - src.len());
+        return Ok(None);
+    }
+    src.advance(HEADER_LEN);
+    let body: Bytes = src.split_to(len).freeze();
+    let frame = match kind {
+        FrameKind::AppendEntries => Frame::AppendEntries(decode_body(kind, &body)?),
+        FrameKind::RequestVote => Frame::RequestVote(decode_body(kind, &body)?),
+        FrameKind::RequestPreVote => Frame::RequestPreVote(decode_body(kind, &body)?),
+        FrameKind::TimeoutNow => Frame::TimeoutNow(decode_body(kind, &body)?),
+        FrameKind::InstallSnapshot => {
+            let offer: SnapshotOffer<InstallSnapshotRequest> = decode_body(kind, &body)?;
+            Frame::InstallSnapshot {
+                transfer_id: offer.transfer_id,
+                request: offer.request,
+            }
+        }
+        FrameKind::PipelineOpen if body.is_empty() => Frame::PipelineOpen,
+        FrameKind::PipelineOpen => {
+            return Err(CodecError::Malformed {
+                kind: kind.name(),
+                reason: format!("{} bytes of body, expected none", body.len()),
+            });
+        }
+        FrameKind::SnapshotData => Frame::SnapshotData {
+            transfer_id: decode_body(kind, &body)?,
+        },
+        FrameKind::Response => Frame::Response(decode_body(kind, &body)?),
+        FrameKind::Error => Frame::Error(decode_body(kind, &body)?),
+    };
+    Ok(Some(frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{
+        AppendEntriesResponse, Log, LogType, RequestVoteResponse, RpcHeader, TimeoutNowResponse,
+    };
+    use crate::error::ErrorCode;
+
+    const MAX: usize = 1 << 20;
+
+    fn header() -> RpcHeader {
+        RpcHeader::new("n1", "127.0.0.1:7000")
+    }
+
+    fn samples() -> Vec<Frame> {
+        let mut log = Log::command(7, 2, Bytes::from_static(b"set x=1"));
+        log.extensions = Bytes::from_static(b"ext");
+        log.appended_at = Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_234_567));
+        let mut config = log.clone();
+        config.log_type = LogType::Configuration;
+        vec![
+            Frame::AppendEntries(AppendEntriesRequest {
+                header: header(),
+                term: 2,
+                prev_log_entry: 6,
+                prev_log_term: 2,
+                entries: vec![log, config],
+                leader_commit_index: 5,
+            }),
+            Frame::RequestVote(RequestVoteRequest {
+                header: header(),
+                term: 3,
+                last_log_index: 9,
+                last_log_term: 2,
+                leadership_transfer: true,
+            }),
+            Frame::RequestPreVote(RequestPreVoteRequest {
+                header: header(),
+                term: 3,
+                last_log_index: 9,
+                last_log_term: 2,
+            }),
+            Frame::TimeoutNow(TimeoutNowRequest { header: header() }),
+            Frame::InstallSnapshot {
+                transfer_id: u64::MAX,
+                request: InstallSnapshotRequest {
+                    header: header(),
+                    snapshot_version: 1,
+                    term: 4,
+                    last_log_index: 100,
+                    last_log_term: 4,
+                    configuration: Bytes::from_static(b"cfg"),
+                    configuration_index: 90,
+                    size: 1 << 40,
+                },
+            },
+            Frame::PipelineOpen,
+            Frame::SnapshotData { transfer_id: 42 },
+            Frame::Response(Response::AppendEntries(AppendEntriesResponse {
+                header: header(),
+                term: 2,
+                last_log: 7,
+                success: true,
+                no_retry_backoff: true,
+            })),
+            Frame::Response(Response::RequestVote(RequestVoteResponse {
+                header: header(),
+                term: 3,
+                granted: false,
+            })),
+            Frame::Response(Response::TimeoutNow(TimeoutNowResponse {
+                header: header(),
+            })),
+            Frame::Error(RemoteError::new(ErrorCode::HANDLER, "no")),
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for frame in samples() {
+            let mut buf = BytesMut::new();
+            encode(&frame, &mut buf, MAX).unwrap();
+            let decoded = decode(&mut buf, MAX).unwrap().expect("a whole frame");
+            assert_eq!(decoded, frame);
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more_bytes() {
+        let mut whole = BytesMut::new();
+        for frame in samples() {
+            encode(&frame, &mut whole, MAX).unwrap();
+        }
+        // Feed one byte at a time: every prefix is either a frame or "need more", never an error.
+        let mut buf = BytesMut::new();
+        let mut decoded = Vec::new();
+        for byte in whole.iter() {
+            buf.put_u8(*byte);
+            while let Some(frame) = decode(&mut buf, MAX).unwrap() {
+                decoded.push(frame);
+            }
+        }
+        assert_eq!(decoded, samples());
+    }
+
+    #[test]
+    fn unknown_kind_is_refused_at_the_header() {
+        let mut buf = BytesMut::from(&[0x42, 0, 0, 0, 1][..]);
+        assert_eq!(decode(&mut buf, MAX), Err(CodecError::UnknownKind(0x42)));
+    }
+
+    #[test]
+    fn oversize_length_is_refused_before_the_body_arrives() {
+        let mut buf = BytesMut::from(&[0x01, 0xff, 0xff, 0xff, 0xff][..]);
+        let err = decode(&mut buf, MAX).unwrap_err();
+        assert_eq!(
+            err,
+            CodecError::Oversize {
+                len: u32::MAX.into(),
+                max: MAX
+            }
+        );
+        assert!(buf.capacity() < 1024, "allocated for an oversize frame");
+    }
+
+    #[test]
+    fn encoding_over_the_limit_fails_and_leaves_the_buffer() {
+        let big = Frame::Error(RemoteError::new(ErrorCode::HANDLER, "x".repeat(100)));
+        let mut buf = BytesMut::from(&b"keep"[..]);
+        assert!(matches!(
+            encode(&big, &mut buf, 50),
+            Err(CodecError::Oversize { .. })
+        ));
+        assert_eq!(&buf[..], b"keep");
+    }
+
+    #[test]
+    fn malformed_and_trailing_bodies_are_refused() {
+        // A RequestVote body of garbage.
+        let mut buf = BytesMut::from(&[0x02, 0, 0, 0, 3, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(
+            decode(&mut buf, MAX),
+            Err(CodecError::Malformed { .. })
+        ));
+        // A valid body followed by an extra byte inside the declared length.
+        let mut buf = BytesMut::new();
+        encode(&Frame::SnapshotData { transfer_id: 1 }, &mut buf, MAX).unwrap();
+        buf[4] += 1;
+        buf.put_u8(0);
+        assert!(matches!(
+            decode(&mut buf, MAX),
+            Err(CodecError::Malformed { .. })
+        ));
+        // PipelineOpen carries no body.
+        let mut buf = BytesMut::from(&[0x06, 0, 0, 0, 1, 0][..]);
+        assert!(matches!(
+            decode(&mut buf, MAX),
+            Err(CodecError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_body_is_never_a_frame() {
+        let mut buf = BytesMut::new();
+        encode(&samples()[0], &mut buf, MAX).unwrap();
+        buf.truncate(buf.len() - 1);
+        assert_eq!(decode(&mut buf, MAX), Ok(None));
+    }
+}

@@ -1,0 +1,262 @@
+//! The calling side: unary RPCs on their own bidirectional stream, and snapshots.
+
+use std::sync::Arc;
+
+use tokio::io::AsyncRead;
+use tokio::time::Instant;
+
+use super::codes::{self, stream};
+use super::io::{FrameReader, ReadFrameError, ResetOnDrop, WriteFrameError, write_frame};
+use super::pool::PeerConn;
+use super::{Inner, priority};
+use crate::codec::Frame;
+use crate::command::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse,
+    Response, RpcKind, ServerAddress, ServerId, TimeoutNowRequest, TimeoutNowResponse,
+};
+use crate::error::{Error, ErrorCode};
+use crate::transport::{copy_exact, snapshot_timeout, stream_until_answer};
+
+impl Inner {
+    /// The connection to `id`, dialled at the provider's address for it or at `target`.
+    pub(super) async fn connection(
+        self: &Arc<Self>,
+        id: &ServerId,
+        target: &ServerAddress,
+    ) -> Result<(PeerConn, ServerAddress), Error> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::Shutdown);
+        }
+        let target = self.resolver.resolve(id, target);
+        let conn = self.pool.get(self, id, &target).await?;
+        Ok((conn, target))
+    }
+
+    /// Runs `call` under `deadline`, failing with [`Error::Shutdown`] if the transport closes.
+    pub(super) async fn guarded<T>(
+        &self,
+        rpc: RpcKind,
+        deadline: Instant,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let after = deadline.saturating_duration_since(Instant::now());
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Err(Error::Shutdown),
+            result = tokio::time::timeout_at(deadline, call) => {
+                result.unwrap_or(Err(Error::Timeout { rpc, after }))
+            }
+        }
+    }
+}
+
+/// The caller-facing error for a frame that could not be read as an answer.
+pub(super) fn answer_read_error(peer: &ServerAddress, error: ReadFrameError) -> Error {
+    match error {
+        ReadFrameError::Codec(e) => Error::Protocol(format!("bad answer from {peer}: {e}")),
+        ReadFrameError::Read(e) => codes::read_error(peer, &e),
+        ReadFrameError::Truncated => {
+            Error::Protocol(format!("{peer} ended the stream inside a frame"))
+        }
+    }
+}
+
+/// The caller-facing error for a request that could not be written.
+pub(super) fn request_write_error(peer: &ServerAddress, error: WriteFrameError) -> Error {
+    match error {
+        WriteFrameError::Codec(e) => Error::Protocol(format!("request not sent: {e}")),
+        WriteFrameError::Write(e) => codes::write_error(peer, &e),
+    }
+}
+
+/// Turns an answer frame into the caller's result.
+pub(super) fn answer(
+    peer: &ServerAddress,
+    kind: RpcKind,
+    frame: Option<Frame>,
+) -> Result<Response, Error> {
+    match frame {
+        Some(Frame::Response(response)) if response.kind() == kind => Ok(response),
+        Some(Frame::Response(response)) => Err(Error::Protocol(format!(
+            "{peer} answered {kind} with a {} response",
+            response.kind()
+        ))),
+        Some(Frame::Error(e)) if e.code == ErrorCode::IDENTITY_MISMATCH => Err(
+            Error::Authentication(format!("{peer} refused the request: {}", e.message)),
+        ),
+        Some(Frame::Error(e)) => Err(Error::Remote(e)),
+        Some(other) => Err(Error::Protocol(format!(
+            "{peer} answered {kind} with a {} frame",
+            other.kind().name()
+        ))),
+        None => Err(Error::ConnectionLost {
+            peer: peer.clone(),
+            reason: "stream ended without an answer".to_owned(),
+        }),
+    }
+}
+
+/// One request on a new bidirectional stream, and its answer.
+async fn unary(
+    inner: &Arc<Inner>,
+    id: &ServerId,
+    target: &ServerAddress,
+    kind: RpcKind,
+    priority: i32,
+    request: Frame,
+) -> Result<Response, Error> {
+    let deadline = Instant::now() + inner.config.rpc_timeout;
+    inner
+        .guarded(kind, deadline, async {
+            let (conn, peer) = inner.connection(id, target).await?;
+            let _active = conn.active();
+            let (mut send, mut recv) = conn
+                .conn
+                .open_bi()
+                .await
+                .map_err(|e| codes::connection_error(&peer, &e))?;
+            // Cannot fail: the stream was just opened and is not finished.
+            let _ = send.set_priority(priority);
+            let max = inner.config.max_message_size;
+            write_frame(&mut send, &request, max)
+                .await
+                .map_err(|e| request_write_error(&peer, e))?;
+            // The request is whole; the peer reads to the end of the stream.
+            let _ = send.finish();
+            let frame = FrameReader::new(max)
+                .next(&mut recv)
+                .await
+                .map_err(|e| answer_read_error(&peer, e))?;
+            answer(&peer, kind, frame)
+        })
+        .await
+}
+
+macro_rules! unary_call {
+    ($name:ident, $request:ty, $response:ty, $kind:ident, $priority:expr) => {
+        pub(super) async fn $name(
+            inner: &Arc<Inner>,
+            id: &ServerId,
+            target: &ServerAddress,
+            request: $request,
+        ) -> Result<$response, Error> {
+            #[allow(clippy::redundant_closure_call)]
+            let priority = ($priority)(&request);
+            let response = unary(
+                inner,
+                id,
+                target,
+                RpcKind::$kind,
+                priority,
+                Frame::$kind(request),
+            )
+            .await?;
+            // `answer` checked the kind already.
+            <$response>::try_from(response)
+                .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
+        }
+    };
+}
+
+unary_call!(
+    append_entries,
+    AppendEntriesRequest,
+    AppendEntriesResponse,
+    AppendEntries,
+    |r: &AppendEntriesRequest| if r.is_heartbeat() {
+        priority::CONTROL
+    } else {
+        priority::APPEND
+    }
+);
+unary_call!(
+    request_vote,
+    RequestVoteRequest,
+    RequestVoteResponse,
+    RequestVote,
+    |_: &_| { priority::CONTROL }
+);
+unary_call!(
+    request_pre_vote,
+    RequestPreVoteRequest,
+    RequestPreVoteResponse,
+    RequestPreVote,
+    |_: &_| priority::CONTROL
+);
+unary_call!(
+    timeout_now,
+    TimeoutNowRequest,
+    TimeoutNowResponse,
+    TimeoutNow,
+    |_: &_| { priority::CONTROL }
+);
+
+/// InstallSnapshot: the request on a bidirectional stream, `size` bytes of data on a
+/// unidirectional stream bound to it by a transfer id, streamed with bounded memory.
+pub(super) async fn install_snapshot<R>(
+    inner: &Arc<Inner>,
+    id: &ServerId,
+    target: &ServerAddress,
+    request: InstallSnapshotRequest,
+    mut data: R,
+) -> Result<InstallSnapshotResponse, Error>
+where
+    R: AsyncRead + Send + Unpin + 'static,
+{
+    let size = request.size;
+    let timeout = snapshot_timeout(inner.config.rpc_timeout, size);
+    let deadline = Instant::now() + timeout;
+    let max = inner.config.max_message_size;
+    let response = inner
+        .guarded(RpcKind::InstallSnapshot, deadline, async {
+            let (conn, peer) = inner.connection(id, target).await?;
+            let _active = conn.active();
+            let data_stream = conn
+                .conn
+                .open_uni()
+                .await
+                .map_err(|e| codes::connection_error(&peer, &e))?;
+            // The request names its data stream by the stream's id.
+            let transfer_id = u64::from(data_stream.id());
+            // Until every byte is written, an early exit must not look like a complete snapshot.
+            let mut data_stream = ResetOnDrop::new(data_stream, stream::SNAPSHOT_ABORTED);
+            let _ = data_stream.set_priority(priority::SNAPSHOT_DATA);
+            write_frame(&mut data_stream, &Frame::SnapshotData { transfer_id }, max)
+                .await
+                .map_err(|e| request_write_error(&peer, e))?;
+
+            let (mut send, mut recv) = conn
+                .conn
+                .open_bi()
+                .await
+                .map_err(|e| codes::connection_error(&peer, &e))?;
+            let _ = send.set_priority(priority::APPEND);
+            write_frame(
+                &mut send,
+                &Frame::InstallSnapshot {
+                    transfer_id,
+                    request,
+                },
+                max,
+            )
+            .await
+            .map_err(|e| request_write_error(&peer, e))?;
+            let _ = send.finish();
+
+            let streaming = async {
+                let copied = copy_exact(&mut data, size, &mut *data_stream).await;
+                if copied.is_ok() {
+                    data_stream.finish();
+                }
+                copied
+            };
+            let answer_frame = async { FrameReader::new(max).next(&mut recv).await };
+            let frame = stream_until_answer(streaming, answer_frame, size).await?;
+            let frame = frame.map_err(|e| answer_read_error(&peer, e))?;
+            answer(&peer, RpcKind::InstallSnapshot, frame)
+        })
+        .await?;
+    InstallSnapshotResponse::try_from(response)
+        .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
+}

@@ -1,0 +1,105 @@
+//! Application error codes on the wire, and how quinn's errors map onto [`Error`].
+
+use quinn::{ConnectionError, ReadError, VarInt, WriteError};
+
+use crate::command::ServerAddress;
+use crate::error::Error;
+
+/// Stream error codes (RESET_STREAM / STOP_SENDING), as `docs/PROTOCOL.md` lists them.
+pub(crate) mod stream {
+    use quinn::VarInt;
+
+    /// The reader no longer wants the data (quinn's code when a stream is dropped unread).
+    pub(crate) const STOPPED: VarInt = VarInt::from_u32(0);
+    /// The stream carried a frame this node refuses (unknown kind, oversize, malformed).
+    pub(crate) const BAD_FRAME: VarInt = VarInt::from_u32(1);
+    /// This node is shutting down.
+    pub(crate) const SHUTDOWN: VarInt = VarInt::from_u32(2);
+    /// The snapshot sender gave up: its source failed or ended short.
+    pub(crate) const SNAPSHOT_ABORTED: VarInt = VarInt::from_u32(3);
+    /// The stream was refused: too many pending snapshot streams, or a duplicate transfer id.
+    pub(crate) const REFUSED: VarInt = VarInt::from_u32(4);
+}
+
+/// Connection error codes (CONNECTION_CLOSE of the application).
+pub(crate) mod conn {
+    use quinn::VarInt;
+
+    /// The node is shutting down.
+    pub(crate) const SHUTDOWN: VarInt = VarInt::from_u32(0);
+    /// Another connection between the same two nodes won the tie-break.
+    pub(crate) const DUPLICATE: VarInt = VarInt::from_u32(1);
+    /// The peer's certificate names no usable identity.
+    pub(crate) const IDENTITY: VarInt = VarInt::from_u32(2);
+}
+
+/// TLS alerts travel as QUIC transport error codes 0x100 + alert.
+fn is_crypto_code(code: u64) -> bool {
+    (0x100..0x200).contains(&code)
+}
+
+/// True when the connection ended because a certificate was refused, by either side.
+pub(crate) fn is_authentication_failure(error: &ConnectionError) -> bool {
+    match error {
+        ConnectionError::ConnectionClosed(close) => is_crypto_code(close.error_code.into()),
+        ConnectionError::TransportError(e) => is_crypto_code(e.code.into()),
+        ConnectionError::ApplicationClosed(close) => close.error_code == conn::IDENTITY,
+        _ => false,
+    }
+}
+
+/// The caller-facing error for a connection that failed under an RPC.
+pub(crate) fn connection_error(peer: &ServerAddress, error: &ConnectionError) -> Error {
+    if is_authentication_failure(error) {
+        return Error::Authentication(format!("TLS handshake with {peer} refused: {error}"));
+    }
+    let reason = match error {
+        ConnectionError::ApplicationClosed(close) if close.error_code == conn::SHUTDOWN => {
+            "peer shut down".to_owned()
+        }
+        ConnectionError::LocallyClosed => return Error::Shutdown,
+        other => other.to_string(),
+    };
+    Error::ConnectionLost {
+        peer: peer.clone(),
+        reason,
+    }
+}
+
+/// The caller-facing error for a failed stream read.
+pub(crate) fn read_error(peer: &ServerAddress, error: &ReadError) -> Error {
+    match error {
+        ReadError::ConnectionLost(e) => connection_error(peer, e),
+        ReadError::Reset(code) => reset_error(peer, *code),
+        other => Error::ConnectionLost {
+            peer: peer.clone(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// The caller-facing error for a failed stream write.
+pub(crate) fn write_error(peer: &ServerAddress, error: &WriteError) -> Error {
+    match error {
+        WriteError::ConnectionLost(e) => connection_error(peer, e),
+        WriteError::Stopped(code) => reset_error(peer, *code),
+        other => Error::ConnectionLost {
+            peer: peer.clone(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn reset_error(peer: &ServerAddress, code: VarInt) -> Error {
+    match code {
+        stream::BAD_FRAME => Error::Protocol(format!("{peer} refused a frame on this stream")),
+        stream::SHUTDOWN => Error::ConnectionLost {
+            peer: peer.clone(),
+            reason: "peer shutting down".to_owned(),
+        },
+        other => Error::ConnectionLost {
+            peer: peer.clone(),
+            reason: format!("stream closed by peer with code {other}"),
+        },
+    }
+}

@@ -1,0 +1,188 @@
+//! Settings of a [`QuicTransport`](super::QuicTransport).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::tls::{CaRoots, Identity};
+use crate::transport::ServerAddressProvider;
+
+/// Everything a [`QuicTransport`](super::QuicTransport) needs: who this node is (its
+/// certificate chain and key), whom it trusts (the cluster CA), which cluster it belongs to,
+/// and tuning with documented defaults.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use quicraft::{CaRoots, Identity, QuicConfig};
+///
+/// let identity = Identity::from_pem_files("certs/n1.pem", "certs/n1.key")?;
+/// let config = QuicConfig::new("prod", identity, CaRoots::from_pem_file("certs/ca.pem")?)
+///     .bind("0.0.0.0:7000".parse()?)
+///     .advertise("192.0.2.10:7000".parse()?);
+/// # let _ = config;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct QuicConfig {
+    pub(super) cluster: String,
+    pub(super) identity: Identity,
+    pub(super) roots: CaRoots,
+    pub(super) bind: SocketAddr,
+    pub(super) advertise: Option<SocketAddr>,
+    pub(super) rpc_timeout: Duration,
+    pub(super) connect_timeout: Duration,
+    pub(super) idle_timeout: Duration,
+    pub(super) keep_alive: Option<Duration>,
+    pub(super) max_message_size: usize,
+    pub(super) max_streams: u32,
+    pub(super) max_snapshot_streams: u32,
+    pub(super) max_in_flight: usize,
+    pub(super) consumer_capacity: usize,
+    pub(super) backoff_base: Duration,
+    pub(super) backoff_max: Duration,
+    pub(super) address_provider: Option<Arc<dyn ServerAddressProvider>>,
+}
+
+impl QuicConfig {
+    /// A node of `cluster` (the SPIFFE trust domain in every certificate) presenting
+    /// `identity`, trusting `roots`. Everything else has its default.
+    pub fn new(cluster: impl Into<String>, identity: Identity, roots: CaRoots) -> Self {
+        Self {
+            cluster: cluster.into(),
+            identity,
+            roots,
+            bind: SocketAddr::from(([0, 0, 0, 0], 7000)),
+            advertise: None,
+            rpc_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Some(Duration::from_secs(5)),
+            max_message_size: 16 * 1024 * 1024,
+            max_streams: 1024,
+            max_snapshot_streams: 8,
+            max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
+            consumer_capacity: 64,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            address_provider: None,
+        }
+    }
+
+    /// The UDP address to listen and dial from. Default `0.0.0.0:7000`; port 0 picks a free
+    /// port (see `QuicTransport::local_socket_addr`).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// The address peers should dial, when it differs from the bound one (NAT, a wildcard
+    /// bind). Default: the bound address.
+    pub fn advertise(mut self, addr: SocketAddr) -> Self {
+        self.advertise = Some(addr);
+        self
+    }
+
+    /// Deadline of a unary RPC, dial included; snapshots scale it by size. Default 10 s, as
+    /// hashicorp/raft's TCP transport. Shorter detects dead peers sooner; too short fails
+    /// RPCs on slow links.
+    pub fn rpc_timeout(mut self, timeout: Duration) -> Self {
+        self.rpc_timeout = timeout;
+        self
+    }
+
+    /// Deadline of a handshake. Default 5 s. After a failed dial the peer is not dialled again
+    /// before the backoff passes.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// A connection silent this long is closed. Default 30 s. Keep-alive stops an idle but
+    /// healthy connection from reaching it.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Interval of keep-alive packets, or `None` for none. Default 5 s: a dead peer is noticed
+    /// within the idle timeout even when no RPC is under way, for a few bytes per interval.
+    pub fn keep_alive(mut self, interval: Option<Duration>) -> Self {
+        self.keep_alive = interval;
+        self
+    }
+
+    /// Largest frame accepted or sent, in bytes. Default 16 MiB. Bounds what one stream may
+    /// make this node buffer; larger allows bigger AppendEntries batches.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Concurrent RPC streams a peer may open to this node. Default 1024. Each allowed stream
+    /// costs a little memory up front; callers past the limit wait for a stream.
+    pub fn max_streams(mut self, streams: u32) -> Self {
+        self.max_streams = streams.max(1);
+        self
+    }
+
+    /// Concurrent snapshot data streams a peer may open to this node. Default 8.
+    pub fn max_snapshot_streams(mut self, streams: u32) -> Self {
+        self.max_snapshot_streams = streams.max(1);
+        self
+    }
+
+    /// Outstanding AppendEntries per pipeline. Default 128; 0 means the default, 1 turns
+    /// pipelining off. More hides more latency and holds more requests in memory.
+    pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = if max_in_flight == 0 {
+            crate::DEFAULT_MAX_IN_FLIGHT
+        } else {
+            max_in_flight
+        };
+        self
+    }
+
+    /// RPCs queued for the consumer before senders wait. Default 64.
+    pub fn consumer_capacity(mut self, capacity: usize) -> Self {
+        self.consumer_capacity = capacity.max(1);
+        self
+    }
+
+    /// Backoff after a failed dial: `base`, doubling per consecutive failure up to `max`.
+    /// Default 100 ms to 10 s. Calls during the backoff fail at once as unreachable.
+    pub fn reconnect_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_max = max.max(base);
+        self
+    }
+
+    /// Consults `provider` for a peer's address on every dial. Default none.
+    pub fn address_provider(mut self, provider: Arc<dyn ServerAddressProvider>) -> Self {
+        self.address_provider = Some(provider);
+        self
+    }
+}
+
+impl fmt::Debug for QuicConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuicConfig")
+            .field("cluster", &self.cluster)
+            .field("identity", &self.identity)
+            .field("bind", &self.bind)
+            .field("advertise", &self.advertise)
+            .field("rpc_timeout", &self.rpc_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("keep_alive", &self.keep_alive)
+            .field("max_message_size", &self.max_message_size)
+            .field("max_streams", &self.max_streams)
+            .field("max_snapshot_streams", &self.max_snapshot_streams)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("consumer_capacity", &self.consumer_capacity)
+            .field("backoff", &(self.backoff_base, self.backoff_max))
+            .field("address_provider", &self.address_provider.is_some())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,384 @@
+//! The QUIC transport (layer 2, the RPC core): one connection per peer, a stream per RPC,
+//! snapshots on unidirectional streams, mutual TLS with identities checked on every request.
+
+mod client;
+mod codes;
+mod config;
+mod io;
+mod pipeline;
+mod pool;
+mod rendezvous;
+mod server;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::io::AsyncRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::QuicConfig;
+
+use crate::command::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse,
+    ServerAddress, ServerId, TimeoutNowRequest, TimeoutNowResponse,
+};
+use crate::error::Error;
+use crate::tls::{SERVER_NAME, TlsContext};
+use crate::transport::{
+    AddressResolver, AppendPipeline, Dispatcher, HeartbeatHandler, Incoming, Transport, decode_peer,
+};
+use pool::{DialFailure, PeerConn, Pool};
+
+/// Stream priorities: higher is sent first (quinn `SendStream::set_priority`).
+mod priority {
+    /// Votes, pre-votes, TimeoutNow and heartbeats: what keeps leadership stable.
+    pub(super) const CONTROL: i32 = 2;
+    /// AppendEntries with entries, pipelines, snapshot requests.
+    pub(super) const APPEND: i32 = 1;
+    /// Snapshot data.
+    pub(super) const SNAPSHOT_DATA: i32 = 0;
+}
+
+/// A [`Transport`] over QUIC with mutual TLS.
+///
+/// [`bind`](Self::bind) opens one UDP endpoint that both listens and dials. Cheap to clone:
+/// clones are handles to one node.
+#[derive(Clone)]
+pub struct QuicTransport {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    config: QuicConfig,
+    local_id: ServerId,
+    local_addr: ServerAddress,
+    socket_addr: SocketAddr,
+    tls: TlsContext,
+    transport_config: Arc<quinn::TransportConfig>,
+    endpoint: Mutex<Option<quinn::Endpoint>>,
+    pool: Pool,
+    dispatcher: Dispatcher,
+    resolver: AddressResolver,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl QuicTransport {
+    /// Binds the endpoint and starts accepting connections; returns the transport handle and
+    /// its consumer. Must be called inside a tokio runtime.
+    ///
+    /// Fails with [`Error::Config`] when the certificate does not name a node of the cluster
+    /// or cannot be used, and [`Error::Io`] when the address cannot be bound.
+    pub async fn bind(config: QuicConfig) -> Result<(Self, Incoming), Error> {
+        let tls = TlsContext::new(
+            &config.cluster,
+            config.identity.clone(),
+            config.roots.clone(),
+        )
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let local_id = ServerId::from(tls.local_id().node());
+        let transport_config = Arc::new(transport_config(&config)?);
+        let mut server_config = tls
+            .server_config()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        server_config.transport_config(transport_config.clone());
+        let endpoint = quinn::Endpoint::server(server_config, config.bind)?;
+        let socket_addr = endpoint.local_addr()?;
+        let local_addr = ServerAddress::from(config.advertise.unwrap_or(socket_addr));
+        let (dispatcher, incoming) = Dispatcher::new(config.consumer_capacity);
+        let inner = Arc::new(Inner {
+            pool: Pool::new(local_id.clone(), config.backoff_base, config.backoff_max),
+            resolver: AddressResolver::new(config.address_provider.clone()),
+            local_id,
+            local_addr,
+            socket_addr,
+            tls,
+            transport_config,
+            endpoint: Mutex::new(Some(endpoint.clone())),
+            dispatcher,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            config,
+        });
+        inner
+            .tasks
+            .spawn(server::accept_loop(inner.clone(), endpoint));
+        tracing::info!(id = %inner.local_id, addr = %inner.socket_addr, "quicraft transport listening");
+        Ok((Self { inner }, incoming))
+    }
+
+    /// This node's server id, from its certificate.
+    pub fn local_id(&self) -> &ServerId {
+        &self.inner.local_id
+    }
+
+    /// The UDP address the endpoint is bound to (with the real port when bound to port 0).
+    pub fn local_socket_addr(&self) -> SocketAddr {
+        self.inner.socket_addr
+    }
+
+    /// The peers this node holds a live connection to, with whether this node dialled it.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.inner
+            .pool
+            .connections()
+            .into_iter()
+            .filter(|(_, c)| c.is_alive())
+            .map(|(peer, c)| ConnectionInfo {
+                dialled_by_us: c.dialer == self.inner.local_id,
+                remote: c.conn.remote_address(),
+                rtt: c.conn.rtt(),
+                peer,
+            })
+            .collect()
+    }
+
+    /// QUIC connections open on this node's endpoint, including any being retired.
+    pub fn open_connections(&self) -> usize {
+        self.inner.endpoint().map_or(0, |e| e.open_connections())
+    }
+
+    /// Tasks the transport is running (accept loop, connections, streams). Zero after
+    /// [`close`](Transport::close).
+    pub fn task_count(&self) -> usize {
+        self.inner.tasks.len()
+    }
+}
+
+/// A peer connection as [`QuicTransport::connections`] reports it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The peer's server id, proven by its certificate.
+    pub peer: ServerId,
+    /// The peer's UDP address.
+    pub remote: SocketAddr,
+    /// Whether this node dialled the connection (else the peer did).
+    pub dialled_by_us: bool,
+    /// The current round-trip time estimate.
+    pub rtt: std::time::Duration,
+}
+
+impl std::fmt::Debug for QuicTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTransport")
+            .field("id", &self.inner.local_id)
+            .field("addr", &self.inner.socket_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error> {
+    let mut transport = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|_| {
+        Error::Config(format!(
+            "idle timeout {:?} is too long",
+            config.idle_timeout
+        ))
+    })?;
+    transport
+        .max_idle_timeout(Some(idle))
+        .keep_alive_interval(config.keep_alive)
+        .max_concurrent_bidi_streams(config.max_streams.into())
+        .max_concurrent_uni_streams(config.max_snapshot_streams.into());
+    Ok(transport)
+}
+
+impl Inner {
+    fn endpoint(&self) -> Option<quinn::Endpoint> {
+        self.endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn dial_failure_shutdown(&self) -> Option<DialFailure> {
+        self.shutdown
+            .is_cancelled()
+            .then_some(DialFailure::Shutdown)
+    }
+
+    /// Dials `id` at `addr` and serves the connection; the pool learns the outcome.
+    async fn dial(
+        self: Arc<Self>,
+        id: ServerId,
+        addr: SocketAddr,
+    ) -> Result<PeerConn, DialFailure> {
+        let outcome = self.connect(&id, addr).await;
+        if let Ok(conn) = &outcome {
+            self.tasks.spawn(server::serve_connection(
+                self.clone(),
+                id.clone(),
+                conn.clone(),
+            ));
+        }
+        self.pool.dial_finished(&self, &id, outcome)
+    }
+
+    async fn connect(&self, id: &ServerId, addr: SocketAddr) -> Result<PeerConn, DialFailure> {
+        if let Some(failure) = self.dial_failure_shutdown() {
+            return Err(failure);
+        }
+        let endpoint = self.endpoint().ok_or(DialFailure::Shutdown)?;
+        let mut client = self
+            .tls
+            .client_config(id.as_str())
+            .map_err(|e| DialFailure::Unreachable(format!("cannot dial {id}: {e}")))?;
+        client.transport_config(self.transport_config.clone());
+        let connecting = endpoint
+            .connect_with(client, addr, SERVER_NAME)
+            .map_err(|e| DialFailure::Unreachable(format!("cannot dial {addr}: {e}")))?;
+        let timeout = self.config.connect_timeout;
+        let connected = tokio::select! {
+            _ = self.shutdown.cancelled() => return Err(DialFailure::Shutdown),
+            connected = tokio::time::timeout(timeout, connecting) => connected,
+        };
+        match connected {
+            Ok(Ok(conn)) => {
+                tracing::debug!(peer = %id, %addr, "connected");
+                Ok(PeerConn::new(conn, self.local_id.clone()))
+            }
+            Ok(Err(e)) if codes::is_authentication_failure(&e) => {
+                tracing::warn!(peer = %id, %addr, error = %e, "handshake refused");
+                Err(DialFailure::Authentication(format!(
+                    "handshake with {id} at {addr} refused: {e}"
+                )))
+            }
+            Ok(Err(e)) => Err(DialFailure::Unreachable(format!(
+                "handshake with {addr} failed: {e}"
+            ))),
+            Err(_) => Err(DialFailure::Unreachable(format!(
+                "no handshake with {addr} within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// How long a connection that lost the tie-break stays open for calls already on it.
+    fn retire_grace(&self) -> std::time::Duration {
+        self.config.rpc_timeout + self.config.connect_timeout
+    }
+}
+
+impl pool::Dialer for Arc<Inner> {
+    fn spawn_dial(
+        &self,
+        id: ServerId,
+        addr: SocketAddr,
+    ) -> BoxFuture<'static, Result<PeerConn, DialFailure>> {
+        let handle = self.tasks.spawn(self.clone().dial(id, addr));
+        async move { handle.await.unwrap_or(Err(DialFailure::Shutdown)) }.boxed()
+    }
+
+    fn spawn_retire(&self, loser: PeerConn) {
+        let grace = self.retire_grace();
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = pool::retire(loser, grace) => {}
+            }
+        });
+    }
+}
+
+impl Transport for QuicTransport {
+    fn local_addr(&self) -> ServerAddress {
+        self.inner.local_addr.clone()
+    }
+
+    async fn append_entries(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        request: AppendEntriesRequest,
+    ) -> Result<AppendEntriesResponse, Error> {
+        client::append_entries(&self.inner, id, target, request).await
+    }
+
+    async fn request_vote(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        request: RequestVoteRequest,
+    ) -> Result<RequestVoteResponse, Error> {
+        client::request_vote(&self.inner, id, target, request).await
+    }
+
+    async fn request_pre_vote(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        request: RequestPreVoteRequest,
+    ) -> Result<RequestPreVoteResponse, Error> {
+        client::request_pre_vote(&self.inner, id, target, request).await
+    }
+
+    async fn timeout_now(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        request: TimeoutNowRequest,
+    ) -> Result<TimeoutNowResponse, Error> {
+        client::timeout_now(&self.inner, id, target, request).await
+    }
+
+    async fn install_snapshot<R>(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        request: InstallSnapshotRequest,
+        data: R,
+    ) -> Result<InstallSnapshotResponse, Error>
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+    {
+        client::install_snapshot(&self.inner, id, target, request, data).await
+    }
+
+    async fn append_entries_pipeline(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+    ) -> Result<AppendPipeline, Error> {
+        pipeline::open(&self.inner, id, target).await
+    }
+
+    fn encode_peer(&self, id: &ServerId, addr: &ServerAddress) -> Vec<u8> {
+        self.inner.resolver.encode_peer(id, addr)
+    }
+
+    fn decode_peer(&self, encoded: &[u8]) -> Result<ServerAddress, Error> {
+        decode_peer(encoded)
+    }
+
+    fn set_heartbeat_handler(&self, handler: Option<HeartbeatHandler>) {
+        self.inner.dispatcher.set_heartbeat_handler(handler);
+    }
+
+    async fn close(&self) {
+        let inner = &self.inner;
+        inner.shutdown.cancel();
+        inner.dispatcher.close();
+        let endpoint = inner
+            .endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        inner.tasks.close();
+        if let Some(endpoint) = endpoint {
+            endpoint.close(codes::conn::SHUTDOWN, b"shutdown");
+            inner.pool.clear();
+            inner.tasks.wait().await;
+            // Let the peers learn of the close; bounded, so a vanished peer cannot stall it.
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
+            tracing::info!(id = %inner.local_id, "quicraft transport closed");
+        } else {
+            inner.tasks.wait().await;
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The calling side of a pipeline: one bidirectional stream per pipeline. QUIC delivers a
+//! stream's bytes in order, so the follower reads the appends in the order they were sent,
+//! and answers them in that order on the same stream.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use quinn::{RecvStream, SendStream};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::client::{answer, answer_read_error, request_write_error};
+use super::codes::{self, stream};
+use super::io::{FrameReader, write_frame};
+use super::pool::ActiveGuard;
+use super::{Inner, priority};
+use crate::codec::Frame;
+use crate::command::{
+    AppendEntriesRequest, AppendEntriesResponse, RpcKind, ServerAddress, ServerId,
+};
+use crate::error::Error;
+use crate::transport::{AppendPipeline, BoxFuture, PipelineSink, ResponseFuture};
+
+type Answer = oneshot::Sender<Result<AppendEntriesResponse, Error>>;
+
+struct QuicSink {
+    send: Mutex<SendStream>,
+    /// Answer slots, in send order, for the task reading the answers.
+    answers: mpsc::UnboundedSender<Answer>,
+    closed: CancellationToken,
+    peer: ServerAddress,
+    max: usize,
+}
+
+/// Opens a pipeline to `id`: a stream whose first frame is `PipelineOpen`.
+pub(super) async fn open(
+    inner: &Arc<Inner>,
+    id: &ServerId,
+    target: &ServerAddress,
+) -> Result<AppendPipeline, Error> {
+    let config = &inner.config;
+    if config.max_in_flight < 2 {
+        return Err(Error::PipelineNotSupported);
+    }
+    let deadline = tokio::time::Instant::now() + config.rpc_timeout;
+    let (send, recv, active, peer) = inner
+        .guarded(RpcKind::AppendEntries, deadline, async {
+            let (conn, peer) = inner.connection(id, target).await?;
+            let active = conn.active();
+            let (mut send, recv) = conn
+                .conn
+                .open_bi()
+                .await
+                .map_err(|e| codes::connection_error(&peer, &e))?;
+            let _ = send.set_priority(priority::APPEND);
+            write_frame(&mut send, &Frame::PipelineOpen, config.max_message_size)
+                .await
+                .map_err(|e| request_write_error(&peer, e))?;
+            Ok((send, recv, active, peer))
+        })
+        .await?;
+    let (answers_tx, answers_rx) = mpsc::unbounded_channel();
+    let closed = inner.shutdown.child_token();
+    inner.tasks.spawn(read_answers(
+        recv,
+        answers_rx,
+        closed.clone(),
+        peer.clone(),
+        config.max_message_size,
+        active,
+    ));
+    let sink = QuicSink {
+        send: Mutex::new(send),
+        answers: answers_tx,
+        closed,
+        peer,
+        max: config.max_message_size,
+    };
+    AppendPipeline::new(
+        sink,
+        config.max_in_flight,
+        config.rpc_timeout,
+        &inner.shutdown,
+    )
+}
+
+/// Reads answers in order and completes each request's slot; on any failure, fails every
+/// slot still open.
+async fn read_answers(
+    mut recv: RecvStream,
+    mut slots: mpsc::UnboundedReceiver<Answer>,
+    closed: CancellationToken,
+    peer: ServerAddress,
+    max: usize,
+    _active: ActiveGuard,
+) {
+    let mut reader = FrameReader::new(max);
+    let mut waiting: VecDeque<Answer> = VecDeque::new();
+    let failure = loop {
+        let frame = tokio::select! {
+            _ = closed.cancelled() => break Error::PipelineClosed,
+            frame = reader.next(&mut recv) => frame,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                break Error::ConnectionLost {
+                    peer: peer.clone(),
+                    reason: "pipeline ended".to_owned(),
+                };
+            }
+            Err(e) => break answer_read_error(&peer, e),
+        };
+        // Every slot is queued before its request is written, so it is here by now.
+        while let Ok(slot) = slots.try_recv() {
+            waiting.push_back(slot);
+        }
+        let Some(slot) = waiting.pop_front() else {
+            break Error::Protocol(format!(
+                "{peer} answered a pipelined append that was never sent"
+            ));
+        };
+        let result = answer(&peer, RpcKind::AppendEntries, Some(frame)).and_then(|r| {
+            AppendEntriesResponse::try_from(r)
+                .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
+        });
+        let _ = slot.send(result);
+    };
+    let _ = recv.stop(stream::STOPPED);
+    slots.close();
+    while let Ok(slot) = slots.try_recv() {
+        waiting.push_back(slot);
+    }
+    let reason = failure.to_string();
+    for slot in waiting {
+        let error = match &failure {
+            Error::PipelineClosed => Error::PipelineClosed,
+            Error::Shutdown => Error::Shutdown,
+            _ => Error::ConnectionLost {
+                peer: peer.clone(),
+                reason: reason.clone(),
+            },
+        };
+        let _ = slot.send(Err(error));
+    }
+}
+
+impl PipelineSink for QuicSink {
+    fn start<'a>(
+        &'a self,
+        request: &'a AppendEntriesRequest,
+    ) -> BoxFuture<'a, Result<ResponseFuture, Error>> {
+        Box::pin(async move {
+            let (slot, rx) = oneshot::channel();
+            let mut send = self.send.lock().await;
+            self.answers.send(slot).map_err(|_| Error::PipelineClosed)?;
+            let frame = Frame::AppendEntries(request.clone());
+            write_frame(&mut send, &frame, self.max)
+                .await
+                .map_err(|e| request_write_error(&self.peer, e))?;
+            let peer = self.peer.clone();
+            let response: ResponseFuture = Box::pin(async move {
+                rx.await.unwrap_or_else(|_| {
+                    Err(Error::ConnectionLost {
+                        peer,
+                        reason: "pipeline reader stopped".to_owned(),
+                    })
+                })
+            });
+            Ok(response)
+        })
+    }
+
+    fn close(&self) {
+        self.closed.cancel();
+        if let Ok(mut send) = self.send.try_lock() {
+            let _ = send.finish();
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! The receiving side: accepting connections, checking who the peer is, and serving each
+//! stream on its own task so no RPC waits for another.
+
+use std::io;
+use std::sync::Arc;
+
+use quinn::{RecvStream, SendStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Inner;
+use super::codes::{self, stream};
+use super::io::{FrameReader, ReadFrameError, write_frame};
+use super::pool::PeerConn;
+use super::rendezvous::Rendezvous;
+use crate::codec::Frame;
+use crate::command::{Command, ServerId};
+use crate::error::{ErrorCode, RemoteError};
+use crate::tls::peer_spiffe_id;
+use crate::transport::{Responder, Rpc, RpcResult, SnapshotReader};
+
+/// Accepts connections until shutdown, each handshake on its own task.
+pub(super) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
+    loop {
+        let incoming = tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { return };
+        inner.tasks.spawn(accept(inner.clone(), incoming));
+    }
+}
+
+async fn accept(inner: Arc<Inner>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let timeout = inner.config.connect_timeout;
+    let handshake = tokio::select! {
+        _ = inner.shutdown.cancelled() => return,
+        handshake = tokio::time::timeout(timeout, incoming) => handshake,
+    };
+    let conn = match handshake {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::warn!(%remote, error = %e, "incoming handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%remote, "incoming handshake timed out");
+            return;
+        }
+    };
+    // The TLS verifier proved the chain and the cluster; the node id names the peer.
+    let peer = match peer_spiffe_id(conn.peer_identity()) {
+        Ok(id) if id.cluster() == inner.tls.cluster() => ServerId::from(id.node()),
+        Ok(id) => {
+            tracing::warn!(%remote, peer = %id, "refusing a peer of another cluster");
+            conn.close(codes::conn::IDENTITY, b"wrong cluster");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "refusing a peer without a usable identity");
+            conn.close(codes::conn::IDENTITY, b"no identity");
+            return;
+        }
+    };
+    tracing::debug!(%remote, %peer, "accepted connection");
+    let conn = PeerConn::new(conn, peer.clone());
+    inner.pool.register(&inner, &peer, conn.clone());
+    serve_connection(inner, peer, conn).await;
+}
+
+/// Serves the streams `peer` opens on `conn` until it closes or this node shuts down.
+pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: PeerConn) {
+    let rendezvous = Arc::new(Rendezvous::new(
+        inner.config.max_snapshot_streams as usize,
+        inner.config.rpc_timeout,
+    ));
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            bi = conn.conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let stream = Stream { inner: inner.clone(), peer: peer.clone(), conn: conn.clone() };
+                    inner.tasks.spawn(stream.serve_bi(send, recv, rendezvous.clone()));
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                    return;
+                }
+            },
+            uni = conn.conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    // Held, unread, until its InstallSnapshot request claims it.
+                    let id = u64::from(recv.id());
+                    tracing::trace!(%peer, stream = id, "snapshot data stream");
+                    if let Err(why) = rendezvous.data_arrived(id, recv) {
+                        tracing::warn!(%peer, stream = id, why, "snapshot data stream refused");
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// One incoming stream and where it came from.
+struct Stream {
+    inner: Arc<Inner>,
+    peer: ServerId,
+    conn: PeerConn,
+}
+
+impl Stream {
+    fn max(&self) -> usize {
+        self.inner.config.max_message_size
+    }
+
+    /// Answers a request that cannot be served with an error frame, and stops reading.
+    async fn refuse(&self, send: &mut SendStream, recv: &mut RecvStream, error: RemoteError) {
+        let _ = recv.stop(stream::BAD_FRAME);
+        if write_frame(send, &Frame::Error(error), self.max())
+            .await
+            .is_ok()
+        {
+            let _ = send.finish();
+        }
+    }
+
+    /// Logs bad input from the peer and answers it on this stream only.
+    async fn bad_input(&self, send: &mut SendStream, recv: &mut RecvStream, what: String) {
+        tracing::warn!(peer = %self.peer, error = %what, "bad input on a request stream");
+        self.refuse(send, recv, RemoteError::new(ErrorCode::BAD_REQUEST, what))
+            .await;
+    }
+
+    /// Checks that a request's header names the node whose certificate sent it.
+    fn identity_error(&self, command: &Command) -> Option<RemoteError> {
+        let claimed = &command.header().id;
+        (claimed != &self.peer).then(|| {
+            tracing::warn!(
+                peer = %self.peer,
+                claimed = %claimed,
+                rpc = %command.kind(),
+                "request header names another node than the certificate"
+            );
+            RemoteError::new(
+                ErrorCode::IDENTITY_MISMATCH,
+                format!(
+                    "header id {claimed} is not the certificate's id {}",
+                    self.peer
+                ),
+            )
+        })
+    }
+
+    async fn serve_bi(
+        self,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        rendezvous: Arc<Rendezvous>,
+    ) {
+        let _active = self.conn.active();
+        let mut reader = FrameReader::new(self.max());
+        // A peer that trickles its request must not hold the stream forever.
+        let first =
+            tokio::time::timeout(self.inner.config.rpc_timeout, reader.next(&mut recv)).await;
+        let frame = match first {
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => return,
+            Ok(Err(ReadFrameError::Codec(e))) => {
+                return self.bad_input(&mut send, &mut recv, e.to_string()).await;
+            }
+            Ok(Err(ReadFrameError::Truncated)) => {
+                return self
+                    .bad_input(&mut send, &mut recv, "request truncated".to_owned())
+                    .await;
+            }
+            Ok(Err(ReadFrameError::Read(e))) => {
+                tracing::debug!(peer = %self.peer, error = %e, "request stream failed");
+                return;
+            }
+            Err(_) => {
+                return self
+                    .bad_input(
+                        &mut send,
+                        &mut recv,
+                        "no whole request within the RPC timeout".to_owned(),
+                    )
+                    .await;
+            }
+        };
+        tracing::trace!(peer = %self.peer, stream = %recv.id(), kind = frame.kind().name(), "request");
+        let command = match frame {
+            Frame::AppendEntries(r) => Command::AppendEntries(r),
+            Frame::RequestVote(r) => Command::RequestVote(r),
+            Frame::RequestPreVote(r) => Command::RequestPreVote(r),
+            Frame::TimeoutNow(r) => Command::TimeoutNow(r),
+            Frame::InstallSnapshot {
+                transfer_id,
+                request,
+            } => {
+                return self
+                    .serve_snapshot(send, recv, transfer_id, request, rendezvous)
+                    .await;
+            }
+            Frame::PipelineOpen => return self.serve_pipeline(send, recv, reader).await,
+            other => {
+                let what = format!("a {} frame cannot open a stream", other.kind().name());
+                return self.bad_input(&mut send, &mut recv, what).await;
+            }
+        };
+        if let Some(error) = self.identity_error(&command) {
+            return self.refuse(&mut send, &mut recv, error).await;
+        }
+        let answer = self.dispatch(command, None, &send).await;
+        self.write_answer(&mut send, answer).await;
+    }
+
+    /// Hands a request to the heartbeat handler or the consumer and waits for its answer.
+    /// Every request that arrived whole is delivered, even if its caller has given up, so
+    /// what reaches the consumer does not depend on timing.
+    async fn dispatch(
+        &self,
+        command: Command,
+        snapshot: Option<SnapshotReader>,
+        send: &SendStream,
+    ) -> Option<RpcResult> {
+        let (responder, rx) = Responder::new(command.kind());
+        let rpc = Rpc::new(command, snapshot, responder);
+        let timeout = self.inner.config.rpc_timeout;
+        let unavailable =
+            match tokio::time::timeout(timeout, self.inner.dispatcher.dispatch(rpc)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(_closed)) => Some("node is shutting down".to_owned()),
+                Err(_) => Some(format!(
+                    "consumer did not take the request within {timeout:?}"
+                )),
+            };
+        if let Some(why) = unavailable {
+            return Some(Err(RemoteError::new(ErrorCode::UNAVAILABLE, why)));
+        }
+        tokio::select! {
+            biased;
+            answer = rx => Some(answer.unwrap_or_else(|_| {
+                Err(RemoteError::new(ErrorCode::NO_RESPONSE, "the RPC was dropped without an answer"))
+            })),
+            // The caller gave up (timeout or cancel): nobody is waiting for the answer.
+            _ = send.stopped() => None,
+        }
+    }
+
+    async fn write_answer(&self, send: &mut SendStream, answer: Option<RpcResult>) {
+        let Some(answer) = answer else { return };
+        let frame = match answer {
+            Ok(response) => Frame::Response(response),
+            Err(error) => Frame::Error(error),
+        };
+        tokio::select! {
+            _ = self.inner.shutdown.cancelled() => {
+                let _ = send.reset(stream::SHUTDOWN);
+            }
+            written = write_frame(send, &frame, self.max()) => match written {
+                Ok(()) => {
+                    let _ = send.finish();
+                }
+                Err(e) => tracing::debug!(peer = %self.peer, error = ?e, "answer not delivered"),
+            },
+        }
+    }
+
+    async fn serve_snapshot(
+        &self,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        transfer_id: u64,
+        request: crate::command::InstallSnapshotRequest,
+        rendezvous: Arc<Rendezvous>,
+    ) {
+        let size = request.size;
+        let command = Command::InstallSnapshot(request);
+        if let Some(error) = self.identity_error(&command) {
+            return self.refuse(&mut send, &mut recv, error).await;
+        }
+        let data = snapshot_data(
+            rendezvous,
+            transfer_id,
+            self.inner.config.rpc_timeout,
+            self.max(),
+        );
+        let reader = SnapshotReader::new(data, size);
+        let answer = self.dispatch(command, Some(reader), &send).await;
+        self.write_answer(&mut send, answer).await;
+    }
+
+    /// A pipeline: AppendEntries frames in, answers out in the same order. Requests reach
+    /// the consumer one at a time in stream order, which is the order the leader sent them.
+    async fn serve_pipeline(
+        &self,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        mut reader: FrameReader,
+    ) {
+        let (tx, mut rx) =
+            mpsc::channel::<oneshot::Receiver<RpcResult>>(self.inner.config.max_in_flight.max(1));
+        let read_requests = async move {
+            loop {
+                let frame = match reader.next(&mut recv).await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return,
+                    Err(ReadFrameError::Read(e)) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "pipeline stream failed");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %self.peer, error = ?e, "bad input on a pipeline");
+                        let _ = recv.stop(stream::BAD_FRAME);
+                        let (answer_tx, answer_rx) = oneshot::channel();
+                        let _ = answer_tx.send(Err(RemoteError::new(
+                            ErrorCode::BAD_REQUEST,
+                            format!("{e:?}"),
+                        )));
+                        let _ = tx.send(answer_rx).await;
+                        return;
+                    }
+                };
+                let Frame::AppendEntries(request) = frame else {
+                    let what = format!("a {} frame on a pipeline", frame.kind().name());
+                    tracing::warn!(peer = %self.peer, error = %what, "bad input on a pipeline");
+                    let _ = recv.stop(stream::BAD_FRAME);
+                    let (answer_tx, answer_rx) = oneshot::channel();
+                    let _ = answer_tx.send(Err(RemoteError::new(ErrorCode::BAD_REQUEST, what)));
+                    let _ = tx.send(answer_rx).await;
+                    return;
+                };
+                let command = Command::AppendEntries(request);
+                let (answer_tx, answer_rx) = oneshot::channel();
+                if let Some(error) = self.identity_error(&command) {
+                    let _ = answer_tx.send(Err(error));
+                    let _ = tx.send(answer_rx).await;
+                    continue;
+                }
+                let (responder, rpc_rx) = Responder::new(command.kind());
+                // Dispatch in order here; the answer is awaited on its own, so the next
+                // request does not wait for this one's handler.
+                let dispatched = self
+                    .inner
+                    .dispatcher
+                    .dispatch(Rpc::new(command, None, responder))
+                    .await;
+                if dispatched.is_err() {
+                    let _ = answer_tx.send(Err(RemoteError::new(
+                        ErrorCode::UNAVAILABLE,
+                        "node is shutting down",
+                    )));
+                    let _ = tx.send(answer_rx).await;
+                    return;
+                }
+                let _ = tx.send(rpc_rx).await;
+                drop(answer_tx);
+            }
+        };
+        let write_answers = async {
+            while let Some(answer_rx) = rx.recv().await {
+                let answer = answer_rx.await.unwrap_or_else(|_| {
+                    Err(RemoteError::new(
+                        ErrorCode::NO_RESPONSE,
+                        "the RPC was dropped without an answer",
+                    ))
+                });
+                let frame = match answer {
+                    Ok(response) => Frame::Response(response),
+                    Err(error) => Frame::Error(error),
+                };
+                if let Err(e) = write_frame(&mut send, &frame, self.max()).await {
+                    tracing::debug!(peer = %self.peer, error = ?e, "pipeline answer not delivered");
+                    return;
+                }
+            }
+            let _ = send.finish();
+        };
+        let _active = self.conn.active();
+        tokio::select! {
+            _ = self.inner.shutdown.cancelled() => {}
+            _ = async { tokio::join!(read_requests, write_answers) } => {}
+        }
+    }
+}
+
+/// The data of a snapshot, read from the data stream `stream_id` once the consumer starts
+/// reading: the stream is claimed, its `SnapshotData` header checked, then its bytes passed
+/// on as they arrive. A data stream that never comes, or was reset, is a read error.
+fn snapshot_data(
+    rendezvous: Arc<Rendezvous>,
+    stream_id: u64,
+    timeout: std::time::Duration,
+    max: usize,
+) -> impl tokio::io::AsyncRead + Send + 'static {
+    enum State {
+        Claim,
+        Reading(RecvStream),
+    }
+    let chunks = futures_util::stream::try_unfold(State::Claim, move |state| {
+        let rendezvous = rendezvous.clone();
+        async move {
+            let mut recv = match state {
+                State::Reading(recv) => recv,
+                State::Claim => {
+                    let mut recv = rendezvous.claim(stream_id, timeout).await.ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "snapshot data stream {stream_id} did not arrive within {timeout:?}"
+                            ),
+                        )
+                    })?;
+                    tracing::trace!(stream = stream_id, "snapshot data stream claimed");
+                    let mut reader = FrameReader::new(max);
+                    match reader.next(&mut recv).await {
+                        Ok(Some(Frame::SnapshotData { transfer_id }))
+                            if transfer_id == stream_id => {}
+                        Ok(_) => {
+                            let _ = recv.stop(stream::BAD_FRAME);
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "snapshot data stream does not start with its SnapshotData header",
+                            ));
+                        }
+                        Err(ReadFrameError::Read(e)) => return Err(io::Error::from(e)),
+                        Err(e) => {
+                            let _ = recv.stop(stream::BAD_FRAME);
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("{e:?}"),
+                            ));
+                        }
+                    }
+                    // Data that came in the same chunk as the header.
+                    return Ok(Some((reader.into_leftover(), State::Reading(recv))));
+                }
+            };
+            match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => Ok(Some((chunk.bytes, State::Reading(recv)))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(io::Error::from(e)),
+            }
+        }
+    });
+    tokio_util::io::StreamReader::new(Box::pin(chunks))
+}
