@@ -1,0 +1,385 @@
+//! QuicTransport behaviour beyond the conformance suite: the connection pool, concurrency over
+//! one connection, large snapshots beside heartbeats, restarts and backoff, shutdown.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::hash::Hasher;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use common::Fixture;
+use quicraft::{
+    AppendEntriesRequest, AppendEntriesResponse, Command, Error, Incoming, InstallSnapshotRequest,
+    InstallSnapshotResponse, QuicTransport, RequestVoteRequest, RequestVoteResponse, Response, Rpc,
+    RpcHeader, Transport,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+const GUARD: Duration = Duration::from_secs(30);
+
+fn header(t: &QuicTransport) -> RpcHeader {
+    RpcHeader::new(t.local_id().clone(), t.local_addr())
+}
+
+fn vote(from: &QuicTransport, term: u64) -> RequestVoteRequest {
+    RequestVoteRequest {
+        header: header(from),
+        term,
+        last_log_index: 1,
+        last_log_term: 1,
+        leadership_transfer: false,
+    }
+}
+
+/// Answers every RPC (votes granted with the request's term, appends echo their position,
+/// snapshots are read to the end and hashed) until the consumer ends.
+fn serve(node: &QuicTransport, mut incoming: Incoming) -> tokio::task::JoinHandle<()> {
+    let me = header(node);
+    tokio::spawn(async move {
+        while let Some(rpc) = incoming.recv().await {
+            let me = me.clone();
+            tokio::spawn(async move { answer(me, rpc).await });
+        }
+    })
+}
+
+async fn answer(me: RpcHeader, mut rpc: Rpc) {
+    let response: Response = match rpc.command().clone() {
+        Command::RequestVote(req) => RequestVoteResponse {
+            header: me,
+            term: req.term,
+            granted: true,
+        }
+        .into(),
+        Command::AppendEntries(req) => append_response(me, req.prev_log_entry).into(),
+        Command::InstallSnapshot(_) => {
+            let mut reader = rpc.take_snapshot().unwrap();
+            let hash = hash_reader(&mut reader).await;
+            // The hash travels back in `term` so the sender can compare.
+            let success = hash.is_ok();
+            InstallSnapshotResponse {
+                header: me,
+                term: hash.unwrap_or(0),
+                success,
+            }
+            .into()
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    rpc.respond(Ok(response));
+}
+
+fn append_response(me: RpcHeader, last_log: u64) -> AppendEntriesResponse {
+    AppendEntriesResponse {
+        header: me,
+        term: 1,
+        last_log,
+        success: true,
+        no_retry_backoff: false,
+    }
+}
+
+async fn hash_reader(reader: &mut (impl AsyncRead + Unpin)) -> io::Result<u64> {
+    let mut hasher = std::hash::DefaultHasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.write(&buf[..n]);
+    }
+}
+
+/// `len` pseudo-random bytes, generated as read (a 64 MiB source holds no 64 MiB buffer).
+struct Noise {
+    state: u64,
+    left: u64,
+}
+
+impl Noise {
+    fn new(seed: u64, len: u64) -> Self {
+        Self {
+            state: seed | 1,
+            left: len,
+        }
+    }
+}
+
+impl AsyncRead for Noise {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = buf
+            .remaining()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let mut bytes = vec![0u8; n];
+        for b in bytes.iter_mut() {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            *b = self.state as u8;
+        }
+        buf.put_slice(&bytes);
+        self.left -= n as u64;
+        Poll::Ready(Ok(()))
+    }
+}
+
+async fn guarded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(GUARD, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_calling_each_other_share_one_connection() {
+    common::init_tracing();
+    let fx = Fixture::new("pool");
+    let (a, a_in) = fx.node("n1").await;
+    let (b, b_in) = fx.node("n2").await;
+    serve(&a, a_in);
+    serve(&b, b_in);
+    guarded(
+        "a→b",
+        a.request_vote(b.local_id(), &b.local_addr(), vote(&a, 1)),
+    )
+    .await
+    .unwrap();
+    guarded(
+        "b→a",
+        b.request_vote(a.local_id(), &a.local_addr(), vote(&b, 1)),
+    )
+    .await
+    .unwrap();
+    guarded(
+        "a→b again",
+        a.request_vote(b.local_id(), &b.local_addr(), vote(&a, 2)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.open_connections(), 1, "a holds more than one connection");
+    assert_eq!(b.open_connections(), 1, "b holds more than one connection");
+    let (ac, bc) = (a.connections(), b.connections());
+    assert_eq!(ac.len(), 1);
+    assert_eq!(bc.len(), 1);
+    assert_eq!(&ac[0].peer, b.local_id());
+    assert_eq!(&bc[0].peer, a.local_id());
+    assert!(
+        ac[0].dialled_by_us && !bc[0].dialled_by_us,
+        "b dialled although a's connection was up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_dials_settle_on_one_connection() {
+    common::init_tracing();
+    let fx = Fixture::new("tiebreak");
+    for round in 0..5 {
+        let (a, a_in) = fx.node(&format!("a{round}")).await;
+        let (b, b_in) = fx.node(&format!("b{round}")).await;
+        serve(&a, a_in);
+        serve(&b, b_in);
+        let (a_addr, b_addr) = (a.local_addr(), b.local_addr());
+        let (ra, rb) = guarded("both dial", async {
+            tokio::join!(
+                a.request_vote(b.local_id(), &b_addr, vote(&a, 1)),
+                b.request_vote(a.local_id(), &a_addr, vote(&b, 1)),
+            )
+        })
+        .await;
+        ra.unwrap();
+        rb.unwrap();
+        // Both sides now use the same connection: exactly one of them dialled it, and when
+        // both dialled, the one dialled by the smaller id ("a…" < "b…").
+        let (ac, bc) = (a.connections(), b.connections());
+        assert_eq!((ac.len(), bc.len()), (1, 1));
+        assert_ne!(
+            ac[0].dialled_by_us, bc[0].dialled_by_us,
+            "round {round}: sides disagree"
+        );
+        if a.open_connections() > 1 {
+            assert!(
+                ac[0].dialled_by_us,
+                "round {round}: the larger id's connection won"
+            );
+        }
+        // Calls keep working both ways on the settled connection.
+        a.request_vote(b.local_id(), &b.local_addr(), vote(&a, 2))
+            .await
+            .unwrap();
+        b.request_vote(a.local_id(), &a.local_addr(), vote(&b, 2))
+            .await
+            .unwrap();
+        a.close().await;
+        b.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_rpcs_share_one_connection() {
+    common::init_tracing();
+    let fx = Fixture::new("concurrency");
+    let (a, _a_in) = fx.node("n1").await;
+    let (b, b_in) = fx.node("n2").await;
+    serve(&b, b_in);
+    let tasks: Vec<_> = (0..1000u64)
+        .map(|i| {
+            let a = a.clone();
+            let (id, addr) = (b.local_id().clone(), b.local_addr());
+            tokio::spawn(async move { a.request_vote(&id, &addr, vote(&a, i + 1)).await })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let response = guarded("rpc", task).await.unwrap().unwrap();
+        assert_eq!(response.term, i as u64 + 1, "answers crossed between RPCs");
+    }
+    assert_eq!(
+        a.open_connections(),
+        1,
+        "more than one connection to one peer"
+    );
+    assert_eq!(a.connections().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_snapshot_arrives_byte_exact_while_heartbeats_go_on() {
+    common::init_tracing();
+    let fx = Fixture::new("snapshot");
+    let (a, _a_in) = fx.node("n1").await;
+    let (b, b_in) = fx.node("n2").await;
+    let me = header(&b);
+    b.set_heartbeat_handler(Some(Arc::new(move |rpc: Rpc| {
+        rpc.respond(Ok(append_response(me.clone(), 42).into()));
+    })));
+    serve(&b, b_in);
+    let size = 64 * 1024 * 1024;
+    let expected = hash_reader(&mut Noise::new(7, size)).await.unwrap();
+    let request = InstallSnapshotRequest {
+        header: header(&a),
+        snapshot_version: 1,
+        term: 3,
+        last_log_index: 1000,
+        last_log_term: 3,
+        configuration: Default::default(),
+        configuration_index: 1,
+        size,
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let beats = Arc::new(AtomicU64::new(0));
+    let heartbeats = {
+        let (a, done, beats) = (a.clone(), done.clone(), beats.clone());
+        let (id, addr) = (b.local_id().clone(), b.local_addr());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Acquire) {
+                let hb = AppendEntriesRequest::heartbeat(header(&a), 3);
+                let response = a
+                    .append_entries(&id, &addr, hb)
+                    .await
+                    .expect("heartbeat failed");
+                assert_eq!(response.last_log, 42);
+                beats.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let response = guarded(
+        "snapshot",
+        a.install_snapshot(b.local_id(), &b.local_addr(), request, Noise::new(7, size)),
+    )
+    .await
+    .unwrap();
+    done.store(true, Ordering::Release);
+    guarded("heartbeats", heartbeats).await.unwrap();
+    assert!(response.success, "the receiver failed to read the snapshot");
+    assert_eq!(response.term, expected, "snapshot bytes differ");
+    assert!(
+        beats.load(Ordering::Relaxed) > 0,
+        "no heartbeat completed during the transfer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_is_reached_again_after_the_backoff() {
+    common::init_tracing();
+    let fx = Fixture::new("restart");
+    let backoff = Duration::from_millis(200);
+    let config = fx
+        .config("n1")
+        .connect_timeout(Duration::from_millis(300))
+        .reconnect_backoff(backoff, backoff);
+    let (a, _a_in) = QuicTransport::bind(config).await.unwrap();
+    let (b, b_in) = fx.node("n2").await;
+    serve(&b, b_in);
+    let (id, addr) = (b.local_id().clone(), b.local_addr());
+    a.request_vote(&id, &addr, vote(&a, 1)).await.unwrap();
+    let b_socket = b.local_socket_addr();
+    b.close().await;
+
+    // While n2 is down: the call fails, and the next one fails fast during the backoff.
+    let err = a.request_vote(&id, &addr, vote(&a, 2)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ConnectionLost { .. } | Error::Unreachable { .. }
+        ),
+        "{err:?}"
+    );
+    let err = a.request_vote(&id, &addr, vote(&a, 3)).await.unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
+    let started = Instant::now();
+    let err = a.request_vote(&id, &addr, vote(&a, 4)).await.unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < backoff,
+        "a call during the backoff dialled again"
+    );
+
+    // n2 comes back on the same address; after the backoff the next call reaches it.
+    let (b2, b2_in) = QuicTransport::bind(fx.config("n2").bind(b_socket))
+        .await
+        .unwrap();
+    serve(&b2, b2_in);
+    tokio::time::sleep(backoff).await;
+    let response = a.request_vote(&id, &addr, vote(&a, 5)).await.unwrap();
+    assert_eq!(response.term, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_fails_rpcs_in_flight_and_stops_every_task() {
+    common::init_tracing();
+    let fx = Fixture::new("close");
+    let (a, _a_in) = fx.node("n1").await;
+    let (b, mut b_in) = fx.node("n2").await;
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let a = a.clone();
+            let (id, addr) = (b.local_id().clone(), b.local_addr());
+            tokio::spawn(async move { a.request_vote(&id, &addr, vote(&a, i)).await })
+        })
+        .collect();
+    // Hold every request unanswered, then close the caller.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(guarded("rpc", b_in.recv()).await.unwrap());
+    }
+    assert!(a.task_count() > 0);
+    guarded("close", a.close()).await;
+    for call in calls {
+        let result = guarded("call", call).await.unwrap();
+        assert!(matches!(result, Err(Error::Shutdown)), "{result:?}");
+    }
+    assert_eq!(a.task_count(), 0, "tasks left running after close");
+    let result = a
+        .request_vote(b.local_id(), &b.local_addr(), vote(&a, 99))
+        .await;
+    assert!(matches!(result, Err(Error::Shutdown)), "{result:?}");
+    drop(held);
+}
