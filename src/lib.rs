@@ -65,10 +65,10 @@ pub use command::{
 };
 pub use error::{Error, ErrorCode, RemoteError};
 pub use inmem::{Faults, InmemConfig, InmemTransport};
-pub use quic::{ConnectionInfo, QuicConfig, QuicTransport};
+pub use quic::{ConnectionInfo, QuicConfig, QuicTransport, TlsFiles};
 pub use tls::{
-    ALPN, CaRoots, ClusterCa, GeneratedNode, Identity, NodeCertOptions, SpiffeId, TlsContext,
-    TlsError, validate_cluster_name, validate_node_id,
+    ALPN, CaRoots, ClusterCa, GeneratedNode, Identity, NodeCertOptions, RevocationLists, SpiffeId,
+    TlsContext, TlsError, validate_cluster_name, validate_node_id,
 };
 pub use transport::{
     AppendCompletion, AppendPipeline, BoxFuture, DEFAULT_MAX_IN_FLIGHT, HeartbeatHandler, Incoming,

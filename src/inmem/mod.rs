@@ -26,8 +26,8 @@ use crate::command::{
 use crate::error::{Error, ErrorCode, RemoteError};
 use crate::transport::{
     AddressResolver, AppendPipeline, Dispatcher, HeartbeatHandler, Incoming, Responder, Rpc,
-    RpcResult, SnapshotReader, Transport, copy_exact, decode_peer, snapshot_timeout,
-    stream_until_answer,
+    RpcResult, SNAPSHOT_TIMEOUT_UNIT, SnapshotReader, Transport, copy_exact, decode_peer,
+    snapshot_timeout, stream_until_answer,
 };
 
 /// A [`Transport`] between nodes in one process (hashicorp/raft's `InmemTransport`).
@@ -334,7 +334,7 @@ impl Transport for InmemTransport {
         R: AsyncRead + Send + Unpin + 'static,
     {
         let size = request.size;
-        let timeout = snapshot_timeout(self.node.config.timeout, size);
+        let timeout = snapshot_timeout(self.node.config.timeout, size, SNAPSHOT_TIMEOUT_UNIT);
         let deadline = Instant::now() + timeout;
         let route = self.route(id, target)?;
         let (mut writer, reader) = tokio::io::duplex(self.node.config.snapshot_buffer);

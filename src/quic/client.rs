@@ -205,7 +205,11 @@ where
     R: AsyncRead + Send + Unpin + 'static,
 {
     let size = request.size;
-    let timeout = snapshot_timeout(inner.config.rpc_timeout, size);
+    let timeout = snapshot_timeout(
+        inner.config.rpc_timeout,
+        size,
+        inner.config.snapshot_bytes_per_timeout,
+    );
     let deadline = Instant::now() + timeout;
     let max = inner.config.max_message_size;
     let response = inner

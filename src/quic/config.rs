@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::tls::{CaRoots, Identity};
+use super::TlsFiles;
+use crate::tls::{CaRoots, Identity, RevocationLists};
 use crate::transport::ServerAddressProvider;
 
 /// Everything a [`QuicTransport`](super::QuicTransport) needs: who this node is (its
@@ -29,16 +30,20 @@ pub struct QuicConfig {
     pub(super) cluster: String,
     pub(super) identity: Identity,
     pub(super) roots: CaRoots,
+    pub(super) revocation: RevocationLists,
+    pub(super) watch: Option<(TlsFiles, Duration)>,
     pub(super) bind: SocketAddr,
     pub(super) advertise: Option<SocketAddr>,
     pub(super) rpc_timeout: Duration,
     pub(super) connect_timeout: Duration,
+    pub(super) snapshot_bytes_per_timeout: u64,
     pub(super) idle_timeout: Duration,
     pub(super) keep_alive: Option<Duration>,
     pub(super) max_message_size: usize,
     pub(super) max_streams: u32,
     pub(super) max_snapshot_streams: u32,
     pub(super) max_in_flight: usize,
+    pub(super) receive_window: u64,
     pub(super) consumer_capacity: usize,
     pub(super) backoff_base: Duration,
     pub(super) backoff_max: Duration,
@@ -53,21 +58,63 @@ impl QuicConfig {
             cluster: cluster.into(),
             identity,
             roots,
+            revocation: RevocationLists::none(),
+            watch: None,
             bind: SocketAddr::from(([0, 0, 0, 0], 7000)),
             advertise: None,
             rpc_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            snapshot_bytes_per_timeout: crate::SNAPSHOT_TIMEOUT_UNIT,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Some(Duration::from_secs(5)),
             max_message_size: 16 * 1024 * 1024,
             max_streams: 1024,
             max_snapshot_streams: 8,
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
+            receive_window: 32 * 1024 * 1024,
             consumer_capacity: 64,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             address_provider: None,
         }
+    }
+
+    /// A config from PEM files: the node's certificate chain and key, and the CA roots.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), quicraft::TlsError> {
+    /// let config = quicraft::QuicConfig::from_pem_files(
+    ///     "prod", "certs/n1.pem", "certs/n1.key", "certs/ca.pem",
+    /// )?;
+    /// # let _ = config;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_pem_files(
+        cluster: impl Into<String>,
+        cert_chain: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+        ca: impl AsRef<std::path::Path>,
+    ) -> Result<Self, crate::TlsError> {
+        let identity = Identity::from_pem_files(cert_chain, key)?;
+        Ok(Self::new(cluster, identity, CaRoots::from_pem_file(ca)?))
+    }
+
+    /// Refuses peers whose certificate one of `lists` revokes, on both sides of every
+    /// handshake. Default none. Replace them at run time with `QuicTransport::reload_tls` or
+    /// [`watch_files`](Self::watch_files).
+    pub fn revocation(mut self, lists: RevocationLists) -> Self {
+        self.revocation = lists;
+        self
+    }
+
+    /// Watches `files` and reloads the certificate, roots and revocation lists when one
+    /// changes, checking every `interval`. Default off. A change that does not load or names
+    /// another node is logged and ignored. Replace files atomically (write, then rename) so a
+    /// check never sees half a file.
+    pub fn watch_files(mut self, files: TlsFiles, interval: Duration) -> Self {
+        self.watch = Some((files, interval.max(Duration::from_millis(10))));
+        self
     }
 
     /// The UDP address to listen and dial from. Default `0.0.0.0:7000`; port 0 picks a free
@@ -96,6 +143,15 @@ impl QuicConfig {
     /// before the backoff passes.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Snapshot bytes allowed per RPC timeout: an InstallSnapshot of `size` bytes gets
+    /// `rpc_timeout × size / bytes`, at least `rpc_timeout`. Default 256 KiB (hashicorp/raft's
+    /// rule: 1 GiB gets 4096 timeouts). Raise it to fail stalled transfers sooner on fast
+    /// links, lower it for slow WAN links.
+    pub fn snapshot_timeout_scale(mut self, bytes_per_timeout: u64) -> Self {
+        self.snapshot_bytes_per_timeout = bytes_per_timeout.max(1);
         self
     }
 
@@ -130,6 +186,14 @@ impl QuicConfig {
     /// Concurrent snapshot data streams a peer may open to this node. Default 8.
     pub fn max_snapshot_streams(mut self, streams: u32) -> Self {
         self.max_snapshot_streams = streams.max(1);
+        self
+    }
+
+    /// Bytes a peer may have in flight to this node across all streams of its connection
+    /// (QUIC connection flow control). Default 32 MiB. Bounds what one peer can make this node
+    /// buffer; below the link's bandwidth-delay product it caps throughput.
+    pub fn receive_window(mut self, bytes: u64) -> Self {
+        self.receive_window = bytes.max(64 * 1024);
         self
     }
 
@@ -170,16 +234,23 @@ impl fmt::Debug for QuicConfig {
         f.debug_struct("QuicConfig")
             .field("cluster", &self.cluster)
             .field("identity", &self.identity)
+            .field("revocation_lists", &self.revocation.lists().len())
+            .field("watch", &self.watch)
             .field("bind", &self.bind)
             .field("advertise", &self.advertise)
             .field("rpc_timeout", &self.rpc_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field(
+                "snapshot_bytes_per_timeout",
+                &self.snapshot_bytes_per_timeout,
+            )
             .field("idle_timeout", &self.idle_timeout)
             .field("keep_alive", &self.keep_alive)
             .field("max_message_size", &self.max_message_size)
             .field("max_streams", &self.max_streams)
             .field("max_snapshot_streams", &self.max_snapshot_streams)
             .field("max_in_flight", &self.max_in_flight)
+            .field("receive_window", &self.receive_window)
             .field("consumer_capacity", &self.consumer_capacity)
             .field("backoff", &(self.backoff_base, self.backoff_max))
             .field("address_provider", &self.address_provider.is_some())

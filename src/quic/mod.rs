@@ -7,6 +7,7 @@ mod config;
 mod io;
 mod pipeline;
 mod pool;
+mod reload;
 mod rendezvous;
 mod server;
 
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::QuicConfig;
+pub use reload::TlsFiles;
 
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -57,7 +59,9 @@ pub(crate) struct Inner {
     local_id: ServerId,
     local_addr: ServerAddress,
     socket_addr: SocketAddr,
-    tls: TlsContext,
+    /// Swapped whole by `reload_tls`; dials and accepts take a clone.
+    tls: std::sync::RwLock<TlsContext>,
+    tls_reloads: tokio::sync::watch::Sender<u64>,
     transport_config: Arc<quinn::TransportConfig>,
     endpoint: Mutex<Option<quinn::Endpoint>>,
     pool: Pool,
@@ -79,7 +83,8 @@ impl QuicTransport {
             config.identity.clone(),
             config.roots.clone(),
         )
-        .map_err(|e| Error::Config(e.to_string()))?;
+        .map_err(|e| Error::Config(e.to_string()))?
+        .with_revocation(config.revocation.clone());
         let local_id = ServerId::from(tls.local_id().node());
         let transport_config = Arc::new(transport_config(&config)?);
         let mut server_config = tls
@@ -96,7 +101,8 @@ impl QuicTransport {
             local_id,
             local_addr,
             socket_addr,
-            tls,
+            tls: std::sync::RwLock::new(tls),
+            tls_reloads: tokio::sync::watch::Sender::new(0),
             transport_config,
             endpoint: Mutex::new(Some(endpoint.clone())),
             dispatcher,
@@ -107,6 +113,11 @@ impl QuicTransport {
         inner
             .tasks
             .spawn(server::accept_loop(inner.clone(), endpoint));
+        if let Some((files, interval)) = inner.config.watch.clone() {
+            inner
+                .tasks
+                .spawn(inner.clone().watch_files(files, interval));
+        }
         tracing::info!(id = %inner.local_id, addr = %inner.socket_addr, "quicraft transport listening");
         Ok((Self { inner }, incoming))
     }
@@ -184,7 +195,10 @@ fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error
         .max_idle_timeout(Some(idle))
         .keep_alive_interval(config.keep_alive)
         .max_concurrent_bidi_streams(config.max_streams.into())
-        .max_concurrent_uni_streams(config.max_snapshot_streams.into());
+        .max_concurrent_uni_streams(config.max_snapshot_streams.into())
+        .receive_window(
+            quinn::VarInt::from_u64(config.receive_window).unwrap_or(quinn::VarInt::MAX),
+        );
     Ok(transport)
 }
 
@@ -225,7 +239,7 @@ impl Inner {
         }
         let endpoint = self.endpoint().ok_or(DialFailure::Shutdown)?;
         let mut client = self
-            .tls
+            .tls()
             .client_config(id.as_str())
             .map_err(|e| DialFailure::Unreachable(format!("cannot dial {id}: {e}")))?;
         client.transport_config(self.transport_config.clone());

@@ -50,7 +50,7 @@ async fn accept(inner: Arc<Inner>, incoming: quinn::Incoming) {
     };
     // The TLS verifier proved the chain and the cluster; the node id names the peer.
     let peer = match peer_spiffe_id(conn.peer_identity()) {
-        Ok(id) if id.cluster() == inner.tls.cluster() => ServerId::from(id.node()),
+        Ok(id) if id.cluster() == inner.tls().cluster() => ServerId::from(id.node()),
         Ok(id) => {
             tracing::warn!(%remote, peer = %id, "refusing a peer of another cluster");
             conn.close(codes::conn::IDENTITY, b"wrong cluster");

@@ -26,7 +26,7 @@ use rustls::{
     RootCertStore, SignatureScheme,
 };
 
-use super::{CaRoots, Identity, SpiffeId, TlsError, validate_cluster_name};
+use super::{CaRoots, Identity, RevocationLists, SpiffeId, TlsError, validate_cluster_name};
 
 /// The ALPN protocol id of quicraft's wire protocol, version 1.
 pub const ALPN: &[u8] = b"quicraft/1";
@@ -59,6 +59,8 @@ struct TrustPolicy {
     roots: Arc<RootCertStore>,
     /// The crypto provider (ring) used for every config and signature check.
     provider: Arc<CryptoProvider>,
+    /// Peer certificates listed here are refused (empty: revocation is not checked).
+    revocation: RevocationLists,
 }
 
 impl TlsContext {
@@ -84,6 +86,7 @@ impl TlsContext {
             cluster: cluster.to_owned(),
             roots: Arc::new(roots.root_store()?),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
+            revocation: RevocationLists::none(),
         };
         // An `Identity` always has a leaf, so `[1..]` (the intermediates) is in bounds.
         if let Err(error) = policy.verify_chain(identity.leaf(), &identity.chain()[1..]) {
@@ -99,6 +102,43 @@ impl TlsContext {
             identity,
             local_id,
         })
+    }
+
+    /// The same context, refusing peers whose certificate is revoked by one of `lists`, on
+    /// both sides of every handshake. Replaces earlier lists; empty lists turn checking off.
+    pub fn with_revocation(self, lists: RevocationLists) -> Self {
+        let policy = TrustPolicy {
+            cluster: self.policy.cluster.clone(),
+            roots: Arc::clone(&self.policy.roots),
+            provider: Arc::clone(&self.policy.provider),
+            revocation: lists,
+        };
+        Self {
+            policy: Arc::new(policy),
+            ..self
+        }
+    }
+
+    /// Checks a peer's certificate chain (leaf first) as a handshake would now: it chains to
+    /// the CA roots, is valid, is not revoked, and names a node of this cluster. Used to
+    /// re-check live connections when the trust policy changes.
+    ///
+    /// # Errors
+    /// [`TlsError::NoCertificate`], [`TlsError::Rustls`] with the verification failure, or
+    /// the identity errors of [`SpiffeId::from_certificate`].
+    pub fn verify_peer_chain(&self, chain: &[CertificateDer<'_>]) -> Result<SpiffeId, TlsError> {
+        let (leaf, intermediates) = chain.split_first().ok_or_else(|| TlsError::NoCertificate {
+            what: "the peer's chain".to_owned(),
+        })?;
+        self.policy.verify_chain(leaf, intermediates)?;
+        let id = SpiffeId::from_certificate(leaf)?;
+        if id.cluster() != self.policy.cluster {
+            return Err(TlsError::IdentityMismatch {
+                expected: format!("a node of cluster {}", self.policy.cluster),
+                found: id.to_uri(),
+            });
+        }
+        Ok(id)
     }
 
     /// This node's SPIFFE id (from its certificate).
@@ -146,11 +186,17 @@ impl TlsContext {
     /// The rustls half of [`TlsContext::server_config`].
     pub(crate) fn rustls_server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
         let provider = Arc::clone(&self.policy.provider);
-        let webpki = WebPkiClientVerifier::builder_with_provider(
+        let mut webpki = WebPkiClientVerifier::builder_with_provider(
             Arc::clone(&self.policy.roots),
             Arc::clone(&provider),
-        )
-        .build()?;
+        );
+        if !self.policy.revocation.is_empty() {
+            // The CA's lists cover the certificates it issued: the leaf is what to check.
+            webpki = webpki
+                .with_crls(self.policy.revocation.lists().iter().cloned())
+                .only_check_end_entity_revocation();
+        }
+        let webpki = webpki.build()?;
         let verifier = Arc::new(ClusterClientVerifier {
             policy: Arc::clone(&self.policy),
             webpki,
@@ -246,7 +292,45 @@ impl TrustPolicy {
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
+        )?;
+        self.check_revocation(leaf, intermediates, now)
+    }
+
+    /// Refuses `leaf` if a revocation list of the policy lists it. Unknown status (a leaf
+    /// whose issuer published no list) is refused too once lists are configured.
+    fn check_revocation(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        if self.revocation.is_empty() {
+            return Ok(());
+        }
+        let crls = self
+            .revocation
+            .lists()
+            .iter()
+            .map(|der| webpki::BorrowedCertRevocationList::from_der(der).map(Into::into))
+            .collect::<Result<Vec<webpki::CertRevocationList<'_>>, _>>()
+            .map_err(pki_error)?;
+        let crls: Vec<&webpki::CertRevocationList<'_>> = crls.iter().collect();
+        let options = webpki::RevocationOptionsBuilder::new(&crls)
+            .map_err(|_| rustls::Error::General("no revocation lists".to_owned()))?
+            .with_depth(webpki::RevocationCheckDepth::EndEntity)
+            .build();
+        let cert = webpki::EndEntityCert::try_from(leaf).map_err(pki_error)?;
+        cert.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &self.roots.roots,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            Some(options),
+            None,
         )
+        .map(|_| ())
+        .map_err(pki_error)
     }
 
     /// [`TrustPolicy::verify_chain_at`] the current time.
@@ -405,6 +489,19 @@ impl ServerCertVerifier for NodeServerVerifier {
 fn reject(peer: &'static str, error: TlsError) -> rustls::Error {
     tracing::warn!(peer, %error, "rejected a peer certificate: identity check failed");
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
+}
+
+/// A rustls-webpki verification error as rustls reports certificate errors.
+fn pki_error(error: webpki::Error) -> rustls::Error {
+    let error = match error {
+        webpki::Error::CertRevoked => CertificateError::Revoked,
+        webpki::Error::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus,
+        webpki::Error::CertExpired { .. } => CertificateError::Expired,
+        webpki::Error::CertNotValidYet { .. } => CertificateError::NotValidYet,
+        webpki::Error::UnknownIssuer => CertificateError::UnknownIssuer,
+        other => CertificateError::Other(OtherError(Arc::new(other))),
+    };
+    rustls::Error::InvalidCertificate(error)
 }
 
 /// The error for a TLS 1.2 signature check: quicraft is TLS 1.3 only (so is QUIC).

@@ -51,17 +51,47 @@ impl ClusterCa {
     /// # Errors
     /// [`TlsError::InvalidClusterName`] or [`TlsError::Generation`].
     pub fn generate(cluster: &str) -> Result<Self, TlsError> {
+        Self::generate_with(cluster, None, CA_VALIDITY)
+    }
+
+    /// Like [`ClusterCa::generate`], with the subject's common name (`None`: `quicraft
+    /// <cluster> CA`) and how long the certificate is valid from now (it starts an hour ago,
+    /// to tolerate clock skew) chosen by the caller.
+    ///
+    /// # Errors
+    /// [`TlsError::InvalidClusterName`]; [`TlsError::InvalidCa`] if `valid_for` is not
+    /// positive or ends past the year 9999, or the common name is empty;
+    /// [`TlsError::Generation`].
+    pub fn generate_with(
+        cluster: &str,
+        common_name: Option<&str>,
+        valid_for: Duration,
+    ) -> Result<Self, TlsError> {
         validate_cluster_name(cluster)?;
-        let key = KeyPair::generate()?;
+        let invalid = |reason: String| TlsError::InvalidCa { reason };
+        let common_name = match common_name {
+            Some("") => return Err(invalid("the common name is empty".to_owned())),
+            Some(name) => name.to_owned(),
+            None => format!("quicraft {cluster} CA"),
+        };
         let now = OffsetDateTime::now_utc();
+        let not_after = now
+            .checked_add(valid_for)
+            .filter(|end| valid_for.is_positive() && end.year() <= 9999)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "a validity of {valid_for} is not positive or ends past the year 9999"
+                ))
+            })?;
+        let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, format!("quicraft {cluster} CA"));
+        name.push(DnType::CommonName, common_name);
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.not_before = now - BACKDATE;
-        params.not_after = now + CA_VALIDITY;
+        params.not_after = not_after;
         params.serial_number = Some(random_serial()?);
         let cert = params.self_signed(&key)?;
         Ok(Self {
@@ -366,6 +396,51 @@ fn check_ca_certificate(cert_der: &CertificateDer<'_>, key: &KeyPair) -> Result<
 }
 
 /// Shared setup for the TLS layer's unit tests.
+/// Revocation lists, signed by the CA.
+impl ClusterCa {
+    /// A certificate revocation list signed by this CA that revokes `revoked` (matched by
+    /// serial number), numbered `crl_number` (increase it with each new list) and valid for
+    /// `valid_for`. Load it on every node with
+    /// [`RevocationLists::from_pem`](super::RevocationLists::from_pem).
+    ///
+    /// # Errors
+    /// [`TlsError::MalformedCertificate`] if a revoked certificate does not parse,
+    /// [`TlsError::Generation`] if rcgen cannot sign the list.
+    pub fn revocation_list_pem(
+        &self,
+        revoked: &[&CertificateDer<'_>],
+        crl_number: u64,
+        valid_for: Duration,
+    ) -> Result<String, TlsError> {
+        let now = OffsetDateTime::now_utc();
+        let revoked_certs = revoked
+            .iter()
+            .map(|der| {
+                let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| {
+                    TlsError::MalformedCertificate {
+                        reason: excerpt(&e.to_string()),
+                    }
+                })?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(cert.raw_serial()),
+                    revocation_time: now,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, TlsError>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::minutes(1),
+            next_update: now + valid_for,
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::{ClusterCa, GeneratedNode, NodeCertOptions};
@@ -521,6 +596,45 @@ mod tests {
         ));
         assert!(matches!(
             ClusterCa::from_pem(ca.cert_pem(), &ca.key_pem(), "Prod"),
+            Err(TlsError::InvalidClusterName { .. })
+        ));
+    }
+
+    #[test]
+    fn ca_with_common_name_and_validity() {
+        let ca = ClusterCa::generate_with("prod", Some("Example Prod Root"), Duration::days(30))
+            .expect("CA");
+        let der = ca.roots().certificates()[0].clone();
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).expect("parses");
+        let cn = cert.subject().iter_common_name().next().expect("CN");
+        assert_eq!(cn.as_str().expect("utf8"), "Example Prod Root");
+        let validity = cert.validity();
+        let span = validity.not_after.timestamp() - validity.not_before.timestamp();
+        assert_eq!(span, (Duration::days(30) + BACKDATE).whole_seconds());
+        assert!(cert.is_ca());
+
+        let default = ClusterCa::generate_with("prod", None, Duration::days(1)).expect("CA");
+        let der = default.roots().certificates()[0].clone();
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).expect("parses");
+        let cn = cert.subject().iter_common_name().next().expect("CN");
+        assert_eq!(cn.as_str().expect("utf8"), "quicraft prod CA");
+
+        for bad in [
+            Duration::ZERO,
+            Duration::days(-1),
+            Duration::days(10_000_000),
+        ] {
+            assert!(matches!(
+                ClusterCa::generate_with("prod", None, bad),
+                Err(TlsError::InvalidCa { .. })
+            ));
+        }
+        assert!(matches!(
+            ClusterCa::generate_with("prod", Some(""), Duration::days(1)),
+            Err(TlsError::InvalidCa { .. })
+        ));
+        assert!(matches!(
+            ClusterCa::generate_with("Prod", None, Duration::days(1)),
             Err(TlsError::InvalidClusterName { .. })
         ));
     }

@@ -29,6 +29,7 @@
 //! ```
 
 mod config;
+mod crl;
 mod generate;
 mod identity;
 mod pem;
@@ -37,6 +38,7 @@ use std::path::PathBuf;
 
 pub use config::{ALPN, TlsContext};
 pub(crate) use config::{SERVER_NAME, peer_spiffe_id};
+pub use crl::RevocationLists;
 pub use generate::{ClusterCa, GeneratedNode, NodeCertOptions};
 pub use identity::{SpiffeId, validate_cluster_name, validate_node_id};
 pub use pem::{CaRoots, Identity};
@@ -164,6 +166,13 @@ pub enum TlsError {
         not_before: time::OffsetDateTime,
         /// The requested end.
         not_after: time::OffsetDateTime,
+    },
+
+    /// A certificate revocation list does not parse.
+    #[error("invalid certificate revocation list: {reason}")]
+    InvalidCrl {
+        /// What the parser reported.
+        reason: String,
     },
 
     /// rustls rejected a certificate, key or configuration.

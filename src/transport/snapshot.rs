@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// The snapshot timeout grows by one base timeout per this many bytes (as in hashicorp/raft).
+/// The default number of snapshot bytes allowed per base timeout (as in hashicorp/raft).
 pub const SNAPSHOT_TIMEOUT_UNIT: u64 = 256 * 1024;
 
-/// The deadline for an InstallSnapshot of `size` bytes: `base × size / 256 KiB`, never less
-/// than `base` (hashicorp/raft's rule).
-pub fn snapshot_timeout(base: Duration, size: u64) -> Duration {
-    let units = size / SNAPSHOT_TIMEOUT_UNIT;
+/// The deadline for an InstallSnapshot of `size` bytes: `base × size / bytes_per_base`, never
+/// less than `base` (hashicorp/raft's rule, with `bytes_per_base` = [`SNAPSHOT_TIMEOUT_UNIT`]).
+pub fn snapshot_timeout(base: Duration, size: u64, bytes_per_base: u64) -> Duration {
+    let units = size / bytes_per_base.max(1);
     let factor = u32::try_from(units).unwrap_or(u32::MAX).max(1);
     base.saturating_mul(factor)
 }
@@ -257,14 +257,14 @@ mod tests {
     #[test]
     fn timeout_scales_with_size_with_a_floor() {
         let base = Duration::from_secs(1);
-        assert_eq!(snapshot_timeout(base, 0), base);
-        assert_eq!(snapshot_timeout(base, 100), base);
+        assert_eq!(snapshot_timeout(base, 0, SNAPSHOT_TIMEOUT_UNIT), base);
+        assert_eq!(snapshot_timeout(base, 100, SNAPSHOT_TIMEOUT_UNIT), base);
         assert_eq!(
-            snapshot_timeout(base, 10 * SNAPSHOT_TIMEOUT_UNIT),
+            snapshot_timeout(base, 10 * SNAPSHOT_TIMEOUT_UNIT, SNAPSHOT_TIMEOUT_UNIT),
             base * 10
         );
         assert_eq!(
-            snapshot_timeout(base, u64::MAX),
+            snapshot_timeout(base, u64::MAX, 1),
             base.saturating_mul(u32::MAX)
         );
     }

@@ -1,0 +1,267 @@
+//! Certificate rotation and revocation while the cluster runs.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::Fixture;
+use quicraft::{
+    CaRoots, ClusterCa, Command, Error, Incoming, NodeCertOptions, QuicTransport,
+    RequestVoteRequest, RequestVoteResponse, RevocationLists, RpcHeader, TlsFiles, Transport,
+};
+
+fn vote(from: &QuicTransport) -> RequestVoteRequest {
+    RequestVoteRequest {
+        header: RpcHeader::new(from.local_id().clone(), from.local_addr()),
+        term: 1,
+        last_log_index: 0,
+        last_log_term: 0,
+        leadership_transfer: false,
+    }
+}
+
+fn serve(node: &QuicTransport, mut incoming: Incoming) {
+    let me = RpcHeader::new(node.local_id().clone(), node.local_addr());
+    tokio::spawn(async move {
+        while let Some(rpc) = incoming.recv().await {
+            let Command::RequestVote(req) = rpc.command() else {
+                panic!("unexpected RPC")
+            };
+            let response = RequestVoteResponse {
+                header: me.clone(),
+                term: req.term,
+                granted: true,
+            };
+            rpc.respond(Ok(response.into()));
+        }
+    });
+}
+
+async fn call(from: &QuicTransport, to: &QuicTransport) -> Result<RequestVoteResponse, Error> {
+    from.request_vote(to.local_id(), &to.local_addr(), vote(from))
+        .await
+}
+
+fn roots(cas: &[&ClusterCa]) -> CaRoots {
+    let pem: String = cas.iter().map(|ca| ca.cert_pem()).collect();
+    CaRoots::from_pem(pem.as_bytes()).unwrap()
+}
+
+/// Binds `node` with a certificate from `issuer`, trusting `trusted`, answering votes.
+async fn node(
+    fx: &Fixture,
+    issuer: &ClusterCa,
+    trusted: &[&ClusterCa],
+    node: &str,
+) -> QuicTransport {
+    let identity = issuer
+        .issue_node(node, &NodeCertOptions::default())
+        .unwrap()
+        .identity;
+    let config = quicraft::QuicConfig::new(fx.cluster(), identity, roots(trusted))
+        .bind("127.0.0.1:0".parse().unwrap())
+        .connect_timeout(Duration::from_secs(2))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100));
+    let (transport, incoming) = QuicTransport::bind(config).await.unwrap();
+    serve(&transport, incoming);
+    transport
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_rotation_in_a_three_node_cluster_fails_no_rpc() {
+    common::init_tracing();
+    let fx = Fixture::new("rotation");
+    let old = &fx.ca;
+    let new = ClusterCa::generate("rotation").unwrap();
+    let nodes = [
+        node(&fx, old, &[old], "n1").await,
+        node(&fx, old, &[old], "n2").await,
+        node(&fx, old, &[old], "n3").await,
+    ];
+
+    // Every node calls every other, back to back, for the whole rotation.
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut traffic = Vec::new();
+    for from in &nodes {
+        for to in &nodes {
+            if from.local_id() == to.local_id() {
+                continue;
+            }
+            let (from, to, stop, calls) = (from.clone(), to.clone(), stop.clone(), calls.clone());
+            traffic.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Acquire) {
+                    call(&from, &to).await.unwrap_or_else(|e| {
+                        panic!(
+                            "{} → {} failed during rotation: {e}",
+                            from.local_id(),
+                            to.local_id()
+                        )
+                    });
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+    }
+    let progress = |at: u64| {
+        let calls = calls.clone();
+        async move {
+            // Let some traffic cross each step; bounded by the test's own call count.
+            while calls.load(Ordering::Relaxed) < at {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    progress(50).await;
+
+    // 1. Every node trusts both CAs.
+    for n in &nodes {
+        let identity = n.tls_identity();
+        n.reload_tls(identity, roots(&[old, &new]), RevocationLists::none())
+            .unwrap();
+    }
+    progress(100).await;
+
+    // 2. Every node gets a certificate from the new CA.
+    for n in &nodes {
+        let identity = new
+            .issue_node(n.local_id().as_str(), &NodeCertOptions::default())
+            .unwrap()
+            .identity;
+        n.reload_tls(identity, roots(&[old, &new]), RevocationLists::none())
+            .unwrap();
+    }
+    progress(150).await;
+
+    // 3. The old CA is no longer trusted.
+    for n in &nodes {
+        n.reload_tls(n.tls_identity(), roots(&[&new]), RevocationLists::none())
+            .unwrap();
+    }
+    progress(200).await;
+    stop.store(true, Ordering::Release);
+    for t in traffic {
+        t.await.unwrap();
+    }
+
+    // New handshakes use the new setup: a node that trusts only the new CA reaches every
+    // node and is reached by it (each presents its new certificate)...
+    let fresh = node(&fx, &new, &[&new], "n4").await;
+    for n in &nodes {
+        call(&fresh, n).await.unwrap();
+        call(n, &fresh).await.unwrap();
+    }
+    // ...and a node still holding an old-CA certificate is refused at its handshake.
+    let stale = node(&fx, old, &[old, &new], "n5").await;
+    for n in &nodes {
+        let got = call(&stale, n).await;
+        assert!(matches!(got, Err(Error::Authentication(_))), "{got:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_is_refused_and_its_live_connections_closed() {
+    common::init_tracing();
+    let fx = Fixture::new("revocation");
+    let ca = &fx.ca;
+    let n1 = node(&fx, ca, &[ca], "n1").await;
+    let n2 = node(&fx, ca, &[ca], "n2").await;
+    let n3 = node(&fx, ca, &[ca], "n3").await;
+    call(&n3, &n1).await.unwrap();
+    call(&n1, &n2).await.unwrap();
+
+    let n3_cert = n3.tls_identity().leaf().clone();
+    let crl = ca
+        .revocation_list_pem(&[&n3_cert], 1, time::Duration::days(7))
+        .unwrap();
+    let lists = RevocationLists::from_pem(crl.as_bytes()).unwrap();
+    for n in [&n1, &n2] {
+        n.reload_tls(n.tls_identity(), roots(&[ca]), lists.clone())
+            .unwrap();
+    }
+    // n1's live connection with n3 was closed; every new handshake with n3 is refused, in
+    // both directions.
+    assert!(
+        n1.connections().iter().all(|c| c.peer != *n3.local_id()),
+        "revoked peer still connected"
+    );
+    for n in [&n1, &n2] {
+        let got = call(&n3, n).await;
+        assert!(
+            matches!(got, Err(Error::Authentication(_))),
+            "n3 → {}: {got:?}",
+            n.local_id()
+        );
+        let got = call(n, &n3).await;
+        assert!(
+            matches!(got, Err(Error::Authentication(_))),
+            "{} → n3: {got:?}",
+            n.local_id()
+        );
+    }
+    // Nodes that are not revoked still talk.
+    call(&n1, &n2).await.unwrap();
+    call(&n2, &n1).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_refuses_a_certificate_of_another_node() {
+    let fx = Fixture::new("reload");
+    let n1 = node(&fx, &fx.ca, &[&fx.ca], "n1").await;
+    let other = fx.identity("n2");
+    let got = n1.reload_tls(other, fx.ca.roots(), RevocationLists::none());
+    assert!(matches!(got, Err(Error::Config(_))), "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_files_are_reloaded_when_they_change() {
+    common::init_tracing();
+    let fx = Fixture::new("watch");
+    let dir = std::env::temp_dir().join(format!("quicraft-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = TlsFiles {
+        cert_chain: dir.join("n1.pem"),
+        key: dir.join("n1.key"),
+        ca: dir.join("ca.pem"),
+        crl: None,
+    };
+    let write = |node: &quicraft::GeneratedNode, ca_pem: &str| {
+        std::fs::write(&files.cert_chain, &node.cert_pem).unwrap();
+        std::fs::write(&files.key, &node.key_pem).unwrap();
+        std::fs::write(&files.ca, ca_pem).unwrap();
+    };
+    write(&fx.issue("n1"), fx.ca.cert_pem());
+    let config = quicraft::QuicConfig::from_pem_files(
+        fx.cluster(),
+        &files.cert_chain,
+        &files.key,
+        &files.ca,
+    )
+    .unwrap()
+    .bind("127.0.0.1:0".parse().unwrap())
+    .watch_files(files.clone(), Duration::from_millis(20));
+    let (n1, incoming) = QuicTransport::bind(config).await.unwrap();
+    serve(&n1, incoming);
+    let n2 = node(&fx, &fx.ca, &[&fx.ca], "n2").await;
+    call(&n2, &n1).await.unwrap();
+
+    // The files now say: trust only another CA. After the reload, n2 is refused.
+    let other = ClusterCa::generate("watch").unwrap();
+    let mut reloads = n1.tls_reloads();
+    write(
+        &other.issue_node("n1", &NodeCertOptions::default()).unwrap(),
+        other.cert_pem(),
+    );
+    tokio::time::timeout(Duration::from_secs(10), reloads.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let fresh = node(&fx, &fx.ca, &[&fx.ca], "n3").await;
+    let got = call(&fresh, &n1).await;
+    assert!(matches!(got, Err(Error::Authentication(_))), "{got:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
