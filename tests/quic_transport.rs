@@ -383,3 +383,85 @@ async fn close_fails_rpcs_in_flight_and_stops_every_task() {
     assert!(matches!(result, Err(Error::Shutdown)), "{result:?}");
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_too_large_to_send_leaves_the_pipeline_in_step() {
+    common::init_tracing();
+    let fx = Fixture::new("pipeline-oversize");
+    let (a, _a_in) = QuicTransport::bind(fx.config("n1").max_message_size(16 * 1024))
+        .await
+        .unwrap();
+    let (b, b_in) = fx.node("n2").await;
+    serve(&b, b_in);
+    let pipeline = a
+        .append_entries_pipeline(b.local_id(), &b.local_addr())
+        .await
+        .unwrap();
+    let append = |seq: u64, size: usize| AppendEntriesRequest {
+        header: header(&a),
+        term: 1,
+        prev_log_entry: seq,
+        prev_log_term: 1,
+        entries: vec![quicraft::Log::command(seq + 1, 1, vec![7u8; size])],
+        leader_commit_index: 0,
+    };
+    pipeline.send(append(10, 100)).await.unwrap();
+    let refused = pipeline.send(append(11, 64 * 1024)).await;
+    assert!(matches!(refused, Err(Error::Protocol(_))), "{refused:?}");
+    pipeline.send(append(12, 100)).await.unwrap();
+    pipeline.send(append(13, 100)).await.unwrap();
+    for expected in [10, 12, 13] {
+        let done = guarded("completion", pipeline.next()).await.unwrap();
+        assert_eq!(done.request.prev_log_entry, expected);
+        assert_eq!(
+            done.response.unwrap().last_log,
+            expected,
+            "answers out of step"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_answered_without_reading_their_data_do_not_use_up_streams() {
+    common::init_tracing();
+    let fx = Fixture::new("snapshot-unread");
+    let (a, _a_in) = fx.node("n1").await;
+    let (b, mut b_in) = fx.node("n2").await;
+    let me = header(&b);
+    tokio::spawn(async move {
+        // A follower with a newer term refuses every snapshot without reading it.
+        while let Some(rpc) = b_in.recv().await {
+            let response = InstallSnapshotResponse {
+                header: me.clone(),
+                term: 9,
+                success: false,
+            };
+            rpc.respond(Ok(response.into()));
+        }
+    });
+    // Twice as many as the data streams a peer may hold open (8 by default).
+    for i in 0..16u64 {
+        let request = InstallSnapshotRequest {
+            header: header(&a),
+            snapshot_version: 1,
+            term: 3,
+            last_log_index: i,
+            last_log_term: 3,
+            configuration: Default::default(),
+            configuration_index: 1,
+            size: 256 * 1024,
+        };
+        let got = guarded(
+            "snapshot",
+            a.install_snapshot(
+                b.local_id(),
+                &b.local_addr(),
+                request,
+                Noise::new(i, 256 * 1024),
+            ),
+        )
+        .await;
+        let response = got.unwrap_or_else(|e| panic!("snapshot {i} failed: {e}"));
+        assert!(!response.success);
+    }
+}

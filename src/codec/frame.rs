@@ -208,8 +208,8 @@ pub(crate) fn decode(src: &mut BytesMut, max: usize) -> Result<Option<Frame>, Co
         });
     }
     if src.len() < HEADER_LEN + len {
-        // Room for the rest of this frame; bounded by `max`, which was checked above.
-        src.reserve(HEADER_LEN + len - src.len());
+        // Nothing is reserved for the declared length: the buffer grows only with bytes that
+        // actually arrive, so a header alone cannot make this node allocate.
         return Ok(None);
     }
     src.advance(HEADER_LEN);
@@ -366,6 +366,18 @@ mod tests {
             }
         );
         assert!(buf.capacity() < 1024, "allocated for an oversize frame");
+    }
+
+    #[test]
+    fn a_header_alone_reserves_nothing_for_its_body() {
+        let mut buf = BytesMut::from(&[0x01, 0x00, 0x0f, 0xff, 0xff][..]);
+        let before = buf.capacity();
+        assert_eq!(decode(&mut buf, MAX), Ok(None));
+        assert_eq!(
+            buf.capacity(),
+            before,
+            "reserved room for a body that has not arrived"
+        );
     }
 
     #[test]

@@ -21,16 +21,17 @@ pub(crate) mod stream {
     pub(crate) const REFUSED: VarInt = VarInt::from_u32(4);
 }
 
-/// Connection error codes (CONNECTION_CLOSE of the application).
+/// Connection error codes (CONNECTION_CLOSE of the application). 0 is left to mean "no
+/// reason given", which is what quinn sends for a connection dropped without `close`.
 pub(crate) mod conn {
     use quinn::VarInt;
 
-    /// The node is shutting down.
-    pub(crate) const SHUTDOWN: VarInt = VarInt::from_u32(0);
     /// Another connection between the same two nodes won the tie-break.
     pub(crate) const DUPLICATE: VarInt = VarInt::from_u32(1);
-    /// The peer's certificate names no usable identity.
+    /// The peer's certificate names no usable identity, or was revoked.
     pub(crate) const IDENTITY: VarInt = VarInt::from_u32(2);
+    /// The node is shutting down.
+    pub(crate) const SHUTDOWN: VarInt = VarInt::from_u32(3);
 }
 
 /// TLS alerts travel as QUIC transport error codes 0x100 + alert.

@@ -6,13 +6,16 @@ use quinn::{ReadError, RecvStream, SendStream, WriteError};
 use crate::codec::{self, CodecError, Frame};
 
 /// Why no frame could be read.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum ReadFrameError {
     /// The bytes are not a valid frame.
+    #[error(transparent)]
     Codec(CodecError),
     /// The stream or connection failed.
+    #[error(transparent)]
     Read(ReadError),
     /// The stream ended inside a frame.
+    #[error("stream ended inside a frame")]
     Truncated,
 }
 

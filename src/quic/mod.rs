@@ -38,11 +38,11 @@ use pool::{DialFailure, PeerConn, Pool};
 /// Stream priorities: higher is sent first (quinn `SendStream::set_priority`).
 mod priority {
     /// Votes, pre-votes, TimeoutNow and heartbeats: what keeps leadership stable.
-    pub(super) const CONTROL: i32 = 2;
+    pub(crate) const CONTROL: i32 = 2;
     /// AppendEntries with entries, pipelines, snapshot requests.
-    pub(super) const APPEND: i32 = 1;
+    pub(crate) const APPEND: i32 = 1;
     /// Snapshot data.
-    pub(super) const SNAPSHOT_DATA: i32 = 0;
+    pub(crate) const SNAPSHOT_DATA: i32 = 0;
 }
 
 /// A [`Transport`] over QUIC with mutual TLS.

@@ -14,7 +14,9 @@ use super::codes::{self, stream};
 use super::io::{FrameReader, write_frame};
 use super::pool::ActiveGuard;
 use super::{Inner, priority};
-use crate::codec::Frame;
+use bytes::BytesMut;
+
+use crate::codec::{self, Frame};
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, RpcKind, ServerAddress, ServerId,
 };
@@ -151,13 +153,20 @@ impl PipelineSink for QuicSink {
         request: &'a AppendEntriesRequest,
     ) -> BoxFuture<'a, Result<ResponseFuture, Error>> {
         Box::pin(async move {
+            // Encode first: a request that cannot be encoded is refused before its answer slot
+            // is queued, so slots and answers stay in step.
+            let frame = Frame::AppendEntries(request.clone());
+            let mut bytes = BytesMut::new();
+            codec::encode(&frame, &mut bytes, self.max)
+                .map_err(|e| Error::Protocol(format!("append not sent: {e}")))?;
             let (slot, rx) = oneshot::channel();
             let mut send = self.send.lock().await;
             self.answers.send(slot).map_err(|_| Error::PipelineClosed)?;
-            let frame = Frame::AppendEntries(request.clone());
-            write_frame(&mut send, &frame, self.max)
-                .await
-                .map_err(|e| request_write_error(&self.peer, e))?;
+            if let Err(e) = send.write_chunk(bytes.freeze()).await {
+                // The stream is broken mid-pipeline: nothing after this can be matched.
+                self.closed.cancel();
+                return Err(codes::write_error(&self.peer, &e));
+            }
             let peer = self.peer.clone();
             let response: ResponseFuture = Box::pin(async move {
                 rx.await.unwrap_or_else(|_| {

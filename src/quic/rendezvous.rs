@@ -18,6 +18,8 @@ pub(crate) type DataStream = RecvStream;
 enum Slot {
     Waiting(oneshot::Sender<DataStream>),
     Arrived(DataStream, Instant),
+    /// The request was answered without its data being read: stop the data on arrival.
+    Abandoned(Instant),
 }
 
 /// Per connection: data streams waiting for their request and requests waiting for their
@@ -50,13 +52,13 @@ impl Rendezvous {
         data: DataStream,
     ) -> Result<(), &'static str> {
         let mut slots = self.slots();
-        let now = Instant::now();
-        // Data nobody asked for within `max_age` is dropped, which stops its stream.
-        slots.retain(|_, slot| match slot {
-            Slot::Arrived(_, at) => now.duration_since(*at) < self.max_age,
-            Slot::Waiting(tx) => !tx.is_closed(),
-        });
+        self.prune(&mut slots);
         match slots.remove(&transfer_id) {
+            Some(Slot::Abandoned(_)) => {
+                let mut recv = data;
+                let _ = recv.stop(stream::STOPPED);
+                Ok(())
+            }
             Some(Slot::Waiting(tx)) => {
                 // The request side may have given up this instant; then the data is dropped.
                 let _ = tx.send(data);
@@ -78,10 +80,39 @@ impl Rendezvous {
                     let _ = recv.stop(stream::REFUSED);
                     return Err("too many unclaimed snapshot data streams");
                 }
-                slots.insert(transfer_id, Slot::Arrived(data, now));
+                slots.insert(transfer_id, Slot::Arrived(data, Instant::now()));
                 Ok(())
             }
         }
+    }
+
+    /// Drops what is held for `transfer_id`: its request was answered without the data
+    /// being read. A data stream still to come is stopped when it arrives. Either way its
+    /// stream credit goes back to the sender.
+    pub(crate) fn abandon(&self, transfer_id: u64) {
+        let mut slots = self.slots();
+        self.prune(&mut slots);
+        match slots.remove(&transfer_id) {
+            // Dropping the stream unread stops it.
+            Some(Slot::Arrived(..)) | Some(Slot::Abandoned(_)) => {}
+            // A reader is claiming it right now; leave it to that reader.
+            Some(waiting @ Slot::Waiting(_)) => {
+                slots.insert(transfer_id, waiting);
+            }
+            None => {
+                slots.insert(transfer_id, Slot::Abandoned(Instant::now()));
+            }
+        }
+    }
+
+    /// Drops data nobody claimed within `max_age` (stopping its stream), stale abandon
+    /// marks, and waits that were given up.
+    fn prune(&self, slots: &mut HashMap<u64, Slot>) {
+        let now = Instant::now();
+        slots.retain(|_, slot| match slot {
+            Slot::Arrived(_, at) | Slot::Abandoned(at) => now.duration_since(*at) < self.max_age,
+            Slot::Waiting(tx) => !tx.is_closed(),
+        });
     }
 
     /// The data stream of `transfer_id`, waiting up to `timeout` for it to arrive.
@@ -92,7 +123,7 @@ impl Rendezvous {
             let mut slots = self.slots();
             match slots.remove(&transfer_id) {
                 Some(Slot::Arrived(data, _)) => return Some(data),
-                Some(Slot::Waiting(_)) | None => {
+                Some(Slot::Waiting(_)) | Some(Slot::Abandoned(_)) | None => {
                     let (tx, rx) = oneshot::channel();
                     slots.insert(transfer_id, Slot::Waiting(tx));
                     rx

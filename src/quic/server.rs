@@ -7,11 +7,11 @@ use std::sync::Arc;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
 
-use super::Inner;
 use super::codes::{self, stream};
 use super::io::{FrameReader, ReadFrameError, write_frame};
 use super::pool::PeerConn;
 use super::rendezvous::Rendezvous;
+use super::{Inner, priority};
 use crate::codec::Frame;
 use crate::command::{Command, ServerId};
 use crate::error::{ErrorCode, RemoteError};
@@ -214,6 +214,16 @@ impl Stream {
         if let Some(error) = self.identity_error(&command) {
             return self.refuse(&mut send, &mut recv, error).await;
         }
+        // The answer goes at the request's priority: a vote's answer before snapshot data.
+        let urgent = match &command {
+            Command::AppendEntries(request) => request.is_heartbeat(),
+            _ => true,
+        };
+        let _ = send.set_priority(if urgent {
+            priority::CONTROL
+        } else {
+            priority::APPEND
+        });
         let answer = self.dispatch(command, None, &send).await;
         self.write_answer(&mut send, answer).await;
     }
@@ -283,8 +293,10 @@ impl Stream {
         if let Some(error) = self.identity_error(&command) {
             return self.refuse(&mut send, &mut recv, error).await;
         }
+        let claimed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let data = snapshot_data(
-            rendezvous,
+            rendezvous.clone(),
+            claimed.clone(),
             transfer_id,
             self.inner.config.rpc_timeout,
             self.max(),
@@ -292,6 +304,10 @@ impl Stream {
         let reader = SnapshotReader::new(data, size);
         let answer = self.dispatch(command, Some(reader), &send).await;
         self.write_answer(&mut send, answer).await;
+        if !claimed.load(std::sync::atomic::Ordering::Acquire) {
+            // Answered without reading the data (e.g. a stale term): free its stream.
+            rendezvous.abandon(transfer_id);
+        }
     }
 
     /// A pipeline: AppendEntries frames in, answers out in the same order. Requests reach
@@ -302,73 +318,66 @@ impl Stream {
         mut recv: RecvStream,
         mut reader: FrameReader,
     ) {
-        let (tx, mut rx) =
-            mpsc::channel::<oneshot::Receiver<RpcResult>>(self.inner.config.max_in_flight.max(1));
+        // Answers in request order: either waiting on the consumer, or known at once.
+        enum Queued {
+            Pending(oneshot::Receiver<RpcResult>),
+            Ready(RpcResult),
+        }
+        let (tx, mut rx) = mpsc::channel::<Queued>(self.inner.config.max_in_flight.max(1));
         let read_requests = async move {
             loop {
-                let frame = match reader.next(&mut recv).await {
-                    Ok(Some(frame)) => frame,
+                let refuse = |what: String| {
+                    tracing::warn!(peer = %self.peer, error = %what, "bad input on a pipeline");
+                    Queued::Ready(Err(RemoteError::new(ErrorCode::BAD_REQUEST, what)))
+                };
+                let request = match reader.next(&mut recv).await {
+                    Ok(Some(Frame::AppendEntries(request))) => request,
                     Ok(None) => return,
                     Err(ReadFrameError::Read(e)) => {
                         tracing::debug!(peer = %self.peer, error = %e, "pipeline stream failed");
                         return;
                     }
-                    Err(e) => {
-                        tracing::warn!(peer = %self.peer, error = ?e, "bad input on a pipeline");
+                    Ok(Some(other)) => {
                         let _ = recv.stop(stream::BAD_FRAME);
-                        let (answer_tx, answer_rx) = oneshot::channel();
-                        let _ = answer_tx.send(Err(RemoteError::new(
-                            ErrorCode::BAD_REQUEST,
-                            format!("{e:?}"),
-                        )));
-                        let _ = tx.send(answer_rx).await;
+                        let what = format!("a {} frame on a pipeline", other.kind().name());
+                        let _ = tx.send(refuse(what)).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = recv.stop(stream::BAD_FRAME);
+                        let _ = tx.send(refuse(e.to_string())).await;
                         return;
                     }
                 };
-                let Frame::AppendEntries(request) = frame else {
-                    let what = format!("a {} frame on a pipeline", frame.kind().name());
-                    tracing::warn!(peer = %self.peer, error = %what, "bad input on a pipeline");
-                    let _ = recv.stop(stream::BAD_FRAME);
-                    let (answer_tx, answer_rx) = oneshot::channel();
-                    let _ = answer_tx.send(Err(RemoteError::new(ErrorCode::BAD_REQUEST, what)));
-                    let _ = tx.send(answer_rx).await;
-                    return;
-                };
                 let command = Command::AppendEntries(request);
-                let (answer_tx, answer_rx) = oneshot::channel();
                 if let Some(error) = self.identity_error(&command) {
-                    let _ = answer_tx.send(Err(error));
-                    let _ = tx.send(answer_rx).await;
+                    let _ = tx.send(Queued::Ready(Err(error))).await;
                     continue;
                 }
-                let (responder, rpc_rx) = Responder::new(command.kind());
+                let (responder, answer) = Responder::new(command.kind());
                 // Dispatch in order here; the answer is awaited on its own, so the next
                 // request does not wait for this one's handler.
-                let dispatched = self
-                    .inner
-                    .dispatcher
-                    .dispatch(Rpc::new(command, None, responder))
-                    .await;
-                if dispatched.is_err() {
-                    let _ = answer_tx.send(Err(RemoteError::new(
-                        ErrorCode::UNAVAILABLE,
-                        "node is shutting down",
-                    )));
-                    let _ = tx.send(answer_rx).await;
+                let rpc = Rpc::new(command, None, responder);
+                if self.inner.dispatcher.dispatch(rpc).await.is_err() {
+                    let unavailable =
+                        RemoteError::new(ErrorCode::UNAVAILABLE, "node is shutting down");
+                    let _ = tx.send(Queued::Ready(Err(unavailable))).await;
                     return;
                 }
-                let _ = tx.send(rpc_rx).await;
-                drop(answer_tx);
+                let _ = tx.send(Queued::Pending(answer)).await;
             }
         };
         let write_answers = async {
-            while let Some(answer_rx) = rx.recv().await {
-                let answer = answer_rx.await.unwrap_or_else(|_| {
-                    Err(RemoteError::new(
-                        ErrorCode::NO_RESPONSE,
-                        "the RPC was dropped without an answer",
-                    ))
-                });
+            while let Some(queued) = rx.recv().await {
+                let answer = match queued {
+                    Queued::Ready(answer) => answer,
+                    Queued::Pending(answer) => answer.await.unwrap_or_else(|_| {
+                        Err(RemoteError::new(
+                            ErrorCode::NO_RESPONSE,
+                            "the RPC was dropped without an answer",
+                        ))
+                    }),
+                };
                 let frame = match answer {
                     Ok(response) => Frame::Response(response),
                     Err(error) => Frame::Error(error),
@@ -393,6 +402,7 @@ impl Stream {
 /// on as they arrive. A data stream that never comes, or was reset, is a read error.
 fn snapshot_data(
     rendezvous: Arc<Rendezvous>,
+    claimed: Arc<std::sync::atomic::AtomicBool>,
     stream_id: u64,
     timeout: std::time::Duration,
     max: usize,
@@ -403,10 +413,12 @@ fn snapshot_data(
     }
     let chunks = futures_util::stream::try_unfold(State::Claim, move |state| {
         let rendezvous = rendezvous.clone();
+        let claimed = claimed.clone();
         async move {
             let mut recv = match state {
                 State::Reading(recv) => recv,
                 State::Claim => {
+                    claimed.store(true, std::sync::atomic::Ordering::Release);
                     let mut recv = rendezvous.claim(stream_id, timeout).await.ok_or_else(|| {
                         io::Error::new(
                             io::ErrorKind::TimedOut,
@@ -430,10 +442,7 @@ fn snapshot_data(
                         Err(ReadFrameError::Read(e)) => return Err(io::Error::from(e)),
                         Err(e) => {
                             let _ = recv.stop(stream::BAD_FRAME);
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("{e:?}"),
-                            ));
+                            return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
                         }
                     }
                     // Data that came in the same chunk as the header.
