@@ -68,7 +68,7 @@ pub use inmem::{Faults, InmemConfig, InmemTransport};
 pub use quic::{ConnectionInfo, QuicConfig, QuicTransport, TlsFiles};
 pub use tls::{
     ALPN, CaRoots, ClusterCa, GeneratedNode, Identity, NodeCertOptions, RevocationLists, SpiffeId,
-    TlsContext, TlsError, validate_cluster_name, validate_node_id,
+    TlsContext, TlsError, validate_cluster_name, validate_node_id, verify_node_chain,
 };
 pub use transport::{
     AppendCompletion, AppendPipeline, BoxFuture, DEFAULT_MAX_IN_FLIGHT, HeartbeatHandler, Incoming,

@@ -1,5 +1,6 @@
 //! The header every request and response carries.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{ServerAddress, ServerId};
@@ -19,6 +20,9 @@ pub struct RpcHeader {
     pub id: ServerId,
     /// The sender's advertised address.
     pub addr: ServerAddress,
+    /// Engine-specific data the hashicorp-shaped fields cannot carry, passed through untouched
+    /// (the openraft adapter carries openraft's own messages here). Empty by default.
+    pub extensions: Bytes,
 }
 
 impl RpcHeader {
@@ -28,6 +32,13 @@ impl RpcHeader {
             protocol_version: PROTOCOL_VERSION,
             id: id.into(),
             addr: addr.into(),
+            extensions: Bytes::new(),
         }
+    }
+
+    /// The same header carrying `extensions`.
+    pub fn with_extensions(mut self, extensions: impl Into<Bytes>) -> Self {
+        self.extensions = extensions.into();
+        self
     }
 }

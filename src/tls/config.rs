@@ -668,11 +668,13 @@ mod tests {
 
     #[tokio::test]
     async fn client_from_another_ca_is_rejected() {
-        let ca_a = ca("prod");
+        let name = Some("quicraft prod CA");
+        let validity = time::Duration::days(1);
+        let ca_a = ClusterCa::generate_with("prod", name, validity).expect("CA");
         let server = context(&ca_a, "n1");
         // Another CA with the same name (as an attacker would make): its signature does not
         // verify under our root's key. Another CA with another name: unknown issuer.
-        let same_name = ClusterCa::generate("prod").expect("second CA");
+        let same_name = ClusterCa::generate_with("prod", name, validity).expect("second CA");
         let other_name = ClusterCa::generate("other").expect("third CA");
         for (ca_b, alert) in [
             (same_name, AlertDescription::DecryptError),

@@ -55,7 +55,7 @@ impl ClusterCa {
     }
 
     /// Like [`ClusterCa::generate`], with the subject's common name (`None`: `quicraft
-    /// <cluster> CA`) and how long the certificate is valid from now (it starts an hour ago,
+    /// <cluster> CA <creation time>`, distinct per CA) and how long the certificate is valid from now (it starts an hour ago,
     /// to tolerate clock skew) chosen by the caller.
     ///
     /// # Errors
@@ -72,7 +72,9 @@ impl ClusterCa {
         let common_name = match common_name {
             Some("") => return Err(invalid("the common name is empty".to_owned())),
             Some(name) => name.to_owned(),
-            None => format!("quicraft {cluster} CA"),
+            // A distinct name per CA: chains and revocation lists are matched to their CA by
+            // name, so two CAs of one cluster (during a rotation) must not share one.
+            None => format!("quicraft {cluster} CA {}", now_tag()),
         };
         let now = OffsetDateTime::now_utc();
         let not_after = now
@@ -358,6 +360,21 @@ impl fmt::Debug for GeneratedNode {
     }
 }
 
+/// The creation time as `YYYYMMDDTHHMMSS.nnnnnnnnnZ`, to tell CAs of one cluster apart.
+fn now_tag() -> String {
+    let now = OffsetDateTime::now_utc();
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:09}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.nanosecond()
+    )
+}
+
 /// A random positive serial number of [`SERIAL_LEN`] bytes.
 fn random_serial() -> Result<SerialNumber, TlsError> {
     let mut bytes = [0u8; SERIAL_LEN];
@@ -487,7 +504,14 @@ mod tests {
         let ku = cert.key_usage().expect("ok").expect("present").value;
         assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
         let cn = cert.subject().iter_common_name().next().expect("CN");
-        assert_eq!(cn.as_str().expect("utf8"), "quicraft prod CA");
+        let cn = cn.as_str().expect("utf8");
+        assert!(cn.starts_with("quicraft prod CA "), "{cn}");
+        // Two CAs of one cluster never share a name (revocation lists are matched by name).
+        let other = ClusterCa::generate("prod").expect("CA");
+        let other_der = other.roots().certificates()[0].clone();
+        let (_, other_cert) =
+            x509_parser::parse_x509_certificate(other_der.as_ref()).expect("parses");
+        assert_ne!(other_cert.subject(), cert.subject());
         assert!(matches!(
             ClusterCa::generate("Prod"),
             Err(TlsError::InvalidClusterName { .. })
@@ -617,7 +641,7 @@ mod tests {
         let der = default.roots().certificates()[0].clone();
         let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).expect("parses");
         let cn = cert.subject().iter_common_name().next().expect("CN");
-        assert_eq!(cn.as_str().expect("utf8"), "quicraft prod CA");
+        assert!(cn.as_str().expect("utf8").starts_with("quicraft prod CA "));
 
         for bad in [
             Duration::ZERO,

@@ -33,6 +33,7 @@ mod crl;
 mod generate;
 mod identity;
 mod pem;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -42,6 +43,7 @@ pub use crl::RevocationLists;
 pub use generate::{ClusterCa, GeneratedNode, NodeCertOptions};
 pub use identity::{SpiffeId, validate_cluster_name, validate_node_id};
 pub use pem::{CaRoots, Identity};
+pub use verify::verify_node_chain;
 
 /// Errors of the TLS and certificate layer.
 #[derive(Debug, thiserror::Error)]

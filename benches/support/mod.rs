@@ -1,0 +1,4 @@
+//! Scaffolding of the transport benchmark: the nodes it runs, and how it reports.
+
+pub(crate) mod nodes;
+pub(crate) mod report;

@@ -1,0 +1,566 @@
+//! Loopback benchmarks of quicraft's QUIC transport, beside the in-memory transport as a
+//! floor.
+//!
+//! ```text
+//! cargo bench --bench transport                      # every scenario, both transports, a table
+//! cargo bench --bench transport -- --json            # one JSON line per result
+//! cargo bench --bench transport -- --quick           # every scenario shrunk: well under 20 s
+//! cargo bench --bench transport -- --scenario rtt --scenario hol --impl quicraft
+//! cargo bench --bench transport -- --runtime multi   # a multi-thread runtime per node
+//! ```
+//!
+//! Two nodes on 127.0.0.1 with mutual TLS, each node's transport in its own tokio runtime on its
+//! own OS thread, as two processes would be (the in-memory pair shares one runtime). The leader
+//! sends; the follower answers heartbeats from its heartbeat handler (the fast path) and
+//! everything else from its consumer loop, which reads snapshot data to the end and discards
+//! it. Every scenario starts from a fresh pair of nodes and warms the connection up with
+//! heartbeats before it measures. Latencies are recorded in HDR histograms and reported in
+//! microseconds; MB are 10^6 bytes.
+//!
+//! Scenarios (`--scenario NAME`, repeatable; all by default), each run against every
+//! implementation (`--impl quicraft|inmem`, repeatable; both by default):
+//! - `rtt`: 20,000 sequential heartbeats (AppendEntries without entries).
+//! - `throughput`: 10,000 AppendEntries of 64 entries of 1 KiB, through a pipeline with 128 in
+//!   flight, then one at a time; MB/s of entry payload.
+//! - `snapshot`: one 1 GiB InstallSnapshot from a source repeating one 1 MiB block. It runs in
+//!   a child process (this binary again, with `--child`), so the peak RSS reported is its own.
+//! - `hol`: heartbeats paced every 1 ms on an idle connection, then while 512 MiB snapshots
+//!   stream to the same follower: the loaded p99 against the idle p99.
+//! - `concurrency`: 64 tasks sending heartbeats back to back for 3 s over the one connection.
+
+mod support;
+
+use std::future::Future;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use quicraft::Transport;
+use tokio::time::MissedTickBehavior;
+
+use support::nodes::{
+    Link, MAX_IN_FLIGHT, Pair, RuntimeKind, inmem_pair, quic_pair, snapshot_block,
+};
+use support::report::{
+    Printer, Report, latency_histogram, max_us, mb_per_s, peak_rss_kb, per_second, quantile_us,
+    record,
+};
+
+const MIB: u64 = 1024 * 1024;
+/// Entries per AppendEntries in `throughput`.
+const ENTRIES_PER_BATCH: u64 = 64;
+/// Payload bytes per entry in `throughput`.
+const ENTRY_SIZE: u64 = 1024;
+/// The block every snapshot's data repeats.
+const SNAPSHOT_BLOCK: u64 = MIB;
+/// Interval of the paced heartbeats of `hol`.
+const HEARTBEAT_PACE: Duration = Duration::from_millis(1);
+/// Concurrent heartbeat senders in `concurrency`.
+const CONCURRENT_TASKS: u64 = 64;
+
+/// How much each scenario does: the issue's figures, or `--quick`'s.
+#[derive(Debug, Clone, Copy)]
+struct Workload {
+    /// Heartbeats sent before any measurement: the dial, the handshake, the first round trips.
+    warmup_heartbeats: u64,
+    rtt_heartbeats: u64,
+    throughput_batches: u64,
+    /// Batches sent, untimed, in each mode before its measured ones.
+    throughput_warmup_batches: u64,
+    snapshot_bytes: u64,
+    /// How long `hol` measures its paced heartbeats on the idle connection.
+    hol_idle: Duration,
+    /// Snapshots `hol` streams back to back while it measures the loaded heartbeats.
+    hol_snapshots: u64,
+    hol_snapshot_bytes: u64,
+    concurrency_for: Duration,
+}
+
+impl Workload {
+    const FULL: Self = Self {
+        warmup_heartbeats: 1_000,
+        rtt_heartbeats: 20_000,
+        throughput_batches: 10_000,
+        throughput_warmup_batches: 500,
+        snapshot_bytes: 1024 * MIB,
+        hol_idle: Duration::from_secs(3),
+        hol_snapshots: 4,
+        hol_snapshot_bytes: 512 * MIB,
+        concurrency_for: Duration::from_secs(3),
+    };
+
+    const QUICK: Self = Self {
+        warmup_heartbeats: 200,
+        rtt_heartbeats: 2_000,
+        throughput_batches: 1_000,
+        throughput_warmup_batches: 100,
+        snapshot_bytes: 256 * MIB,
+        hol_idle: Duration::from_millis(500),
+        hol_snapshots: 2,
+        hol_snapshot_bytes: 128 * MIB,
+        concurrency_for: Duration::from_secs(1),
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Rtt,
+    Throughput,
+    Snapshot,
+    Hol,
+    Concurrency,
+}
+
+impl Scenario {
+    const ALL: [Self; 5] = [
+        Self::Rtt,
+        Self::Throughput,
+        Self::Snapshot,
+        Self::Hol,
+        Self::Concurrency,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Rtt => "rtt",
+            Self::Throughput => "throughput",
+            Self::Snapshot => "snapshot",
+            Self::Hol => "hol",
+            Self::Concurrency => "concurrency",
+        }
+    }
+
+    /// Whether it runs in a child process of its own, which then holds nothing else in memory.
+    fn own_process(self) -> bool {
+        self == Self::Snapshot
+    }
+
+    /// Runs this scenario on `pair`'s leader, then closes the pair.
+    fn measure<T: Transport + Clone>(self, pair: Pair<T>, workload: Workload) -> Vec<Report> {
+        let reports = match self {
+            Self::Rtt => pair.run(|link| rtt(link, workload)),
+            Self::Throughput => pair.run(|link| throughput(link, workload)),
+            Self::Snapshot => pair.run(|link| snapshot(link, workload)),
+            Self::Hol => pair.run(|link| hol(link, workload)),
+            Self::Concurrency => pair.run(|link| concurrency(link, workload)),
+        };
+        pair.close();
+        reports
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Impl {
+    Quicraft,
+    Inmem,
+}
+
+impl Impl {
+    const ALL: [Self; 2] = [Self::Quicraft, Self::Inmem];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Quicraft => "quicraft",
+            Self::Inmem => "inmem",
+        }
+    }
+
+    /// Runs `scenario` in this process against a fresh pair of this implementation's nodes.
+    fn measure(self, scenario: Scenario, workload: Workload, runtime: RuntimeKind) -> Vec<Report> {
+        let reports = match self {
+            Self::Quicraft => scenario.measure(quic_pair(runtime), workload),
+            Self::Inmem => scenario.measure(inmem_pair(runtime), workload),
+        };
+        reports
+            .into_iter()
+            .map(|report| Report {
+                implementation: self.name().to_owned(),
+                scenario: scenario.name().to_owned(),
+                ..report
+            })
+            .collect()
+    }
+
+    /// Runs `scenario` in a fresh process: this binary, with `--child`, which prints its reports
+    /// as JSON lines.
+    fn measure_in_child(self, scenario: Scenario, options: &Options) -> Vec<Report> {
+        let exe = std::env::current_exe().expect("the path of this benchmark binary");
+        let mut child = Command::new(exe);
+        child.args(["--child", "--runtime", options.runtime.name()]);
+        child.args(["--scenario", scenario.name(), "--impl", self.name()]);
+        if options.quick {
+            child.arg("--quick");
+        }
+        let output = child
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run the child process");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "the {} {} child failed ({}); its output:\n{stdout}",
+            self.name(),
+            scenario.name(),
+            output.status,
+        );
+        stdout
+            .lines()
+            .map(|line| {
+                Report::from_json(line)
+                    .unwrap_or_else(|| panic!("the child printed an unexpected line: {line}"))
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenarios. Each runs on the leader's runtime and returns its figures.
+
+/// `rtt`: heartbeats one after another.
+async fn rtt<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Vec<Report> {
+    sequential_heartbeats(&link, workload.warmup_heartbeats).await;
+    let started = Instant::now();
+    let latencies = sequential_heartbeats(&link, workload.rtt_heartbeats).await;
+    let elapsed = started.elapsed();
+    vec![
+        Report::default()
+            .with("n", latencies.len())
+            .with("p50_us", quantile_us(&latencies, 0.5))
+            .with("p99_us", quantile_us(&latencies, 0.99))
+            .with("max_us", max_us(&latencies))
+            .with("rpcs_per_s", per_second(latencies.len(), elapsed)),
+    ]
+}
+
+/// `throughput`: batches of 64 entries of 1 KiB, pipelined, then one at a time.
+async fn throughput<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Vec<Report> {
+    sequential_heartbeats(&link, workload.warmup_heartbeats).await;
+    let payload = Bytes::from(vec![0xa5; ENTRY_SIZE as usize]);
+    let mut reports = Vec::new();
+    for mode in [Replication::Pipeline, Replication::Sequential] {
+        replicate(&link, mode, &payload, workload.throughput_warmup_batches).await;
+        let started = Instant::now();
+        replicate(&link, mode, &payload, workload.throughput_batches).await;
+        let elapsed = started.elapsed();
+        let payload_bytes = workload.throughput_batches * ENTRIES_PER_BATCH * ENTRY_SIZE;
+        reports.push(
+            Report::default()
+                .with("mode", mode.name())
+                .with("batches", workload.throughput_batches)
+                .with("entries", ENTRIES_PER_BATCH)
+                .with("entry_size", ENTRY_SIZE)
+                .with("mb_per_s", mb_per_s(payload_bytes, elapsed)),
+        );
+    }
+    reports
+}
+
+/// `snapshot`: one InstallSnapshot read to the end, and the peak RSS of this process.
+async fn snapshot<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Vec<Report> {
+    sequential_heartbeats(&link, workload.warmup_heartbeats).await;
+    let block = snapshot_block(SNAPSHOT_BLOCK as usize);
+    let started = Instant::now();
+    link.install_snapshot(&block, workload.snapshot_bytes).await;
+    let elapsed = started.elapsed();
+    vec![
+        Report::default()
+            .with("snapshot_bytes", workload.snapshot_bytes)
+            .with("mb_per_s", mb_per_s(workload.snapshot_bytes, elapsed))
+            .with("peak_rss_kb", peak_rss_kb()),
+    ]
+}
+
+/// `hol`: paced heartbeats on the idle connection, then while snapshots stream to the same
+/// follower.
+async fn hol<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Vec<Report> {
+    sequential_heartbeats(&link, workload.warmup_heartbeats).await;
+    let (idle, ()) = paced_heartbeats(&link, tokio::time::sleep(workload.hol_idle)).await;
+
+    let streaming = tokio::spawn({
+        let link = link.clone();
+        let block = snapshot_block(SNAPSHOT_BLOCK as usize);
+        async move {
+            let started = Instant::now();
+            for _ in 0..workload.hol_snapshots {
+                link.install_snapshot(&block, workload.hol_snapshot_bytes)
+                    .await;
+            }
+            started.elapsed()
+        }
+    });
+    let (loaded, streamed_for) = paced_heartbeats(&link, streaming).await;
+    let streamed_for = streamed_for.expect("the snapshot task panicked");
+
+    let streamed_bytes = workload.hol_snapshots * workload.hol_snapshot_bytes;
+    let (loaded_p99, idle_p99) = (quantile_us(&loaded, 0.99), quantile_us(&idle, 0.99));
+    vec![
+        Report::default()
+            .with("hb_p50_us", quantile_us(&loaded, 0.5))
+            .with("hb_p99_us", loaded_p99)
+            .with("idle_p99_us", idle_p99)
+            .with("p99_ratio_vs_idle", loaded_p99 / idle_p99)
+            .with("snapshot_mb_per_s", mb_per_s(streamed_bytes, streamed_for)),
+    ]
+}
+
+/// `concurrency`: many tasks sending heartbeats back to back over the one connection.
+async fn concurrency<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Vec<Report> {
+    sequential_heartbeats(&link, workload.warmup_heartbeats).await;
+    let started = Instant::now();
+    let deadline = started + workload.concurrency_for;
+    let senders: Vec<_> = (0..CONCURRENT_TASKS)
+        .map(|_| tokio::spawn(heartbeats_until(link.clone(), deadline)))
+        .collect();
+    let mut latencies = latency_histogram();
+    for sender in senders {
+        let sent = sender.await.expect("a heartbeat task panicked");
+        latencies
+            .add(sent)
+            .expect("histograms with the same bounds add up");
+    }
+    let elapsed = started.elapsed();
+    vec![
+        Report::default()
+            .with("tasks", CONCURRENT_TASKS)
+            .with("rpcs_per_s", per_second(latencies.len(), elapsed))
+            .with("p99_us", quantile_us(&latencies, 0.99)),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the scenarios are made of.
+
+/// `n` heartbeats, each sent when the last was answered; their latencies.
+async fn sequential_heartbeats<T: Transport + Clone>(link: &Link<T>, n: u64) -> Histogram<u64> {
+    let mut latencies = latency_histogram();
+    for _ in 0..n {
+        let sent = Instant::now();
+        link.heartbeat().await;
+        record(&mut latencies, sent.elapsed());
+    }
+    latencies
+}
+
+/// Heartbeats back to back until `deadline`; their latencies.
+async fn heartbeats_until<T: Transport + Clone>(
+    link: Link<T>,
+    deadline: Instant,
+) -> Histogram<u64> {
+    let mut latencies = latency_histogram();
+    while Instant::now() < deadline {
+        let sent = Instant::now();
+        link.heartbeat().await;
+        record(&mut latencies, sent.elapsed());
+    }
+    latencies
+}
+
+/// A heartbeat every [`HEARTBEAT_PACE`] (skipping ticks missed while one is out) until `until`
+/// completes; their latencies, and what `until` returned.
+async fn paced_heartbeats<T, F>(link: &Link<T>, until: F) -> (Histogram<u64>, F::Output)
+where
+    T: Transport + Clone,
+    F: Future,
+{
+    let mut latencies = latency_histogram();
+    let mut ticks = tokio::time::interval(HEARTBEAT_PACE);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            biased;
+            output = &mut until => return (latencies, output),
+            _ = ticks.tick() => {
+                let sent = Instant::now();
+                link.heartbeat().await;
+                record(&mut latencies, sent.elapsed());
+            }
+        }
+    }
+}
+
+/// How `throughput` sends its batches.
+#[derive(Debug, Clone, Copy)]
+enum Replication {
+    /// Through an [`AppendPipeline`](quicraft::AppendPipeline), `MAX_IN_FLIGHT` outstanding.
+    Pipeline,
+    /// One AppendEntries at a time, each waiting for the last one's answer.
+    Sequential,
+}
+
+impl Replication {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pipeline => "pipeline",
+            Self::Sequential => "sequential",
+        }
+    }
+}
+
+/// Replicates `batches` batches of entries carrying `payload` and waits for every answer.
+async fn replicate<T: Transport + Clone>(
+    link: &Link<T>,
+    mode: Replication,
+    payload: &Bytes,
+    batches: u64,
+) {
+    let batch = |seq| link.batch(seq, ENTRIES_PER_BATCH, payload);
+    match mode {
+        Replication::Sequential => {
+            for seq in 0..batches {
+                link.append(batch(seq)).await;
+            }
+        }
+        Replication::Pipeline => {
+            let pipeline = link.pipeline().await;
+            assert_eq!(pipeline.max_in_flight(), MAX_IN_FLIGHT);
+            let send = async {
+                for seq in 0..batches {
+                    pipeline.send(batch(seq)).await.expect("pipelined send");
+                }
+            };
+            let complete = async {
+                for _ in 0..batches {
+                    let done = pipeline.next().await.expect("the pipeline ended early");
+                    let response = done.response.expect("pipelined AppendEntries");
+                    assert!(response.success, "AppendEntries refused");
+                }
+            };
+            tokio::join!(send, complete);
+            pipeline.close();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command line.
+
+struct Options {
+    quick: bool,
+    json: bool,
+    /// This process is the child of a scenario run in its own process: run here, print JSON.
+    child: bool,
+    runtime: RuntimeKind,
+    scenarios: Vec<Scenario>,
+    impls: Vec<Impl>,
+}
+
+const USAGE: &str = "\
+usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... [--impl NAME]...
+                                        [--runtime current|multi]
+  --quick            shrink every scenario (the whole run takes well under 20 s)
+  --json             one JSON line per result instead of a table
+  --scenario NAME    rtt, throughput, snapshot, hol or concurrency (repeatable; default all)
+  --impl NAME        quicraft or inmem (repeatable; default both)
+  --runtime KIND     each node's tokio runtime: current (one thread, the default) or multi
+  --child            run every scenario in this process and print JSON (how `snapshot` gets
+                     a process of its own)
+Unknown arguments (such as cargo's --bench) are ignored.";
+
+impl Options {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
+        let mut options = Self {
+            quick: false,
+            json: false,
+            child: false,
+            runtime: RuntimeKind::CurrentThread,
+            scenarios: Vec::new(),
+            impls: Vec::new(),
+        };
+        while let Some(arg) = args.next() {
+            let (flag, inline_value) = match arg.split_once('=') {
+                Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
+                None => (arg, None),
+            };
+            let mut value = || {
+                inline_value
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            match flag.as_str() {
+                "--quick" => options.quick = true,
+                "--json" => options.json = true,
+                "--child" => options.child = true,
+                "--scenario" => {
+                    let name = value()?;
+                    let scenario = Scenario::ALL.into_iter().find(|s| s.name() == name);
+                    options
+                        .scenarios
+                        .push(scenario.ok_or_else(|| format!("unknown scenario {name:?}"))?);
+                }
+                "--impl" => {
+                    let name = value()?;
+                    let implementation = Impl::ALL.into_iter().find(|i| i.name() == name);
+                    options
+                        .impls
+                        .push(implementation.ok_or_else(|| format!("unknown impl {name:?}"))?);
+                }
+                "--runtime" => {
+                    let name = value()?;
+                    options.runtime = RuntimeKind::parse(&name)
+                        .ok_or_else(|| format!("unknown runtime {name:?}"))?;
+                }
+                "--help" | "-h" => return Err(String::new()),
+                _ => {}
+            }
+        }
+        options.scenarios = in_order(&Scenario::ALL, &options.scenarios);
+        options.impls = in_order(&Impl::ALL, &options.impls);
+        Ok(options)
+    }
+}
+
+/// The items of `all` that were `chosen` (all of them when none was), each once, in `all`'s
+/// order.
+fn in_order<T: Copy + PartialEq>(all: &[T], chosen: &[T]) -> Vec<T> {
+    all.iter()
+        .copied()
+        .filter(|item| chosen.is_empty() || chosen.contains(item))
+        .collect()
+}
+
+fn main() {
+    let options = match Options::parse(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(error) => {
+            if !error.is_empty() {
+                eprintln!("error: {error}");
+            }
+            eprintln!("{USAGE}");
+            std::process::exit(if error.is_empty() { 0 } else { 2 });
+        }
+    };
+    let workload = if options.quick {
+        Workload::QUICK
+    } else {
+        Workload::FULL
+    };
+    let mut printer = Printer::new(options.json || options.child);
+    let started = Instant::now();
+    if !options.child {
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        printer.note(&format!(
+            "quicraft transport benchmark: {} workload, a {} runtime per node, {cpus} CPUs; \
+             latencies in us, MB = 10^6 bytes",
+            if options.quick { "quick" } else { "full" },
+            options.runtime.name(),
+        ));
+    }
+    for &scenario in &options.scenarios {
+        for &implementation in &options.impls {
+            let reports = if scenario.own_process() && !options.child {
+                implementation.measure_in_child(scenario, &options)
+            } else {
+                implementation.measure(scenario, workload, options.runtime)
+            };
+            for report in &reports {
+                printer.print(report);
+            }
+        }
+    }
+    if !options.child {
+        printer.note(&format!("done in {:.1} s", started.elapsed().as_secs_f64()));
+    }
+}
