@@ -235,6 +235,15 @@ impl<T: Transport + Clone> Pair<T> {
 
 const CLUSTER: &str = "bench";
 
+/// `QUICRAFT_BENCH_MAX_UDP_PAYLOAD` overrides the transport's default (1452, an Ethernet path),
+/// e.g. to see what loopback's 64 KiB MTU allows.
+fn max_udp_payload() -> u16 {
+    std::env::var("QUICRAFT_BENCH_MAX_UDP_PAYLOAD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1452)
+}
+
 /// Two QUIC nodes on 127.0.0.1 with mutual TLS (certificates of a fresh cluster CA), each on
 /// its own runtime and thread.
 pub(crate) fn quic_pair(runtime: RuntimeKind) -> Pair<QuicTransport> {
@@ -247,6 +256,7 @@ pub(crate) fn quic_pair(runtime: RuntimeKind) -> Pair<QuicTransport> {
         QuicConfig::new(CLUSTER, identity, ca.roots())
             .bind("127.0.0.1:0".parse().expect("an address"))
             .max_in_flight(MAX_IN_FLIGHT)
+            .max_udp_payload(max_udp_payload())
     };
 
     let follower_node = NodeThread::start("follower", runtime);

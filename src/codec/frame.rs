@@ -125,7 +125,7 @@ impl postcard::ser_flavors::Flavor for BytesMutFlavor<'_> {
     }
 }
 
-fn encode_body<T: Serialize>(value: &T, dst: &mut BytesMut) -> Result<(), CodecError> {
+fn encode_body<T: Serialize + ?Sized>(value: &T, dst: &mut BytesMut) -> Result<(), CodecError> {
     postcard::serialize_with_flavor(value, BytesMutFlavor(dst))
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
@@ -133,29 +133,42 @@ fn encode_body<T: Serialize>(value: &T, dst: &mut BytesMut) -> Result<(), CodecE
 /// Appends `frame` to `dst`. Fails, leaving `dst` as it was, if the body would exceed `max`
 /// bytes (the peer would refuse it).
 pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut, max: usize) -> Result<(), CodecError> {
-    let start = dst.len();
-    dst.put_u8(frame.kind() as u8);
-    dst.put_u32(0);
-    let encoded = match frame {
-        Frame::AppendEntries(m) => encode_body(m, dst),
-        Frame::RequestVote(m) => encode_body(m, dst),
-        Frame::RequestPreVote(m) => encode_body(m, dst),
-        Frame::TimeoutNow(m) => encode_body(m, dst),
+    match frame {
+        Frame::AppendEntries(m) => encode_message(FrameKind::AppendEntries, m, dst, max),
+        Frame::RequestVote(m) => encode_message(FrameKind::RequestVote, m, dst, max),
+        Frame::RequestPreVote(m) => encode_message(FrameKind::RequestPreVote, m, dst, max),
+        Frame::TimeoutNow(m) => encode_message(FrameKind::TimeoutNow, m, dst, max),
         Frame::InstallSnapshot {
             transfer_id,
             request,
-        } => encode_body(
-            &SnapshotOffer {
+        } => {
+            let offer = SnapshotOffer {
                 transfer_id: *transfer_id,
                 request,
-            },
-            dst,
-        ),
-        Frame::PipelineOpen => Ok(()),
-        Frame::SnapshotData { transfer_id } => encode_body(transfer_id, dst),
-        Frame::Response(m) => encode_body(m, dst),
-        Frame::Error(m) => encode_body(m, dst),
-    };
+            };
+            encode_message(FrameKind::InstallSnapshot, &offer, dst, max)
+        }
+        Frame::PipelineOpen => encode_message(FrameKind::PipelineOpen, &(), dst, max),
+        Frame::SnapshotData { transfer_id } => {
+            encode_message(FrameKind::SnapshotData, transfer_id, dst, max)
+        }
+        Frame::Response(m) => encode_message(FrameKind::Response, m, dst, max),
+        Frame::Error(m) => encode_message(FrameKind::Error, m, dst, max),
+    }
+}
+
+/// Appends a frame of `kind` whose body is `body`, encoded from a reference (no copy of the
+/// message is needed to send it). `body` must be the type `kind` names.
+pub(crate) fn encode_message<T: Serialize + ?Sized>(
+    kind: FrameKind,
+    body: &T,
+    dst: &mut BytesMut,
+    max: usize,
+) -> Result<(), CodecError> {
+    let start = dst.len();
+    dst.put_u8(kind as u8);
+    dst.put_u32(0);
+    let encoded = encode_body(body, dst);
     let len = dst.len() - start - HEADER_LEN;
     let result = encoded.and_then(|()| match u32::try_from(len) {
         Ok(len32) if len <= max => {

@@ -7,7 +7,7 @@
 
 mod frame;
 
-pub(crate) use frame::{Frame, decode, encode};
+pub(crate) use frame::{Frame, FrameKind, decode, encode, encode_message};
 
 /// What is wrong with bytes that claim to be a frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -44,6 +44,8 @@ pub struct QuicConfig {
     pub(super) max_snapshot_streams: u32,
     pub(super) max_in_flight: usize,
     pub(super) receive_window: u64,
+    pub(super) udp_buffer_size: usize,
+    pub(super) max_udp_payload: u16,
     pub(super) consumer_capacity: usize,
     pub(super) backoff_base: Duration,
     pub(super) backoff_max: Duration,
@@ -72,6 +74,8 @@ impl QuicConfig {
             max_snapshot_streams: 8,
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
             receive_window: 32 * 1024 * 1024,
+            udp_buffer_size: 4 * 1024 * 1024,
+            max_udp_payload: 1452,
             consumer_capacity: 64,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -197,6 +201,24 @@ impl QuicConfig {
         self
     }
 
+    /// Size asked for the UDP socket's send and receive buffers. Default 4 MiB: at full speed
+    /// the kernel's default (about 208 KiB) drops packets, which congestion control reads as
+    /// loss. Linux caps it at `net.core.rmem_max` / `wmem_max`; larger buffers absorb bursts
+    /// but let a queue (and its delay) build up.
+    pub fn udp_buffer_size(mut self, bytes: usize) -> Self {
+        self.udp_buffer_size = bytes;
+        self
+    }
+
+    /// The largest UDP payload path MTU discovery may try. Default 1452 (a 1500-byte Ethernet
+    /// path). Raise it on links known to carry larger packets (jumbo frames, loopback): fewer,
+    /// larger packets cost less CPU per byte. Discovery probes upwards from 1200 and keeps
+    /// what the path delivers, so a value too high only costs lost probes.
+    pub fn max_udp_payload(mut self, bytes: u16) -> Self {
+        self.max_udp_payload = bytes.max(1200);
+        self
+    }
+
     /// Outstanding AppendEntries per pipeline. Default 128; 0 means the default, 1 turns
     /// pipelining off. More hides more latency and holds more requests in memory.
     pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
@@ -251,6 +273,8 @@ impl fmt::Debug for QuicConfig {
             .field("max_snapshot_streams", &self.max_snapshot_streams)
             .field("max_in_flight", &self.max_in_flight)
             .field("receive_window", &self.receive_window)
+            .field("udp_buffer_size", &self.udp_buffer_size)
+            .field("max_udp_payload", &self.max_udp_payload)
             .field("consumer_capacity", &self.consumer_capacity)
             .field("backoff", &(self.backoff_base, self.backoff_max))
             .field("address_provider", &self.address_provider.is_some())

@@ -91,7 +91,15 @@ impl QuicTransport {
             .server_config()
             .map_err(|e| Error::Config(e.to_string()))?;
         server_config.transport_config(transport_config.clone());
-        let endpoint = quinn::Endpoint::server(server_config, config.bind)?;
+        let socket = udp_socket(config.bind, config.udp_buffer_size)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| Error::Config("QuicTransport::bind needs a tokio runtime".to_owned()))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            runtime,
+        )?;
         let socket_addr = endpoint.local_addr()?;
         let local_addr = ServerAddress::from(config.advertise.unwrap_or(socket_addr));
         let (dispatcher, incoming) = Dispatcher::new(config.consumer_capacity);
@@ -183,6 +191,30 @@ impl std::fmt::Debug for QuicTransport {
     }
 }
 
+/// The endpoint's UDP socket, bound to `addr`, with buffers of `buffer` bytes if the kernel
+/// allows (it caps them silently; the sizes obtained are logged).
+fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Like quinn's own binding: an IPv6 wildcard also serves IPv4.
+        let _ = socket.set_only_v6(false);
+    }
+    if buffer > 0 {
+        // Best effort: a smaller buffer is still a working socket.
+        let _ = socket.set_recv_buffer_size(buffer);
+        let _ = socket.set_send_buffer_size(buffer);
+    }
+    socket.bind(&addr.into())?;
+    tracing::debug!(
+        %addr,
+        recv_buffer = ?socket.recv_buffer_size().ok(),
+        send_buffer = ?socket.send_buffer_size().ok(),
+        "UDP socket bound"
+    );
+    Ok(socket.into())
+}
+
 fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error> {
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|_| {
@@ -199,6 +231,9 @@ fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error
         .receive_window(
             quinn::VarInt::from_u64(config.receive_window).unwrap_or(quinn::VarInt::MAX),
         );
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(config.max_udp_payload);
+    transport.mtu_discovery_config(Some(mtu));
     Ok(transport)
 }
 

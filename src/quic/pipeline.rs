@@ -16,7 +16,7 @@ use super::pool::ActiveGuard;
 use super::{Inner, priority};
 use bytes::BytesMut;
 
-use crate::codec::{self, Frame};
+use crate::codec::{self, Frame, FrameKind};
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, RpcKind, ServerAddress, ServerId,
 };
@@ -155,9 +155,8 @@ impl PipelineSink for QuicSink {
         Box::pin(async move {
             // Encode first: a request that cannot be encoded is refused before its answer slot
             // is queued, so slots and answers stay in step.
-            let frame = Frame::AppendEntries(request.clone());
             let mut bytes = BytesMut::new();
-            codec::encode(&frame, &mut bytes, self.max)
+            codec::encode_message(FrameKind::AppendEntries, request, &mut bytes, self.max)
                 .map_err(|e| Error::Protocol(format!("append not sent: {e}")))?;
             let (slot, rx) = oneshot::channel();
             let mut send = self.send.lock().await;
