@@ -15,6 +15,9 @@
 //! - [`Identity`], [`CaRoots`] and [`ClusterCa`]: a node's certificate and key, the cluster's
 //!   trust roots, and generating both (identities are SPIFFE ids, [`SpiffeId`]).
 //! - [`Error`]: what can go wrong, typed so an engine knows whether to back off or retry.
+//! - [`openraft_adapter`] (cargo feature `openraft`, on by default): the openraft engine on
+//!   any [`Transport`]: [`QuicraftNetworkFactory`] for sending, [`serve_raft`] for receiving,
+//!   and an in-memory key-value store ([`openraft_adapter::mem`]).
 //!
 //! ```
 //! use quicraft::{AppendEntriesRequest, AppendEntriesResponse, Command, InmemTransport, RpcHeader, Transport};
@@ -52,6 +55,8 @@ mod codec;
 mod command;
 mod error;
 mod inmem;
+#[cfg(feature = "openraft")]
+pub mod openraft_adapter;
 mod quic;
 mod tls;
 mod transport;
@@ -65,6 +70,10 @@ pub use command::{
 };
 pub use error::{Error, ErrorCode, RemoteError};
 pub use inmem::{Faults, InmemConfig, InmemTransport};
+#[cfg(feature = "openraft")]
+pub use openraft_adapter::{
+    NodeAddress, OPENRAFT_ERROR, QuicraftNetwork, QuicraftNetworkFactory, WireError, serve_raft,
+};
 pub use quic::{ConnectionInfo, QuicConfig, QuicTransport, TlsFiles};
 pub use tls::{
     ALPN, CaRoots, ClusterCa, GeneratedNode, Identity, NodeCertOptions, RevocationLists, SpiffeId,

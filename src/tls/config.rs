@@ -132,12 +132,7 @@ impl TlsContext {
         })?;
         self.policy.verify_chain(leaf, intermediates)?;
         let id = SpiffeId::from_certificate(leaf)?;
-        if id.cluster() != self.policy.cluster {
-            return Err(TlsError::IdentityMismatch {
-                expected: format!("a node of cluster {}", self.policy.cluster),
-                found: id.to_uri(),
-            });
-        }
+        self.policy.check_cluster(&id)?;
         Ok(id)
     }
 
@@ -277,6 +272,17 @@ pub(crate) fn peer_spiffe_id(peer_identity: Option<Box<dyn Any>>) -> Result<Spif
 }
 
 impl TrustPolicy {
+    /// Refuses an identity of another cluster.
+    fn check_cluster(&self, id: &SpiffeId) -> Result<(), TlsError> {
+        if id.cluster() == self.cluster {
+            return Ok(());
+        }
+        Err(TlsError::IdentityMismatch {
+            expected: format!("a node of cluster {}", self.cluster),
+            found: id.to_uri(),
+        })
+    }
+
     /// Verifies that `leaf` (with `intermediates`) chains to the roots and is valid at `now`,
     /// for TLS server use.
     fn verify_chain_at(
@@ -377,15 +383,9 @@ impl ClientCertVerifier for ClusterClientVerifier {
                 tracing::warn!(%error, "rejected a client certificate: chain verification failed");
             })?;
         let id = SpiffeId::from_certificate(end_entity).map_err(|e| reject("client", e))?;
-        if id.cluster() != self.policy.cluster {
-            return Err(reject(
-                "client",
-                TlsError::IdentityMismatch {
-                    expected: format!("a node of cluster {}", self.policy.cluster),
-                    found: id.to_uri(),
-                },
-            ));
-        }
+        self.policy
+            .check_cluster(&id)
+            .map_err(|e| reject("client", e))?;
         Ok(ClientCertVerified::assertion())
     }
 
