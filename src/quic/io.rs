@@ -72,7 +72,9 @@ pub(crate) async fn write_frame(
     frame: &Frame,
     max: usize,
 ) -> Result<(), WriteFrameError> {
-    let mut buf = BytesMut::new();
+    // Room for a typical control message at once, so encoding does not regrow the buffer
+    // field by field; large appends grow it by doubling.
+    let mut buf = BytesMut::with_capacity(256);
     codec::encode(frame, &mut buf, max).map_err(WriteFrameError::Codec)?;
     send.write_chunk(buf.freeze())
         .await

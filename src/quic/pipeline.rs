@@ -155,7 +155,7 @@ impl PipelineSink for QuicSink {
         Box::pin(async move {
             // Encode first: a request that cannot be encoded is refused before its answer slot
             // is queued, so slots and answers stay in step.
-            let mut bytes = BytesMut::new();
+            let mut bytes = BytesMut::with_capacity(append_size_hint(request));
             codec::encode_message(FrameKind::AppendEntries, request, &mut bytes, self.max)
                 .map_err(|e| Error::Protocol(format!("append not sent: {e}")))?;
             let (slot, rx) = oneshot::channel();
@@ -185,4 +185,14 @@ impl PipelineSink for QuicSink {
             let _ = send.finish();
         }
     }
+}
+
+/// About the encoded size of an append, so its buffer is allocated once.
+fn append_size_hint(request: &AppendEntriesRequest) -> usize {
+    let entries: usize = request
+        .entries
+        .iter()
+        .map(|e| e.data.len() + e.extensions.len() + 32)
+        .sum();
+    128 + request.header.extensions.len() + entries
 }

@@ -201,11 +201,12 @@ impl Stream {
                 transfer_id,
                 request,
             } => {
-                return self
-                    .serve_snapshot(send, recv, transfer_id, request, rendezvous)
-                    .await;
+                // Boxed: the rare, large state machines of snapshots and pipelines would
+                // otherwise make every stream's task (spawned per RPC) as large as they are.
+                let serve = self.serve_snapshot(send, recv, transfer_id, request, rendezvous);
+                return Box::pin(serve).await;
             }
-            Frame::PipelineOpen => return self.serve_pipeline(send, recv, reader).await,
+            Frame::PipelineOpen => return Box::pin(self.serve_pipeline(send, recv, reader)).await,
             other => {
                 let what = format!("a {} frame cannot open a stream", other.kind().name());
                 return self.bad_input(&mut send, &mut recv, what).await;
