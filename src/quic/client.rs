@@ -6,7 +6,9 @@ use tokio::io::AsyncRead;
 use tokio::time::Instant;
 
 use super::codes::{self, stream};
-use super::io::{FrameReader, ReadFrameError, ResetOnDrop, WriteFrameError, write_frame};
+use super::io::{
+    FrameReader, ReadFrameError, ResetOnDrop, WriteFrameError, copy_exact_to_stream, write_frame,
+};
 use super::pool::PeerConn;
 use super::{Inner, priority};
 use crate::codec::Frame;
@@ -16,7 +18,7 @@ use crate::command::{
     Response, RpcKind, ServerAddress, ServerId, TimeoutNowRequest, TimeoutNowResponse,
 };
 use crate::error::{Error, ErrorCode};
-use crate::transport::{copy_exact, snapshot_timeout, stream_until_answer};
+use crate::transport::{snapshot_timeout, stream_until_answer};
 
 impl Inner {
     /// The connection to `id`, dialled at the provider's address for it or at `target`.
@@ -249,7 +251,7 @@ where
             let _ = send.finish();
 
             let streaming = async {
-                let copied = copy_exact(&mut data, size, &mut *data_stream).await;
+                let copied = copy_exact_to_stream(&mut data, size, &mut data_stream).await;
                 if copied.is_ok() {
                     data_stream.finish();
                 }

@@ -136,3 +136,49 @@ impl Drop for ResetOnDrop {
         }
     }
 }
+
+/// Copies exactly `size` bytes from `source` onto a QUIC stream, a chunk at a time. Each chunk
+/// is read into its own buffer and handed to quinn as `Bytes`, so quinn keeps it without a
+/// second copy; memory stays bounded by quinn's send window.
+pub(crate) async fn copy_exact_to_stream<R>(
+    source: &mut R,
+    size: u64,
+    stream: &mut SendStream,
+) -> Result<(), crate::transport::CopyError>
+where
+    R: tokio::io::AsyncRead + Unpin + ?Sized,
+{
+    use crate::transport::CopyError;
+    use tokio::io::AsyncReadExt;
+
+    const CHUNK: usize = 64 * 1024;
+    let mut copied = 0u64;
+    while copied < size {
+        let want = usize::try_from(size - copied)
+            .unwrap_or(usize::MAX)
+            .min(CHUNK);
+        let mut chunk = BytesMut::with_capacity(want);
+        // `take` stops the read at `want` bytes even if the source has more.
+        let n = match (&mut *source).take(want as u64).read_buf(&mut chunk).await {
+            Ok(0) => {
+                return Err(CopyError::Source {
+                    copied,
+                    error: None,
+                });
+            }
+            Ok(n) => n,
+            Err(e) => {
+                return Err(CopyError::Source {
+                    copied,
+                    error: Some(e),
+                });
+            }
+        };
+        stream
+            .write_chunk(chunk.freeze())
+            .await
+            .map_err(|e| CopyError::Sink(std::io::Error::from(e)))?;
+        copied += n as u64;
+    }
+    Ok(())
+}

@@ -18,8 +18,8 @@ pub use pipeline::{
     ResponseFuture,
 };
 pub use rpc::{HeartbeatHandler, Incoming, Responder, Rpc, RpcResult};
+pub(crate) use snapshot::{CopyError, copy_exact, stream_until_answer};
 pub use snapshot::{SNAPSHOT_TIMEOUT_UNIT, SnapshotReader, snapshot_timeout};
-pub(crate) use snapshot::{copy_exact, stream_until_answer};
 
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
