@@ -118,6 +118,47 @@ enum Command {
     /// (another CA, expired, not yet valid, not usable for both TLS server and client, or
     /// not naming a node).
     Inspect(InspectArgs),
+
+    /// Write a certificate revocation list (crl.pem), signed by the CA, that revokes the
+    /// given node certificates.
+    ///
+    /// A new list replaces the old one on the nodes: name every certificate still revoked,
+    /// not only the new one. Nodes load it with `QuicConfig::revocation`, `reload_tls` or a
+    /// watched `crl` file, and then refuse those certificates at every handshake, on both
+    /// sides (see SECURITY.md on revocation).
+    Revoke(RevokeArgs),
+}
+
+/// Arguments of `certgen revoke`.
+#[derive(Debug, Args)]
+struct RevokeArgs {
+    #[command(flatten)]
+    cluster: ClusterName,
+
+    /// A node certificate to revoke (PEM, as `certgen node` writes it). Repeat for several.
+    #[arg(long = "cert", value_name = "FILE", required = true)]
+    certs: Vec<PathBuf>,
+
+    /// The list's number: each new list must carry a larger one [default: the current Unix
+    /// time in seconds, which grows on its own].
+    #[arg(long, value_name = "N")]
+    crl_number: Option<u64>,
+
+    /// Days until the list's next-update date (1 to 36500). quicraft keeps enforcing a list
+    /// after that date; other TLS tools may not.
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    validity_days: i64,
+
+    /// The CA certificate to sign with, one certificate in PEM [default: <DIR>/ca.pem].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+
+    /// The CA private key to sign with, in PEM [default: <DIR>/ca.key].
+    #[arg(long, value_name = "FILE")]
+    ca_key: Option<PathBuf>,
+
+    #[command(flatten)]
+    out: OutArgs,
 }
 
 /// Where to write and whether to replace existing files.
@@ -294,6 +335,7 @@ fn main() -> ExitCode {
         Command::Node(args) => node(&args).map(|()| ExitCode::SUCCESS),
         Command::Cluster(args) => cluster(&args).map(|()| ExitCode::SUCCESS),
         Command::Inspect(args) => inspect(&args),
+        Command::Revoke(args) => revoke(&args).map(|()| ExitCode::SUCCESS),
     };
     match outcome {
         Ok(code) => code,
@@ -327,31 +369,83 @@ fn node(args: &NodeArgs) -> Result<()> {
     check_node_id(&args.id)?;
     let options = node_options(&args.sans, validity("--validity-days", args.validity_days)?)?;
 
-    let cert_path = args
-        .ca
-        .clone()
-        .unwrap_or_else(|| args.out.out.join("ca.pem"));
-    let key_path = args
-        .ca_key
-        .clone()
-        .unwrap_or_else(|| args.out.out.join("ca.key"));
-    let cert_pem = read_text(&cert_path)?;
-    let key_pem = read_text(&key_path)?;
-    let ca = ClusterCa::from_pem(&cert_pem, &key_pem, cluster).map_err(|e| {
-        Failure::new(
-            format!(
-                "cannot use the CA of {} and {}",
-                cert_path.display(),
-                key_path.display()
-            ),
-            e,
-        )
-    })?;
+    let ca = load_ca(
+        cluster,
+        args.ca.as_deref(),
+        args.ca_key.as_deref(),
+        &args.out.out,
+    )?;
 
     let issued = issue(&ca, &args.id, &options)?;
     let files = node_files(&args.id, &issued);
     write_files(&args.out, &files)?;
     report_node(&args.out.out, &args.id, &issued)
+}
+
+/// The CA of `cluster` from `ca` and `ca_key`, by default `ca.pem` and `ca.key` in `dir`.
+fn load_ca(
+    cluster: &str,
+    ca: Option<&Path>,
+    ca_key: Option<&Path>,
+    dir: &Path,
+) -> Result<ClusterCa> {
+    let cert_path = ca.map_or_else(|| dir.join("ca.pem"), Path::to_path_buf);
+    let key_path = ca_key.map_or_else(|| dir.join("ca.key"), Path::to_path_buf);
+    let cert_pem = read_text(&cert_path)?;
+    let key_pem = read_text(&key_path)?;
+    ClusterCa::from_pem(&cert_pem, &key_pem, cluster).map_err(|e| {
+        let what = format!(
+            "cannot use the CA of {} and {}",
+            cert_path.display(),
+            key_path.display()
+        );
+        Failure::new(what, e)
+    })
+}
+
+/// `certgen revoke`.
+fn revoke(args: &RevokeArgs) -> Result<()> {
+    let cluster = &args.cluster.cluster;
+    validate_cluster_name(cluster)?;
+    let valid_for = validity("--validity-days", args.validity_days)?;
+    let ca = load_ca(
+        cluster,
+        args.ca.as_deref(),
+        args.ca_key.as_deref(),
+        &args.out.out,
+    )?;
+    let mut revoked = Vec::with_capacity(args.certs.len());
+    for path in &args.certs {
+        let chain = load_certificates(path)?;
+        let leaf = chain[0].clone();
+        // Only certificates this CA issued can be revoked by its list.
+        let roots = ca.roots();
+        verify_node_chain(std::slice::from_ref(&leaf), &roots).map_err(|e| {
+            Failure::new(format!("{} was not issued by this CA", path.display()), e)
+        })?;
+        revoked.push(leaf);
+    }
+    let number = match args.crl_number {
+        Some(number) => number,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| Failure(format!("the clock is before 1970: {e}")))?
+            .as_secs(),
+    };
+    let refs: Vec<&CertificateDer<'_>> = revoked.iter().collect();
+    let crl = ca.revocation_list_pem(&refs, number, valid_for)?;
+    let file = OutFile {
+        name: "crl.pem".to_owned(),
+        contents: crl,
+        secret: false,
+    };
+    write_files(&args.out, std::slice::from_ref(&file))?;
+    println!(
+        "wrote {}: {} certificate(s) revoked, list number {number}",
+        args.out.out.join("crl.pem").display(),
+        revoked.len()
+    );
+    Ok(())
 }
 
 /// `certgen cluster`.

@@ -228,6 +228,85 @@ async fn nodes_run_on_the_generated_files() {
     b.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_writes_a_list_that_nodes_enforce() {
+    let tmp = TempDir::new("revoke");
+    run_ok(
+        tmp.path(),
+        &["cluster", "--cluster", "prod", "--nodes", "n1,n2,n3"],
+    );
+    let certs = tmp.join("certs");
+    let shown = run_ok(
+        tmp.path(),
+        &[
+            "revoke",
+            "--cluster",
+            "prod",
+            "--cert",
+            "certs/n3.pem",
+            "--crl-number",
+            "7",
+        ],
+    );
+    assert!(shown.contains("1 certificate(s) revoked"), "{shown}");
+    let lists = quicraft::RevocationLists::from_file(certs.join("crl.pem")).unwrap();
+
+    // n1 enforces the list: n2 still talks to it, n3 is refused.
+    let config = QuicConfig::from_pem_files(
+        "prod",
+        certs.join("n1.pem"),
+        certs.join("n1.key"),
+        certs.join("ca.pem"),
+    )
+    .unwrap()
+    .bind("127.0.0.1:0".parse().unwrap())
+    .revocation(lists);
+    let (a, a_in) = QuicTransport::bind(config).await.unwrap();
+    let (b, b_in) = bind(&certs, "n2").await;
+    let (c, c_in) = bind(&certs, "n3").await;
+    serve(&a, a_in);
+    serve(&b, b_in);
+    serve(&c, c_in);
+    let guard = Duration::from_secs(10);
+    let a_addr = a.local_addr();
+    let ok = tokio::time::timeout(guard, b.request_vote(a.local_id(), &a_addr, vote(&b, 1)));
+    assert!(ok.await.unwrap().is_ok());
+    let refused = tokio::time::timeout(guard, c.request_vote(a.local_id(), &a_addr, vote(&c, 1)));
+    let refused = refused.await.unwrap();
+    assert!(
+        matches!(refused, Err(quicraft::Error::Authentication(_))),
+        "{refused:?}"
+    );
+
+    // Without --force an existing list is not replaced; a certificate of another CA is refused.
+    let again = run(
+        tmp.path(),
+        &["revoke", "--cluster", "prod", "--cert", "certs/n3.pem"],
+    );
+    assert!(!again.status.success());
+    run_ok(tmp.path(), &["ca", "--cluster", "prod", "--out", "other"]);
+    run_ok(
+        tmp.path(),
+        &["node", "--cluster", "prod", "--id", "x", "--out", "other"],
+    );
+    let foreign = run(
+        tmp.path(),
+        &[
+            "revoke",
+            "--cluster",
+            "prod",
+            "--cert",
+            "other/x.pem",
+            "--force",
+        ],
+    );
+    assert!(!foreign.status.success());
+    assert!(String::from_utf8_lossy(&foreign.stderr).contains("was not issued by this CA"));
+    for t in [&a, &b, &c] {
+        t.close().await;
+    }
+}
+
 #[test]
 fn ca_refuses_to_overwrite_without_force() {
     let tmp = TempDir::new("force");
