@@ -235,6 +235,17 @@ impl<T: Transport + Clone> Pair<T> {
 
 const CLUSTER: &str = "bench";
 
+/// `QUICRAFT_BENCH_CC` (`cubic`, `newreno`, `bbr`) overrides the transport's default
+/// congestion controller.
+fn congestion_controller() -> quicraft::CongestionController {
+    match std::env::var("QUICRAFT_BENCH_CC").as_deref() {
+        Ok("cubic") => quicraft::CongestionController::Cubic,
+        Ok("newreno") => quicraft::CongestionController::NewReno,
+        Ok("bbr") => quicraft::CongestionController::Bbr,
+        _ => quicraft::CongestionController::default(),
+    }
+}
+
 /// `QUICRAFT_BENCH_MAX_UDP_PAYLOAD` overrides the transport's default (1452, an Ethernet path),
 /// e.g. to see what loopback's 64 KiB MTU allows.
 fn max_udp_payload() -> u16 {
@@ -257,6 +268,7 @@ pub(crate) fn quic_pair(runtime: RuntimeKind) -> Pair<QuicTransport> {
             .bind("127.0.0.1:0".parse().expect("an address"))
             .max_in_flight(MAX_IN_FLIGHT)
             .max_udp_payload(max_udp_payload())
+            .congestion_controller(congestion_controller())
     };
 
     let follower_node = NodeThread::start("follower", runtime);

@@ -20,7 +20,7 @@ use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::QuicConfig;
+pub use config::{CongestionController, QuicConfig};
 pub use reload::TlsFiles;
 
 use crate::command::{
@@ -231,6 +231,16 @@ fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error
         .receive_window(
             quinn::VarInt::from_u64(config.receive_window).unwrap_or(quinn::VarInt::MAX),
         );
+    let congestion: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> =
+        match config.congestion {
+            CongestionController::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+            CongestionController::NewReno => Arc::new(quinn::congestion::NewRenoConfig::default()),
+            CongestionController::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        };
+    transport
+        .congestion_controller_factory(congestion)
+        .initial_rtt(config.initial_rtt)
+        .send_window(config.send_window);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(config.max_udp_payload);
     transport.mtu_discovery_config(Some(mtu));
