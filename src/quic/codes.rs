@@ -58,7 +58,10 @@ pub(crate) fn connection_error(peer: &ServerAddress, error: &ConnectionError) ->
         ConnectionError::ApplicationClosed(close) if close.error_code == conn::SHUTDOWN => {
             "peer shut down".to_owned()
         }
-        ConnectionError::LocallyClosed => return Error::Shutdown,
+        // This node closed it while the transport is open (a retired duplicate, a revoked
+        // peer): the call may be retried. On shutdown, callers see `Error::Shutdown` from
+        // their guard (`Inner::guarded`, the pipeline's closed token) instead.
+        ConnectionError::LocallyClosed => "closed by this node".to_owned(),
         other => other.to_string(),
     };
     Error::ConnectionLost {

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{answer, answer_read_error, request_write_error};
 use super::codes::{self, stream};
 use super::io::{FrameReader, write_frame};
-use super::pool::ActiveGuard;
+use super::pool::{ActiveGuard, PeerConn};
 use super::{Inner, priority};
 use bytes::BytesMut;
 
@@ -26,26 +27,38 @@ use crate::transport::{AppendPipeline, BoxFuture, PipelineSink, ResponseFuture};
 type Answer = oneshot::Sender<Result<AppendEntriesResponse, Error>>;
 
 struct QuicSink {
-    send: Mutex<SendStream>,
-    /// Answer slots, in send order, for the task reading the answers.
-    answers: mpsc::UnboundedSender<Answer>,
+    inner: Arc<Inner>,
+    id: ServerId,
+    target: ServerAddress,
+    lane: Mutex<Lane>,
     closed: CancellationToken,
-    peer: ServerAddress,
     max: usize,
 }
 
-/// Opens a pipeline to `id`: a stream whose first frame is `PipelineOpen`.
-pub(super) async fn open(
+/// The stream a pipeline currently sends on, and the task reading its answers.
+struct Lane {
+    conn: PeerConn,
+    peer: ServerAddress,
+    send: SendStream,
+    /// Answer slots, in send order, for the task reading the answers.
+    answers: mpsc::UnboundedSender<Answer>,
+    /// Cancelled when the reading task ends.
+    reader_done: CancellationToken,
+    /// Set by the reading task if it failed an append still waiting for its answer.
+    failed: Arc<AtomicBool>,
+}
+
+/// Opens a pipeline stream to `id` (its first frame is `PipelineOpen`) and starts reading
+/// its answers.
+async fn open_lane(
     inner: &Arc<Inner>,
     id: &ServerId,
     target: &ServerAddress,
-) -> Result<AppendPipeline, Error> {
+    closed: &CancellationToken,
+) -> Result<Lane, Error> {
     let config = &inner.config;
-    if config.max_in_flight < 2 {
-        return Err(Error::PipelineNotSupported);
-    }
     let deadline = tokio::time::Instant::now() + config.rpc_timeout;
-    let (send, recv, active, peer) = inner
+    let (conn, send, recv, active, peer) = inner
         .guarded(RpcKind::AppendEntries, deadline, async {
             let (conn, peer) = inner.connection(id, target).await?;
             let active = conn.active();
@@ -58,24 +71,48 @@ pub(super) async fn open(
             write_frame(&mut send, &Frame::PipelineOpen, config.max_message_size)
                 .await
                 .map_err(|e| request_write_error(&peer, e))?;
-            Ok((send, recv, active, peer))
+            Ok((conn, send, recv, active, peer))
         })
         .await?;
-    let (answers_tx, answers_rx) = mpsc::unbounded_channel();
-    let closed = inner.shutdown.child_token();
+    let (answers, answers_rx) = mpsc::unbounded_channel();
+    let reader_done = CancellationToken::new();
+    let failed = Arc::new(AtomicBool::new(false));
     inner.tasks.spawn(read_answers(
         recv,
         answers_rx,
         closed.clone(),
         peer.clone(),
         config.max_message_size,
-        active,
+        (active, reader_done.clone(), failed.clone()),
     ));
-    let sink = QuicSink {
-        send: Mutex::new(send),
-        answers: answers_tx,
-        closed,
+    Ok(Lane {
+        conn,
         peer,
+        send,
+        answers,
+        reader_done,
+        failed,
+    })
+}
+
+/// Opens a pipeline to `id`: a stream whose first frame is `PipelineOpen`.
+pub(super) async fn open(
+    inner: &Arc<Inner>,
+    id: &ServerId,
+    target: &ServerAddress,
+) -> Result<AppendPipeline, Error> {
+    let config = &inner.config;
+    if config.max_in_flight < 2 {
+        return Err(Error::PipelineNotSupported);
+    }
+    let closed = inner.shutdown.child_token();
+    let lane = open_lane(inner, id, target, &closed).await?;
+    let sink = QuicSink {
+        inner: inner.clone(),
+        id: id.clone(),
+        target: target.clone(),
+        lane: Mutex::new(lane),
+        closed,
         max: config.max_message_size,
     };
     AppendPipeline::new(
@@ -86,6 +123,30 @@ pub(super) async fn open(
     )
 }
 
+impl QuicSink {
+    /// Moves the pipeline off a connection that lost the tie-break (and will be closed) onto
+    /// the one kept. The old stream is finished and every append on it answered before
+    /// anything is sent on the new one, so the follower still sees the appends in order.
+    async fn move_lane(&self, lane: &mut Lane) -> Result<(), Error> {
+        let _ = lane.send.finish();
+        let timeout = self.inner.config.rpc_timeout;
+        tokio::select! {
+            _ = lane.reader_done.cancelled() => {}
+            _ = self.closed.cancelled() => return Err(Error::PipelineClosed),
+            _ = tokio::time::sleep(timeout) => {
+                return Err(Error::Timeout { rpc: RpcKind::AppendEntries, after: timeout });
+            }
+        }
+        if lane.failed.load(Ordering::Acquire) {
+            // Appends on the old stream failed: the pipeline is broken, as on any failure.
+            return Err(Error::PipelineClosed);
+        }
+        tracing::debug!(peer = %lane.peer, "pipeline moved off a retired connection");
+        *lane = open_lane(&self.inner, &self.id, &self.target, &self.closed).await?;
+        Ok(())
+    }
+}
+
 /// Reads answers in order and completes each request's slot; on any failure, fails every
 /// slot still open.
 async fn read_answers(
@@ -94,8 +155,10 @@ async fn read_answers(
     closed: CancellationToken,
     peer: ServerAddress,
     max: usize,
-    _active: ActiveGuard,
+    (_active, done, failed): (ActiveGuard, CancellationToken, Arc<AtomicBool>),
 ) {
+    // Tells the sink when this reader is finished with the stream.
+    let _done = done.drop_guard();
     let mut reader = FrameReader::new(max);
     let mut waiting: VecDeque<Answer> = VecDeque::new();
     let failure = loop {
@@ -134,6 +197,9 @@ async fn read_answers(
         waiting.push_back(slot);
     }
     let reason = failure.to_string();
+    if !waiting.is_empty() {
+        failed.store(true, Ordering::Release);
+    }
     for slot in waiting {
         let error = match &failure {
             Error::PipelineClosed => Error::PipelineClosed,
@@ -159,14 +225,17 @@ impl PipelineSink for QuicSink {
             codec::encode_message(FrameKind::AppendEntries, request, &mut bytes, self.max)
                 .map_err(|e| Error::Protocol(format!("append not sent: {e}")))?;
             let (slot, rx) = oneshot::channel();
-            let mut send = self.send.lock().await;
-            self.answers.send(slot).map_err(|_| Error::PipelineClosed)?;
-            if let Err(e) = send.write_chunk(bytes.freeze()).await {
+            let mut lane = self.lane.lock().await;
+            if lane.conn.is_retiring() && !self.closed.is_cancelled() {
+                self.move_lane(&mut lane).await?;
+            }
+            lane.answers.send(slot).map_err(|_| Error::PipelineClosed)?;
+            if let Err(e) = lane.send.write_chunk(bytes.freeze()).await {
                 // The stream is broken mid-pipeline: nothing after this can be matched.
                 self.closed.cancel();
-                return Err(codes::write_error(&self.peer, &e));
+                return Err(codes::write_error(&lane.peer, &e));
             }
-            let peer = self.peer.clone();
+            let peer = lane.peer.clone();
             let response: ResponseFuture = Box::pin(async move {
                 rx.await.unwrap_or_else(|_| {
                     Err(Error::ConnectionLost {
@@ -181,8 +250,8 @@ impl PipelineSink for QuicSink {
 
     fn close(&self) {
         self.closed.cancel();
-        if let Ok(mut send) = self.send.try_lock() {
-            let _ = send.finish();
+        if let Ok(mut lane) = self.lane.try_lock() {
+            let _ = lane.send.finish();
         }
     }
 }

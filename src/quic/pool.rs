@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +30,9 @@ pub(crate) struct PeerConn {
 struct Active {
     count: AtomicUsize,
     idle: Notify,
+    /// Set when the connection lost the tie-break and is being retired: long-lived users
+    /// (pipelines) move to the winner.
+    retiring: AtomicBool,
 }
 
 /// Counts one stream under way on a connection while it lives.
@@ -54,6 +57,15 @@ impl PeerConn {
 
     pub(crate) fn is_alive(&self) -> bool {
         self.conn.close_reason().is_none()
+    }
+
+    /// True once the connection lost the tie-break: it closes after its grace period.
+    pub(crate) fn is_retiring(&self) -> bool {
+        self.active.retiring.load(Ordering::Acquire)
+    }
+
+    fn mark_retiring(&self) {
+        self.active.retiring.store(true, Ordering::Release);
     }
 
     /// Marks a stream under way until the guard drops.
@@ -250,6 +262,7 @@ impl Pool {
                     retired_dialled_by = %loser.dialer,
                     "two connections to one peer; retiring one"
                 );
+                loser.mark_retiring();
                 dialer.spawn_retire(loser);
                 winner
             }
