@@ -817,8 +817,8 @@ async fn silently_cut_link_fails_50_pipelined_appends_in_order_and_a_new_pipelin
 /// node of a cluster dials the others at start): `b` dials `a` directly while a relay holds
 /// `a`'s dial to `b`; whatever the test starts on `b`'s connection runs there; then
 /// [`let_a_win`](Self::let_a_win) lets `a`'s handshake through, `a`'s connection wins the
-/// tie-break at both ends, and `b` retires its own, closing it within 2 × (`rpc_timeout` +
-/// `connect_timeout`) = 3 s.
+/// tie-break at both ends, and `b` retires its own, closing it once idle after
+/// `rpc_timeout` + `connect_timeout` = 1.5 s.
 struct Duplicate {
     a: QuicTransport,
     b: QuicTransport,
@@ -831,8 +831,8 @@ struct Duplicate {
 }
 
 impl Duplicate {
-    /// `b`'s grace before it closes a retired connection (`rpc_timeout` + `connect_timeout`);
-    /// it waits at most as long again while something is under way on it.
+    /// `b`'s grace before it closes a retired connection (`rpc_timeout` + `connect_timeout`),
+    /// after which it waits until nothing is under way on it.
     const GRACE: Duration = Duration::from_millis(1500);
 
     async fn start(fx: &Fixture) -> Self {
@@ -976,31 +976,25 @@ fn fed_source() -> (
     (tx, tokio_util::io::StreamReader::new(Box::pin(stream)))
 }
 
-/// A call cut because this node closed its connection (here: the retirement of a duplicate,
-/// which closes it locally) must fail with a retryable error, `ConnectionLost`, while the
-/// transport is open: `Error::Shutdown` means "this transport was closed, give up". A snapshot
-/// is the call that outlives the retirement's grace: `b` streams one to `a` on its own
-/// connection, holding back the rest of its data, and `a`'s connection wins.
-///
-/// `codes::connection_error` used to map every `ConnectionError::LocallyClosed` to
-/// `Error::Shutdown` (an engine gives up on that) even while the transport was open: a retired
-/// duplicate or a revoked peer's connection. It is `ConnectionLost` (retry) now.
+/// A snapshot under way on a connection that loses the tie-break is not cut: the retired
+/// connection closes only once nothing runs on it. `b` streams a snapshot to `a` on its own
+/// connection, holding back the rest of its data past the retirement's grace, then sends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn call_cut_by_a_local_connection_close_is_connection_lost_not_shutdown() {
+async fn snapshot_on_a_retired_connection_finishes() {
     common::init_tracing();
     let fx = Fixture::new("retire-snapshot");
     let mut d = Duplicate::start(&fx).await;
     let (a_id, a_addr) = (d.a_id().clone(), d.a.local_addr());
     let b = d.b.clone();
-    let size = 64 * 1024 * 1024;
+    let size = 8 * 1024 * 1024;
     let (feed, source) = fed_source();
     let snapshot = {
         let b = b.clone();
         let request = snapshot_request(&b, size);
         tokio::spawn(async move { b.install_snapshot(&a_id, &a_addr, request, source).await })
     };
-    feed.send(Ok(bytes::Bytes::from(vec![7u8; 1024 * 1024])))
-        .unwrap();
+    let mib = || Ok(bytes::Bytes::from(vec![7u8; 1024 * 1024]));
+    feed.send(mib()).unwrap();
     guarded(
         "the first MiB reaching a's reader",
         d.a_progress.wait_for(|n| *n >= 1024 * 1024),
@@ -1008,14 +1002,62 @@ async fn call_cut_by_a_local_connection_close_is_connection_lost_not_shutdown() 
     .await
     .unwrap();
     d = d.let_a_win().await;
-    // b closes its retired connection within 2 × grace, the snapshot still on it.
-    let result = guarded("the cut snapshot", snapshot).await.unwrap();
+    // Time passing is what is tested here: the retirement's grace runs out while the snapshot
+    // is still under way on the retired connection.
+    tokio::time::sleep(Duplicate::GRACE * 2).await;
+    for _ in 1..8 {
+        feed.send(mib()).unwrap();
+    }
+    drop(feed);
+    let response = guarded("the snapshot", snapshot).await.unwrap();
+    let response = response.expect("a snapshot on a retired connection was cut");
+    assert!(
+        response.success,
+        "the receiver did not read the whole snapshot"
+    );
+    d.close().await;
+}
+
+/// A call cut because this node closed its connection while the transport runs must fail
+/// with a retryable error, `ConnectionLost`: `Error::Shutdown` means "this transport was
+/// closed, give up".
+///
+/// `codes::connection_error` used to map every `ConnectionError::LocallyClosed` to
+/// `Error::Shutdown` (an engine gives up on that) even while the transport was open: a retired
+/// duplicate or, as here, a revoked peer's connection. It is `ConnectionLost` now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_cut_by_a_local_connection_close_is_connection_lost_not_shutdown() {
+    common::init_tracing();
+    let fx = Fixture::new("local-close");
+    let (a, _a_in) = fx.node("n1").await;
+    let (b, mut b_in) = fx.node("n2").await;
+    // A call from a that b holds unanswered.
+    let call = {
+        let (a, id, addr) = (a.clone(), b.local_id().clone(), b.local_addr());
+        tokio::spawn(async move {
+            let request = quicraft::TimeoutNowRequest {
+                header: quicraft::RpcHeader::new(a.local_id().clone(), a.local_addr()),
+            };
+            a.timeout_now(&id, &addr, request).await
+        })
+    };
+    let _held = guarded("the held call", b_in.recv()).await.unwrap();
+    // a revokes b: its live connection to b is closed by a, while a keeps running.
+    let b_cert = b.tls_identity().leaf().clone();
+    let crl = fx
+        .ca
+        .revocation_list_pem(&[&b_cert], 1, time::Duration::days(1))
+        .unwrap();
+    let lists = quicraft::RevocationLists::from_pem(crl.as_bytes()).unwrap();
+    a.reload_tls(a.tls_identity(), fx.ca.roots(), lists)
+        .unwrap();
+    let result = guarded("the cut call", call).await.unwrap();
     assert!(
         matches!(result, Err(Error::ConnectionLost { .. })),
-        "a snapshot cut by a local close of a live transport's connection gave {result:?}"
+        "a call cut by a local close of a live transport's connection gave {result:?}"
     );
-    drop(feed);
-    d.close().await;
+    a.close().await;
+    b.close().await;
 }
 
 // ---------------------------------------------------------------------------------------------
