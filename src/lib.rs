@@ -54,6 +54,8 @@
 mod codec;
 mod command;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod inmem;
 #[cfg(feature = "openraft")]
 pub mod openraft_adapter;
@@ -64,9 +66,9 @@ mod transport;
 pub use codec::CodecError;
 pub use command::{
     AppendEntriesRequest, AppendEntriesResponse, Command, InstallSnapshotRequest,
-    InstallSnapshotResponse, Log, LogType, PROTOCOL_VERSION, RequestPreVoteRequest,
-    RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse, Response, RpcHeader, RpcKind,
-    ServerAddress, ServerId, TimeoutNowRequest, TimeoutNowResponse,
+    InstallSnapshotResponse, Log, LogType, MAX_ENTRIES_PER_APPEND, PROTOCOL_VERSION,
+    RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse,
+    Response, RpcHeader, RpcKind, ServerAddress, ServerId, TimeoutNowRequest, TimeoutNowResponse,
 };
 pub use error::{Error, ErrorCode, RemoteError};
 pub use inmem::{Faults, InmemConfig, InmemTransport};

@@ -202,8 +202,9 @@ fn decode_body<'a, T: Deserialize<'a>>(kind: FrameKind, body: &'a [u8]) -> Resul
 ///
 /// `Ok(None)` when `src` holds only part of a frame (nothing is consumed; read more and call
 /// again). An unknown kind or a length over `max` is reported as soon as the 5-byte header has
-/// arrived, before the body is awaited or buffered. On error nothing is consumed either; the
-/// stream is unusable from there.
+/// arrived, before the body is awaited or buffered; nothing is consumed then. A body that does
+/// not decode has been consumed by the time it is refused. After any error the stream is
+/// unusable.
 pub(crate) fn decode(src: &mut BytesMut, max: usize) -> Result<Option<Frame>, CodecError> {
     if src.len() < HEADER_LEN {
         return Ok(None);
