@@ -8,11 +8,14 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use quicraft::CodecError;
 use quicraft::fuzzing::{decode_frame, encode_frame};
-use quicraft_fuzz::MAX;
+use quicraft_fuzz::{MAX, MAX_INPUT};
 
 quicraft_fuzz::guard_allocations!();
 
 fuzz_target!(|data: &[u8]| {
+    if data.len() > MAX_INPUT {
+        return;
+    }
     let mut buf = BytesMut::from(data);
     loop {
         let before = buf.len();

@@ -6,11 +6,14 @@
 
 use libfuzzer_sys::fuzz_target;
 use quicraft::fuzzing::read_snapshot_header;
-use quicraft_fuzz::{MAX, chunks, split_seed};
+use quicraft_fuzz::{MAX, MAX_INPUT, chunks, split_seed};
 
 quicraft_fuzz::guard_allocations!();
 
 fuzz_target!(|data: &[u8]| {
+    if data.len() > MAX_INPUT {
+        return;
+    }
     let Some((seed, stream)) = split_seed(data) else {
         return;
     };

@@ -11,6 +11,12 @@ pub const MAX: usize = 1 << 20;
 /// sizes a buffer from a length it read would cross it.
 pub const ALLOC_LIMIT: usize = MAX;
 
+/// The longest input the targets decode (longer ones are skipped; libFuzzer's default
+/// `-max_len` is 4096). The targets' own buffers (a copy of the input, a stream reader's buffer
+/// that may double) then stay under [`ALLOC_LIMIT`], so only a decoder can cross it: one
+/// allocation over the limit means more than 4 times amplification.
+pub const MAX_INPUT: usize = MAX / 4;
+
 /// The most heap a target may hold at once (as libFuzzer's `-malloc_limit_mb=64`).
 pub const LIVE_LIMIT: usize = 64 << 20;
 
