@@ -167,17 +167,27 @@ impl Impl {
     }
 
     /// Runs `scenario` in this process against a fresh pair of this implementation's nodes.
-    fn measure(self, scenario: Scenario, workload: Workload, runtime: RuntimeKind) -> Vec<Report> {
+    fn measure(self, scenario: Scenario, workload: Workload, options: &Options) -> Vec<Report> {
         let reports = match self {
-            Self::Quicraft => scenario.measure(quic_pair(runtime), workload),
-            Self::Inmem => scenario.measure(inmem_pair(runtime), workload),
+            Self::Quicraft => {
+                scenario.measure(quic_pair(options.runtime, options.busy_poll), workload)
+            }
+            Self::Inmem => scenario.measure(inmem_pair(options.runtime), workload),
         };
         reports
             .into_iter()
-            .map(|report| Report {
-                implementation: self.name().to_owned(),
-                scenario: scenario.name().to_owned(),
-                ..report
+            .map(|report| {
+                let report = Report {
+                    implementation: self.name().to_owned(),
+                    scenario: scenario.name().to_owned(),
+                    ..report
+                };
+                match self {
+                    Self::Quicraft => {
+                        report.with("busy_poll_us", options.busy_poll.as_micros() as u64)
+                    }
+                    Self::Inmem => report,
+                }
             })
             .collect()
     }
@@ -189,6 +199,7 @@ impl Impl {
         let mut child = Command::new(exe);
         child.args(["--child", "--runtime", options.runtime.name()]);
         child.args(["--scenario", scenario.name(), "--impl", self.name()]);
+        child.args(["--busy-poll", &options.busy_poll.as_micros().to_string()]);
         if options.quick {
             child.arg("--quick");
         }
@@ -442,18 +453,22 @@ struct Options {
     /// This process is the child of a scenario run in its own process: run here, print JSON.
     child: bool,
     runtime: RuntimeKind,
+    /// The QUIC transport's busy-poll window (`QuicConfig::busy_poll`); zero is its default.
+    busy_poll: Duration,
     scenarios: Vec<Scenario>,
     impls: Vec<Impl>,
 }
 
 const USAGE: &str = "\
 usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... [--impl NAME]...
-                                        [--runtime current|multi]
+                                        [--runtime current|multi] [--busy-poll US]
   --quick            shrink every scenario (the whole run takes well under 20 s)
   --json             one JSON line per result instead of a table
   --scenario NAME    rtt, throughput, snapshot, hol or concurrency (repeatable; default all)
   --impl NAME        quicraft or inmem (repeatable; default both)
   --runtime KIND     each node's tokio runtime: current (one thread, the default) or multi
+  --busy-poll US     QuicConfig::busy_poll window in microseconds (default 0: off, the
+                     transport's default); reported as busy_poll_us
   --child            run every scenario in this process and print JSON (how `snapshot` gets
                      a process of its own)
 Unknown arguments (such as cargo's --bench) are ignored.";
@@ -465,6 +480,7 @@ impl Options {
             json: false,
             child: false,
             runtime: RuntimeKind::CurrentThread,
+            busy_poll: Duration::ZERO,
             scenarios: Vec::new(),
             impls: Vec::new(),
         };
@@ -501,6 +517,13 @@ impl Options {
                     let name = value()?;
                     options.runtime = RuntimeKind::parse(&name)
                         .ok_or_else(|| format!("unknown runtime {name:?}"))?;
+                }
+                "--busy-poll" => {
+                    let us = value()?;
+                    let us: u64 = us
+                        .parse()
+                        .map_err(|_| format!("--busy-poll takes microseconds, not {us:?}"))?;
+                    options.busy_poll = Duration::from_micros(us);
                 }
                 "--help" | "-h" => return Err(String::new()),
                 _ => {}
@@ -553,7 +576,7 @@ fn main() {
             let reports = if scenario.own_process() && !options.child {
                 implementation.measure_in_child(scenario, &options)
             } else {
-                implementation.measure(scenario, workload, options.runtime)
+                implementation.measure(scenario, workload, &options)
             };
             for report in &reports {
                 printer.print(report);

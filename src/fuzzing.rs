@@ -128,36 +128,50 @@ pub enum StreamError {
 }
 
 /// Reads frames from a sequence of chunks as the QUIC transport's frame reader
-/// (`quic::io::FrameReader`, bound to a QUIC stream) reads them from a stream's chunks: decode
-/// what is buffered, and only when that is not a whole frame append the next chunk.
-struct ChunkReader {
-    buf: BytesMut,
-    max: usize,
+/// (`quic::io::FrameReader`, bound to a QUIC stream) reads them from a stream: with the same
+/// frame assembler, which asks for the header, then the body, never more than the frame under
+/// way needs. A chunk longer than that is taken in the pieces it asks for, as quinn hands out
+/// a longer chunk to reads with a smaller limit.
+struct ChunkReader<'a> {
+    frames: codec::FrameAssembler,
+    /// The part of the current chunk not yet taken.
+    pending: &'a [u8],
 }
 
-impl ChunkReader {
+impl<'a> ChunkReader<'a> {
     fn new(max: usize) -> Self {
         Self {
-            buf: BytesMut::new(),
-            max,
+            frames: codec::FrameAssembler::new(max),
+            pending: &[],
         }
     }
 
     /// The next frame; `None` when the chunks ended cleanly between frames.
-    fn next<'a>(
+    fn next(
         &mut self,
         chunks: &mut impl Iterator<Item = &'a [u8]>,
     ) -> Result<Option<Frame>, StreamError> {
         loop {
-            if let Some(frame) =
-                codec::decode(&mut self.buf, self.max).map_err(StreamError::Codec)?
-            {
-                return Ok(Some(frame));
+            if self.pending.is_empty() {
+                match chunks.next() {
+                    Some(chunk) => self.pending = chunk,
+                    None if self.frames.is_idle() => return Ok(None),
+                    None => return Err(StreamError::Truncated),
+                }
+                continue;
             }
-            match chunks.next() {
-                Some(chunk) => self.buf.extend_from_slice(chunk),
-                None if self.buf.is_empty() => return Ok(None),
-                None => return Err(StreamError::Truncated),
+            let want = match self.frames.need() {
+                codec::Need::Header(want) => want,
+                codec::Need::Body { missing, .. } => missing,
+            };
+            let (piece, rest) = self.pending.split_at(want.min(self.pending.len()));
+            self.pending = rest;
+            let frame = self
+                .frames
+                .push(Bytes::copy_from_slice(piece))
+                .map_err(StreamError::Codec)?;
+            if frame.is_some() {
+                return Ok(frame);
             }
         }
     }
@@ -235,7 +249,7 @@ pub fn read_snapshot_header<'a>(
     match reader.next(chunks)? {
         Some(Frame::SnapshotData { transfer_id }) => Ok(SnapshotHeader {
             transfer_id,
-            leftover: reader.buf.freeze(),
+            leftover: Bytes::copy_from_slice(reader.pending),
         }),
         Some(other) => Err(StreamError::Unexpected(other.kind().name())),
         None => Err(StreamError::Empty),

@@ -76,7 +76,9 @@ pub use inmem::{Faults, InmemConfig, InmemTransport};
 pub use openraft_adapter::{
     NodeAddress, OPENRAFT_ERROR, QuicraftNetwork, QuicraftNetworkFactory, WireError, serve_raft,
 };
-pub use quic::{CongestionController, ConnectionInfo, QuicConfig, QuicTransport, TlsFiles};
+pub use quic::{
+    CongestionController, ConnectionInfo, QuicConfig, QuicTransport, TlsFiles, TransportStats,
+};
 pub use tls::{
     ALPN, CaRoots, ClusterCa, GeneratedNode, Identity, NodeCertOptions, RevocationLists, SpiffeId,
     TlsContext, TlsError, validate_cluster_name, validate_node_id, verify_node_chain,

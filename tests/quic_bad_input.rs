@@ -3,6 +3,9 @@
 //! refused on its own stream (an Error frame with `BAD_REQUEST`, or a reset), never reaches
 //! the consumer, and leaves the connection and the node serving: afterwards a valid
 //! RequestVote on the same raw connection and a call from a regular peer both succeed.
+//!
+//! Partial frames on many streams hold at most the connection's byte budget
+//! (`max_buffered_bytes_per_connection`), as the node's `TransportStats` show.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,10 +18,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quicraft::{
-    AppendEntriesResponse, Command, ErrorCode, Incoming, InstallSnapshotRequest,
-    InstallSnapshotResponse, QuicConfig, QuicTransport, RemoteError, RequestPreVoteResponse,
-    RequestVoteRequest, RequestVoteResponse, Response, RpcHeader, ServerAddress, ServerId,
-    SnapshotReader, TimeoutNowResponse, TlsContext, Transport,
+    AppendEntriesRequest, AppendEntriesResponse, Command, ErrorCode, Incoming,
+    InstallSnapshotRequest, InstallSnapshotResponse, QuicConfig, QuicTransport, RemoteError,
+    RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse, Response, RpcHeader,
+    ServerAddress, ServerId, SnapshotReader, TimeoutNowResponse, TlsContext, Transport,
+    TransportStats,
 };
 use quinn::{Endpoint, ReadError, ReadToEndError, RecvStream, SendStream, VarInt};
 use tokio::io::AsyncReadExt;
@@ -36,8 +40,10 @@ const RAW: &str = "raw";
 /// A regular QuicTransport peer.
 const PEER: &str = "peer";
 
+const APPEND_ENTRIES: u8 = 0x01;
 const REQUEST_VOTE: u8 = 0x02;
 const INSTALL_SNAPSHOT: u8 = 0x04;
+const PIPELINE_OPEN: u8 = 0x06;
 const SNAPSHOT_DATA: u8 = 0x07;
 const RESPONSE: u8 = 0x80;
 const ERROR: u8 = 0x81;
@@ -683,4 +689,183 @@ async fn trickling_stream_does_not_block_other_rpcs() {
     assert!(started.elapsed() >= rpc_timeout);
     s.assert_nothing_delivered("trickling stream");
     s.assert_still_serving("after a stream trickled").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Partial frames and the per-connection byte budget.
+
+/// A header of `kind` declaring `len` body bytes, and only the first `sent` of them.
+fn partial_frame(kind: u8, len: usize, sent: usize) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+    out.extend_from_slice(&pseudo_random(len as u64, sent));
+    out
+}
+
+/// Waits until the node's stats satisfy `cond` (polling: they have no change notification),
+/// and returns them.
+async fn stats_until(
+    node: &QuicTransport,
+    what: &str,
+    cond: impl Fn(&TransportStats) -> bool,
+) -> TransportStats {
+    guarded(what, async {
+        loop {
+            let stats = node.stats();
+            if cond(&stats) {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+/// 16 streams each declare a 1 MiB request (the frame limit) and send 768 KiB of it, 12 MiB
+/// in all, on one connection whose budget is 4 MiB. The node holds exactly its budget (four
+/// frames admitted; the other streams' bytes wait in QUIC flow control), never more; a
+/// heartbeat from another peer is answered meanwhile; once the RPC timeout passes, every
+/// partial request is refused (`BAD_REQUEST` for the admitted ones that stopped short,
+/// `UNAVAILABLE` for those still waiting for the budget) and the node holds nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_frames_on_many_streams_hold_at_most_the_connection_budget() {
+    const MAX: usize = 1 << 20;
+    const BUDGET: usize = 4 * MAX;
+    const STREAMS: usize = 16;
+    const SENT: usize = 3 * MAX / 4;
+    let rpc_timeout = Duration::from_secs(3);
+    let mut s = Setup::with(|config| {
+        config
+            .max_message_size(MAX)
+            .max_buffered_bytes_per_connection(BUDGET)
+            .rpc_timeout(rpc_timeout)
+    })
+    .await;
+    let flood_started = tokio::time::Instant::now();
+    let partial = partial_frame(REQUEST_VOTE, MAX, SENT);
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        streams.push(s.send(&partial, false).await);
+    }
+    let full = stats_until(&s.server, "the budget filling up", |stats| {
+        stats.frame_bytes_buffered == BUDGET && stats.request_streams == STREAMS
+    })
+    .await;
+    assert_eq!(full.frame_bytes_buffered_high_water, BUDGET, "{full:?}");
+
+    // Another peer (another connection, another budget) is served meanwhile.
+    let heartbeat = AppendEntriesRequest::heartbeat(RpcHeader::new(PEER, s.peer.local_addr()), 7);
+    let heartbeat_len = postcard::to_stdvec(&heartbeat).unwrap().len();
+    let response = guarded(
+        "a heartbeat from another peer",
+        s.peer.append_entries(
+            &ServerId::from(SERVER),
+            &ServerAddress::from(s.server_addr()),
+            heartbeat,
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(response.success);
+    assert!(
+        flood_started.elapsed() < rpc_timeout,
+        "the heartbeat was answered only after the partial requests could have been refused"
+    );
+    match s.delivered.try_recv() {
+        Ok(Command::AppendEntries(request)) if request.is_heartbeat() => {}
+        other => panic!("the consumer should have seen the heartbeat, saw {other:?}"),
+    }
+
+    // Every partial request is refused once its deadline passes.
+    let (mut bad, mut unavailable) = (0, 0);
+    for (send, recv) in streams {
+        match guarded("a partial request's answer", answer_on(&send, recv)).await {
+            Answer::Frame { kind: ERROR, body } => {
+                let error: RemoteError = postcard::from_bytes(&body).unwrap();
+                match error.code {
+                    ErrorCode::BAD_REQUEST => bad += 1,
+                    ErrorCode::UNAVAILABLE => unavailable += 1,
+                    _ => panic!("a partial request was refused with {error}"),
+                }
+            }
+            other => panic!("a partial request got {other:?}"),
+        }
+    }
+    eprintln!("partial requests: {bad} refused as bad input, {unavailable} as unavailable");
+    assert!(
+        bad >= BUDGET / MAX,
+        "the admitted partial requests are bad input"
+    );
+    let after = stats_until(&s.server, "the held bytes going back to zero", |stats| {
+        stats.frame_bytes_buffered == 0 && stats.request_streams == 0
+    })
+    .await;
+    // The raw connection never held more than its budget; the only other frame was the
+    // heartbeat, on its own connection.
+    assert!(
+        after.frame_bytes_buffered_high_water <= BUDGET + heartbeat_len,
+        "{after:?}"
+    );
+    s.assert_nothing_delivered("partial requests");
+    s.assert_still_serving("partial requests").await;
+    assert_eq!(s.server.stats().frame_bytes_buffered, 0);
+}
+
+/// A request whose connection's budget stays spent is not bad input: a pipeline's append
+/// holds the whole budget (1 MiB declared, 1 KiB sent: a pipeline has no deadline between
+/// or within its frames), and a whole RequestVote behind it on another stream of the same
+/// connection is answered `UNAVAILABLE` once the RPC timeout passes. When the pipeline is
+/// reset, the budget comes back and the connection is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_the_connection_budget_is_answered_unavailable() {
+    const MAX: usize = 1 << 20;
+    let rpc_timeout = Duration::from_secs(1);
+    let mut s = Setup::with(|config| {
+        config
+            .max_message_size(MAX)
+            .max_buffered_bytes_per_connection(MAX)
+            .rpc_timeout(rpc_timeout)
+    })
+    .await;
+    let mut pipeline = frame(PIPELINE_OPEN, &[]);
+    pipeline.extend_from_slice(&partial_frame(APPEND_ENTRIES, MAX, 1024));
+    let (mut held, _held_recv) = s.send(&pipeline, false).await;
+    stats_until(&s.server, "the pipeline holding the budget", |stats| {
+        stats.frame_bytes_buffered == MAX
+    })
+    .await;
+
+    let started = tokio::time::Instant::now();
+    match s.exchange(&frame(REQUEST_VOTE, &vote_body(RAW, 1))).await {
+        Answer::Frame { kind: ERROR, body } => {
+            let error: RemoteError = postcard::from_bytes(&body).unwrap();
+            assert_eq!(error.code, ErrorCode::UNAVAILABLE, "{error}");
+        }
+        other => panic!("a request waiting for the budget got {other:?}"),
+    }
+    assert!(started.elapsed() >= rpc_timeout);
+    s.assert_nothing_delivered("a request waiting for the budget");
+
+    held.reset(VarInt::from_u32(0)).unwrap();
+    stats_until(&s.server, "the pipeline's budget coming back", |stats| {
+        stats.frame_bytes_buffered == 0 && stats.request_streams == 0
+    })
+    .await;
+    s.assert_still_serving("after the budget came back").await;
+}
+
+/// A budget that could not hold one frame of `max_message_size` is a configuration error.
+#[tokio::test]
+async fn a_budget_smaller_than_the_frame_limit_is_refused_at_bind() {
+    let fixture = Fixture::new("prod");
+    let config = fixture
+        .config(SERVER)
+        .max_message_size(1 << 20)
+        .max_buffered_bytes_per_connection((1 << 20) - 1);
+    match QuicTransport::bind(config).await {
+        Err(quicraft::Error::Config(why)) => {
+            assert!(why.contains("max_buffered_bytes_per_connection"), "{why}");
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
 }

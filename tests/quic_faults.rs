@@ -1066,13 +1066,13 @@ async fn call_cut_by_a_local_connection_close_is_connection_lost_not_shutdown() 
 /// The follower's consumer (capacity 8) never reads; 40 appends arrive at once, twice. Each
 /// caller first waits (backpressure), then fails: the 8 that were queued time out on the
 /// caller's deadline (`Error::Timeout`), the others are refused with `UNAVAILABLE` once the
-/// follower's own deadline passes without room in the queue. Nothing beyond the 8 is ever
-/// queued (the consumer, when it finally reads, finds exactly the first 8), the follower's
-/// tasks stay within `max_streams` plus its fixed ones, and it serves again once the consumer
-/// reads.
-///
-/// What this cannot assert: the bytes the transport buffers (there is no API for them);
-/// queued RPCs and tasks are the observable proxies.
+/// follower's own deadline passes without room in the queue (or, for those whose frame
+/// waited for the connection's byte budget, without room in the budget). Nothing beyond the 8
+/// is ever queued (the consumer, when it finally reads, finds exactly the first 8), the
+/// follower's tasks stay within `max_streams` plus its fixed ones, the bytes it holds for
+/// incoming frames (`TransportStats`) never exceed its per-connection budget (four appends
+/// here, so the budget is what holds the others back) and return to zero, and it serves
+/// again once the consumer reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_that_stops_reading_gives_backpressure_then_timeouts_with_bounded_queues() {
     common::init_tracing();
@@ -1083,11 +1083,17 @@ async fn consumer_that_stops_reading_gives_backpressure_then_timeouts_with_bound
     let follower_timeout = Duration::from_millis(400);
     let fx = Fixture::new("stuck-consumer");
     let (a, _a_in) = bind(fx.config("n1").rpc_timeout(caller_timeout)).await;
+    // The largest append body of the test (the warm-up's: varints grow with the sequence
+    // number), and a budget of four of them, which is also the follower's frame limit.
+    let frame_max = postcard::to_stdvec(&append(&a, 999)).unwrap().len();
+    let budget = 4 * frame_max;
     let (b, mut b_in) = bind(
         fx.config("n2")
             .rpc_timeout(follower_timeout)
             .consumer_capacity(CAPACITY)
-            .max_streams(MAX_STREAMS),
+            .max_streams(MAX_STREAMS)
+            .max_message_size(budget)
+            .max_buffered_bytes_per_connection(budget),
     )
     .await;
     let (id, addr) = (b.local_id().clone(), b.local_addr());
@@ -1151,10 +1157,8 @@ async fn consumer_that_stops_reading_gives_backpressure_then_timeouts_with_bound
         (CAPACITY, CALLS as usize - CAPACITY),
         "expected exactly the queue's capacity to be queued"
     );
-    assert_eq!(
-        format!("{b_in:?}"),
-        format!("Incoming {{ queued: {CAPACITY} }}")
-    );
+    assert_eq!(b_in.len(), CAPACITY);
+    assert_eq!(b.stats().consumer_queued, CAPACITY);
 
     // The queue is still full: a second wave is refused whole, and queues nothing more.
     let mut second = Vec::new();
@@ -1175,11 +1179,25 @@ async fn consumer_that_stops_reading_gives_backpressure_then_timeouts_with_bound
         peak <= baseline + MAX_STREAMS as usize + 1,
         "the follower ran {peak} tasks (baseline {baseline}, max_streams {MAX_STREAMS})"
     );
-    // The streams of the abandoned calls end too.
+    // The streams of the abandoned calls end too, and with them every byte held for them.
     eventually("the follower's stream tasks ending", || {
         b.task_count() <= baseline
     })
     .await;
+    let stats = b.stats();
+    eprintln!("follower after the waves: {stats:?} (budget {budget} bytes)");
+    assert!(
+        stats.frame_bytes_buffered_high_water <= budget,
+        "the follower held {} bytes of frames from one connection (budget {budget})",
+        stats.frame_bytes_buffered_high_water
+    );
+    assert!(
+        stats.frame_bytes_buffered_high_water > budget - frame_max,
+        "the budget never filled: the waves did not test it ({stats:?})"
+    );
+    assert_eq!(stats.frame_bytes_buffered, 0, "{stats:?}");
+    assert_eq!(stats.request_streams, 0, "{stats:?}");
+    assert_eq!(stats.consumer_queued, CAPACITY, "{stats:?}");
 
     // The consumer finally reads: exactly the 8 queued appends, the first 8 of the first wave.
     let mut drained = Vec::new();
@@ -1190,6 +1208,8 @@ async fn consumer_that_stops_reading_gives_backpressure_then_timeouts_with_bound
         }
         answer(header(&b), rpc, Taps::default()).await;
     }
+    assert!(b_in.is_empty());
+    assert_eq!(b.stats().consumer_queued, 0);
     drained.sort_unstable();
     let mut queued = timeouts.clone();
     queued.sort_unstable();

@@ -257,7 +257,7 @@ fn max_udp_payload() -> u16 {
 
 /// Two QUIC nodes on 127.0.0.1 with mutual TLS (certificates of a fresh cluster CA), each on
 /// its own runtime and thread.
-pub(crate) fn quic_pair(runtime: RuntimeKind) -> Pair<QuicTransport> {
+pub(crate) fn quic_pair(runtime: RuntimeKind, busy_poll: Duration) -> Pair<QuicTransport> {
     let ca = ClusterCa::generate(CLUSTER).expect("generate the cluster CA");
     let config = |node: &str| {
         let identity = ca
@@ -269,6 +269,7 @@ pub(crate) fn quic_pair(runtime: RuntimeKind) -> Pair<QuicTransport> {
             .max_in_flight(MAX_IN_FLIGHT)
             .max_udp_payload(max_udp_payload())
             .congestion_controller(congestion_controller())
+            .busy_poll(busy_poll)
     };
 
     let follower_node = NodeThread::start("follower", runtime);

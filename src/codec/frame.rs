@@ -1,6 +1,6 @@
 //! Frame layout, kinds, and the encode/decode functions.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::CodecError;
@@ -198,6 +198,125 @@ fn decode_body<'a, T: Deserialize<'a>>(kind: FrameKind, body: &'a [u8]) -> Resul
     Ok(value)
 }
 
+/// Assembles the frames of one stream from pieces of exactly the sizes it asks for
+/// ([`need`](Self::need)), so nothing past the frame under way is ever taken off the stream:
+/// first the 5-byte header, checked as soon as it is whole (kind, length within `max`), then
+/// the body. Pure: the caller does the reading (`quic::io::FrameReader` from a QUIC stream,
+/// `fuzzing` from chunks), and may do something between the header and the body (the QUIC
+/// reader reserves the declared length from its connection's budget there).
+///
+/// A body that arrives in one piece is decoded from that piece, without a copy. A body that
+/// arrives in parts is buffered in one allocation of exactly its declared length, made when
+/// its first part arrives: a header alone allocates nothing.
+#[derive(Debug)]
+pub(crate) struct FrameAssembler {
+    max: usize,
+    header: [u8; HEADER_LEN],
+    header_len: usize,
+    /// The kind and body length of the frame under way, once its header is whole.
+    declared: Option<(FrameKind, usize)>,
+    body: BytesMut,
+}
+
+/// What a [`FrameAssembler`] takes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// At most this many bytes of a header.
+    Header(usize),
+    /// At most `missing` more bytes of a body whose header declared `len` bytes.
+    Body { len: usize, missing: usize },
+}
+
+impl FrameAssembler {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            header: [0; HEADER_LEN],
+            header_len: 0,
+            declared: None,
+            body: BytesMut::new(),
+        }
+    }
+
+    /// What to feed [`push`](Self::push) next.
+    pub(crate) fn need(&self) -> Need {
+        match self.declared {
+            None => Need::Header(HEADER_LEN - self.header_len),
+            Some((_, len)) => Need::Body {
+                len,
+                missing: len - self.body.len(),
+            },
+        }
+    }
+
+    /// True between frames: no byte of the next one has been taken, so the stream may end.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.header_len == 0
+    }
+
+    /// Takes `piece`, at most what [`need`](Self::need) asks for, and returns the frame once
+    /// it is whole. A bad header (unknown kind, length over `max`) is refused as soon as it
+    /// is whole, a bad body once it is whole; a piece larger than asked for is refused as
+    /// malformed. After an error the stream is unusable.
+    pub(crate) fn push(&mut self, piece: Bytes) -> Result<Option<Frame>, CodecError> {
+        let Some((kind, len)) = self.declared else {
+            let end = self.header_len + piece.len();
+            let Some(room) = self.header.get_mut(self.header_len..end) else {
+                return Err(self.overrun(piece.len()));
+            };
+            room.copy_from_slice(&piece);
+            self.header_len = end;
+            if self.header_len < HEADER_LEN {
+                return Ok(None);
+            }
+            let (kind, len) = decode_header(&self.header, self.max)?;
+            self.declared = Some((kind, len));
+            return if len == 0 {
+                self.finish(kind, Bytes::new()).map(Some)
+            } else {
+                Ok(None)
+            };
+        };
+        let missing = len - self.body.len();
+        if piece.len() > missing {
+            return Err(self.overrun(piece.len()));
+        }
+        if piece.len() == len {
+            // The whole body in one piece: no buffer, no copy.
+            return self.finish(kind, piece).map(Some);
+        }
+        if self.body.is_empty() {
+            // The declared length at once: the buffer never regrows, and holds no more than
+            // what the header announced.
+            self.body.reserve(len);
+        }
+        self.body.extend_from_slice(&piece);
+        if piece.len() < missing {
+            return Ok(None);
+        }
+        let body = std::mem::take(&mut self.body).freeze();
+        self.finish(kind, body).map(Some)
+    }
+
+    fn finish(&mut self, kind: FrameKind, body: Bytes) -> Result<Frame, CodecError> {
+        self.header_len = 0;
+        self.declared = None;
+        decode_body_of(kind, &body)
+    }
+
+    fn overrun(&self, got: usize) -> CodecError {
+        CodecError::Malformed {
+            kind: self
+                .declared
+                .map_or("frame header", |(kind, _)| kind.name()),
+            reason: format!(
+                "{got} bytes pushed where at most {:?} was asked for",
+                self.need()
+            ),
+        }
+    }
+}
+
 /// Takes one whole frame off the front of `src`.
 ///
 /// `Ok(None)` when `src` holds only part of a frame (nothing is consumed; read more and call
@@ -205,22 +324,14 @@ fn decode_body<'a, T: Deserialize<'a>>(kind: FrameKind, body: &'a [u8]) -> Resul
 /// arrived, before the body is awaited or buffered; nothing is consumed then. A body that does
 /// not decode has been consumed by the time it is refused. After any error the stream is
 /// unusable.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn decode(src: &mut BytesMut, max: usize) -> Result<Option<Frame>, CodecError> {
-    if src.len() < HEADER_LEN {
+    use bytes::Buf;
+
+    let Some(header) = src.first_chunk::<HEADER_LEN>() else {
         return Ok(None);
-    }
-    let kind = FrameKind::from_byte(src[0])?;
-    let len = u32::from_be_bytes([src[1], src[2], src[3], src[4]]);
-    let len = usize::try_from(len).map_err(|_| CodecError::Oversize {
-        len: len.into(),
-        max,
-    })?;
-    if len > max {
-        return Err(CodecError::Oversize {
-            len: len as u64,
-            max,
-        });
-    }
+    };
+    let (kind, len) = decode_header(header, max)?;
     if src.len() < HEADER_LEN + len {
         // Nothing is reserved for the declared length: the buffer grows only with bytes that
         // actually arrive, so a header alone cannot make this node allocate.
@@ -228,13 +339,35 @@ pub(crate) fn decode(src: &mut BytesMut, max: usize) -> Result<Option<Frame>, Co
     }
     src.advance(HEADER_LEN);
     let body: Bytes = src.split_to(len).freeze();
-    let frame = match kind {
-        FrameKind::AppendEntries => Frame::AppendEntries(decode_body(kind, &body)?),
-        FrameKind::RequestVote => Frame::RequestVote(decode_body(kind, &body)?),
-        FrameKind::RequestPreVote => Frame::RequestPreVote(decode_body(kind, &body)?),
-        FrameKind::TimeoutNow => Frame::TimeoutNow(decode_body(kind, &body)?),
+    decode_body_of(kind, &body).map(Some)
+}
+
+/// The kind and body length a frame's header declares: an unknown kind, or a length over
+/// `max`, is refused here, before anything is read or reserved for the body.
+pub(crate) fn decode_header(
+    header: &[u8; HEADER_LEN],
+    max: usize,
+) -> Result<(FrameKind, usize), CodecError> {
+    let kind = FrameKind::from_byte(header[0])?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    match usize::try_from(len) {
+        Ok(len) if len <= max => Ok((kind, len)),
+        _ => Err(CodecError::Oversize {
+            len: len.into(),
+            max,
+        }),
+    }
+}
+
+/// Decodes the whole body of a frame whose header declared `kind` (and `body.len()`).
+pub(crate) fn decode_body_of(kind: FrameKind, body: &[u8]) -> Result<Frame, CodecError> {
+    Ok(match kind {
+        FrameKind::AppendEntries => Frame::AppendEntries(decode_body(kind, body)?),
+        FrameKind::RequestVote => Frame::RequestVote(decode_body(kind, body)?),
+        FrameKind::RequestPreVote => Frame::RequestPreVote(decode_body(kind, body)?),
+        FrameKind::TimeoutNow => Frame::TimeoutNow(decode_body(kind, body)?),
         FrameKind::InstallSnapshot => {
-            let offer: SnapshotOffer<InstallSnapshotRequest> = decode_body(kind, &body)?;
+            let offer: SnapshotOffer<InstallSnapshotRequest> = decode_body(kind, body)?;
             Frame::InstallSnapshot {
                 transfer_id: offer.transfer_id,
                 request: offer.request,
@@ -248,12 +381,11 @@ pub(crate) fn decode(src: &mut BytesMut, max: usize) -> Result<Option<Frame>, Co
             });
         }
         FrameKind::SnapshotData => Frame::SnapshotData {
-            transfer_id: decode_body(kind, &body)?,
+            transfer_id: decode_body(kind, body)?,
         },
-        FrameKind::Response => Frame::Response(decode_body(kind, &body)?),
-        FrameKind::Error => Frame::Error(decode_body(kind, &body)?),
-    };
-    Ok(Some(frame))
+        FrameKind::Response => Frame::Response(decode_body(kind, body)?),
+        FrameKind::Error => Frame::Error(decode_body(kind, body)?),
+    })
 }
 
 #[cfg(test)]
@@ -426,6 +558,111 @@ mod tests {
         let mut buf = BytesMut::from(&[0x06, 0, 0, 0, 1, 0][..]);
         assert!(matches!(
             decode(&mut buf, MAX),
+            Err(CodecError::Malformed { .. })
+        ));
+    }
+
+    /// Feeds `bytes` to an assembler in pieces of at most `piece` bytes (and never more than
+    /// it asks for), collecting the frames.
+    fn assemble(bytes: &[u8], piece: usize) -> (Vec<Frame>, FrameAssembler) {
+        let mut frames = FrameAssembler::new(MAX);
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let want = match frames.need() {
+                Need::Header(want) => want,
+                Need::Body { missing, .. } => missing,
+            };
+            let (taken, left) = rest.split_at(want.min(piece).min(rest.len()));
+            rest = left;
+            if let Some(frame) = frames.push(Bytes::copy_from_slice(taken)).unwrap() {
+                out.push(frame);
+            }
+        }
+        (out, frames)
+    }
+
+    #[test]
+    fn the_assembler_reads_every_frame_whatever_the_piece_size() {
+        let mut whole = BytesMut::new();
+        for frame in samples() {
+            encode(&frame, &mut whole, MAX).unwrap();
+        }
+        for piece in [1, 2, 3, 5, 7, 64, usize::MAX] {
+            let (frames, rest) = assemble(&whole, piece);
+            assert_eq!(frames, samples(), "pieces of {piece}");
+            assert!(rest.is_idle());
+        }
+    }
+
+    #[test]
+    fn the_assembler_asks_for_the_header_then_exactly_the_body() {
+        let mut bytes = BytesMut::new();
+        encode(&samples()[0], &mut bytes, MAX).unwrap();
+        let body_len = bytes.len() - HEADER_LEN;
+        let mut frames = FrameAssembler::new(MAX);
+        assert_eq!(frames.need(), Need::Header(HEADER_LEN));
+        assert!(frames.is_idle());
+        frames.push(bytes.split_to(2).freeze()).unwrap();
+        assert_eq!(frames.need(), Need::Header(3));
+        assert!(!frames.is_idle());
+        frames.push(bytes.split_to(3).freeze()).unwrap();
+        assert_eq!(
+            frames.need(),
+            Need::Body {
+                len: body_len,
+                missing: body_len
+            }
+        );
+        // A header alone allocates nothing; the first part of the body allocates the whole
+        // declared length, once.
+        assert_eq!(frames.body.capacity(), 0);
+        assert_eq!(frames.push(bytes.split_to(1).freeze()), Ok(None));
+        assert_eq!(frames.body.capacity(), body_len);
+        assert_eq!(
+            frames.need(),
+            Need::Body {
+                len: body_len,
+                missing: body_len - 1
+            }
+        );
+        let frame = frames.push(bytes.split().freeze()).unwrap();
+        assert_eq!(frame, Some(samples()[0].clone()));
+        assert_eq!(frames.need(), Need::Header(HEADER_LEN));
+        assert!(frames.is_idle());
+    }
+
+    #[test]
+    fn the_assembler_refuses_a_bad_header_as_soon_as_it_is_whole() {
+        let mut frames = FrameAssembler::new(MAX);
+        assert_eq!(
+            frames.push(Bytes::from_static(&[0x01, 0x7f, 0xff, 0xff, 0xff])),
+            Err(CodecError::Oversize {
+                len: 0x7fff_ffff,
+                max: MAX
+            })
+        );
+        assert_eq!(frames.body.capacity(), 0);
+        let mut frames = FrameAssembler::new(MAX);
+        assert_eq!(
+            frames.push(Bytes::from_static(&[0x42, 0, 0, 0, 0])),
+            Err(CodecError::UnknownKind(0x42))
+        );
+    }
+
+    #[test]
+    fn the_assembler_refuses_more_than_it_asked_for() {
+        let mut frames = FrameAssembler::new(MAX);
+        assert!(matches!(
+            frames.push(Bytes::from_static(&[0x06, 0, 0, 0, 0, 0])),
+            Err(CodecError::Malformed { .. })
+        ));
+        let mut frames = FrameAssembler::new(MAX);
+        frames
+            .push(Bytes::from_static(&[0x07, 0, 0, 0, 1]))
+            .unwrap();
+        assert!(matches!(
+            frames.push(Bytes::from_static(&[1, 2])),
             Err(CodecError::Malformed { .. })
         ));
     }

@@ -7,7 +7,9 @@
 
 mod frame;
 
-pub(crate) use frame::{Frame, FrameKind, decode, encode, encode_message};
+#[cfg(feature = "fuzzing")]
+pub(crate) use frame::decode;
+pub(crate) use frame::{Frame, FrameAssembler, FrameKind, Need, encode, encode_message};
 
 /// What is wrong with bytes that claim to be a frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

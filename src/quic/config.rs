@@ -45,6 +45,7 @@ pub struct QuicConfig {
     pub(super) max_in_flight: usize,
     pub(super) receive_window: u64,
     pub(super) udp_buffer_size: usize,
+    pub(super) busy_poll: Duration,
     pub(super) max_udp_payload: u16,
     pub(super) congestion: CongestionController,
     pub(super) initial_rtt: Duration,
@@ -53,7 +54,12 @@ pub struct QuicConfig {
     pub(super) backoff_base: Duration,
     pub(super) backoff_max: Duration,
     pub(super) address_provider: Option<Arc<dyn ServerAddressProvider>>,
+    /// `None`: [`DEFAULT_FRAME_BUDGET_FRAMES`] frames of `max_message_size`.
+    pub(super) max_buffered_bytes_per_connection: Option<usize>,
 }
+
+/// The default per-connection frame budget, in frames of `max_message_size`.
+const DEFAULT_FRAME_BUDGET_FRAMES: usize = 4;
 
 impl QuicConfig {
     /// A node of `cluster` (the SPIFFE trust domain in every certificate) presenting
@@ -78,6 +84,7 @@ impl QuicConfig {
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
             receive_window: 32 * 1024 * 1024,
             udp_buffer_size: 4 * 1024 * 1024,
+            busy_poll: Duration::ZERO,
             max_udp_payload: 1452,
             congestion: CongestionController::Bbr,
             initial_rtt: Duration::from_millis(333),
@@ -86,6 +93,7 @@ impl QuicConfig {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             address_provider: None,
+            max_buffered_bytes_per_connection: None,
         }
     }
 
@@ -235,6 +243,22 @@ impl QuicConfig {
         self
     }
 
+    /// How long the endpoint keeps polling its UDP socket after a datagram was sent or
+    /// received, instead of letting its thread park. Default zero (off).
+    ///
+    /// A parked thread costs a wake-up (tens of microseconds on an idle machine, more in a
+    /// VM) when the next datagram lands; on loopback or a LAN that is most of an RPC's round
+    /// trip. With a window a little longer than the round trip (e.g. 100 µs), an answer finds
+    /// the thread awake: on the 2-vCPU machine of BENCHMARKS.md the heartbeat round trip went
+    /// from ~125 µs to ~40 µs. The price is CPU: the runtime thread that drives the endpoint
+    /// stays busy for the window after every packet, so a node that talks continuously keeps
+    /// a core busy. Polling yields to the runtime between checks, so other tasks still run.
+    /// Useless across a WAN, where the round trip is far longer than any sensible window.
+    pub fn busy_poll(mut self, window: Duration) -> Self {
+        self.busy_poll = window;
+        self
+    }
+
     /// The round-trip time assumed before the first measurement. Default 333 ms (QUIC's
     /// recommendation). Set it near the real RTT (e.g. 50 ms across regions) so the first
     /// retransmissions of a new connection are not late.
@@ -281,6 +305,50 @@ impl QuicConfig {
         self.address_provider = Some(provider);
         self
     }
+
+    /// Bytes the incoming frames of one connection may hold at once: frames being received
+    /// (each counted at its declared length from its header on) and frames received whole
+    /// but not yet taken by the consumer or the heartbeat handler. Default four frames of
+    /// [`max_message_size`](Self::max_message_size): 64 MiB with its default of 16 MiB. Must
+    /// be at least `max_message_size` (else `QuicTransport::bind` fails with
+    /// [`Error::Config`](crate::Error::Config)).
+    ///
+    /// Bytes quinn holds unread count against QUIC flow control
+    /// ([`receive_window`](Self::receive_window)); bytes read out of quinn do not, so without
+    /// this budget one peer could make this node hold `max_streams × max_message_size` (16 GiB
+    /// by default). With it, a peer can make the node hold at most this budget plus the
+    /// receive window. A frame whose header arrives while the budget is spent waits, in
+    /// arrival order, without reading its body, and a stream's first request that waited
+    /// `rpc_timeout` is answered with `UNAVAILABLE`. Smaller bounds memory per peer more
+    /// tightly; it must still cover the large frames an honest peer sends at once (a few
+    /// pipelined or concurrent batches near `max_message_size`), or they wait for each other,
+    /// and when many more of them are in flight than the budget admits, their unread bytes
+    /// can fill the receive window and stall the admitted ones until their timeouts.
+    /// Requests of ordinary size are a small share of it.
+    pub fn max_buffered_bytes_per_connection(mut self, bytes: usize) -> Self {
+        self.max_buffered_bytes_per_connection = Some(bytes);
+        self
+    }
+
+    /// The per-connection frame budget in effect.
+    pub(super) fn frame_budget(&self) -> usize {
+        self.max_buffered_bytes_per_connection.unwrap_or_else(|| {
+            self.max_message_size
+                .saturating_mul(DEFAULT_FRAME_BUDGET_FRAMES)
+        })
+    }
+
+    /// Fails when the frame budget could not hold one frame of `max_message_size`.
+    pub(super) fn check_frame_budget(&self) -> Result<(), crate::Error> {
+        let budget = self.frame_budget();
+        if budget < self.max_message_size {
+            return Err(crate::Error::Config(format!(
+                "max_buffered_bytes_per_connection ({budget}) is smaller than max_message_size ({})",
+                self.max_message_size
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for QuicConfig {
@@ -292,6 +360,7 @@ impl fmt::Debug for QuicConfig {
             .field("watch", &self.watch)
             .field("bind", &self.bind)
             .field("advertise", &self.advertise)
+            .field("busy_poll", &self.busy_poll)
             .field("rpc_timeout", &self.rpc_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field(
@@ -313,6 +382,7 @@ impl fmt::Debug for QuicConfig {
             .field("consumer_capacity", &self.consumer_capacity)
             .field("backoff", &(self.backoff_base, self.backoff_max))
             .field("address_provider", &self.address_provider.is_some())
+            .field("max_buffered_bytes_per_connection", &self.frame_budget())
             .finish_non_exhaustive()
     }
 }

@@ -1,9 +1,14 @@
-//! Frames on QUIC streams: reading with a size limit, writing without extra copies.
+//! Frames on QUIC streams: reading with a size limit and a per-connection byte budget,
+//! writing without extra copies.
 
-use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+use bytes::BytesMut;
 use quinn::{ReadError, RecvStream, SendStream, WriteError};
+use tokio::sync::Semaphore;
 
-use crate::codec::{self, CodecError, Frame};
+use super::stats::Counters;
+use crate::codec::{self, CodecError, Frame, FrameAssembler, Need};
 
 /// Why no frame could be read.
 #[derive(Debug, thiserror::Error)]
@@ -19,50 +24,185 @@ pub(crate) enum ReadFrameError {
     Truncated,
 }
 
-/// Reads frames from one stream, buffering at most one frame of `max` bytes.
+/// The bytes the incoming frames of one connection may hold at once
+/// (`QuicConfig::max_buffered_bytes_per_connection`), shared by its request streams and
+/// pipelines. Cheap to clone: clones share the budget.
+///
+/// Bytes that quinn holds unread count against QUIC flow control (the receive window);
+/// bytes read out of quinn into a frame buffer do not, so without a budget each of a peer's
+/// `max_streams` streams could make this node hold a frame of `max_message_size`.
+#[derive(Clone)]
+pub(crate) struct FrameBudget(Arc<BudgetShared>);
+
+struct BudgetShared {
+    /// One permit per byte. Fair: a frame waiting for many bytes is not overtaken by later,
+    /// smaller ones (it could otherwise starve while partial frames come and go).
+    bytes: Semaphore,
+    total: usize,
+    counters: Arc<Counters>,
+}
+
+impl FrameBudget {
+    /// A budget of `total` bytes (capped at what a semaphore can count), accounted in
+    /// `counters`.
+    pub(crate) fn new(total: usize, counters: Arc<Counters>) -> Self {
+        let total = total.min(Semaphore::MAX_PERMITS);
+        Self(Arc::new(BudgetShared {
+            bytes: Semaphore::new(total),
+            total,
+            counters,
+        }))
+    }
+
+    /// Bytes the budget allows in all.
+    pub(crate) fn total(&self) -> usize {
+        self.0.total
+    }
+
+    /// Reserves `bytes`, waiting in line while the budget has too few free. A request for
+    /// more than the whole budget can never be granted and fails at once as oversize.
+    ///
+    /// Cancel-safe: a cancelled wait reserves nothing (and gives up its place in line).
+    pub(crate) async fn reserve(&self, bytes: usize) -> Result<Reservation, CodecError> {
+        let oversize = || CodecError::Oversize {
+            len: bytes as u64,
+            max: self.0.total,
+        };
+        if bytes > self.0.total {
+            return Err(oversize());
+        }
+        let permits = u32::try_from(bytes).map_err(|_| oversize())?;
+        let permit = self
+            .0
+            .bytes
+            .acquire_many(permits)
+            .await
+            // The semaphore is never closed; if it were, no frame could ever be granted.
+            .map_err(|_closed| oversize())?;
+        // Given back by `Reservation::drop`, together with the count.
+        permit.forget();
+        self.0.counters.frame_bytes_held(bytes);
+        Ok(Reservation {
+            budget: self.0.clone(),
+            bytes,
+        })
+    }
+
+    #[cfg(test)]
+    fn available(&self) -> usize {
+        self.0.bytes.available_permits()
+    }
+}
+
+/// Bytes of a [`FrameBudget`] held by one frame; given back when dropped.
+pub(crate) struct Reservation {
+    budget: Arc<BudgetShared>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.counters.frame_bytes_released(self.bytes);
+        self.budget.bytes.add_permits(self.bytes);
+    }
+}
+
+/// Reads frames from one stream, holding at most one frame of `max` bytes.
+///
+/// Only the bytes of the frame under way are taken off the stream ([`FrameAssembler`]): its
+/// 5-byte header, then, once the header is checked and (with a budget) the declared body
+/// length is reserved, exactly that many bytes. What follows stays in quinn, where QUIC flow
+/// control bounds it.
 pub(crate) struct FrameReader {
-    buf: BytesMut,
-    max: usize,
+    frames: FrameAssembler,
+    budget: Option<FrameBudget>,
+    /// The budget held by the frame under way.
+    reserved: Option<Reservation>,
+    /// The budget held by the frame last returned, until taken or the next read.
+    returned: Option<Reservation>,
+    waiting_for_budget: bool,
 }
 
 impl FrameReader {
+    /// A reader outside any budget (the answers to this node's own calls).
     pub(crate) fn new(max: usize) -> Self {
         Self {
-            buf: BytesMut::new(),
-            max,
+            frames: FrameAssembler::new(max),
+            budget: None,
+            reserved: None,
+            returned: None,
+            waiting_for_budget: false,
+        }
+    }
+
+    /// A reader whose frames hold their body length of `budget` from their header until they
+    /// are decoded, or, for the frame last returned, until
+    /// [`take_reservation`](Self::take_reservation) or the next read.
+    pub(crate) fn with_budget(max: usize, budget: FrameBudget) -> Self {
+        Self {
+            budget: Some(budget),
+            ..Self::new(max)
         }
     }
 
     /// The next frame; `None` when the stream ended cleanly between frames.
     ///
-    /// Cancel-safe: bytes already read stay in the buffer for the next call.
+    /// Cancel-safe: bytes already read, and budget already reserved, stay with the reader
+    /// for the next call.
     pub(crate) async fn next(
         &mut self,
         recv: &mut RecvStream,
     ) -> Result<Option<Frame>, ReadFrameError> {
+        // The frame returned last was not taken: it has been dealt with.
+        self.returned = None;
         loop {
-            if let Some(frame) =
-                codec::decode(&mut self.buf, self.max).map_err(ReadFrameError::Codec)?
-            {
-                return Ok(Some(frame));
-            }
-            // A chunk may run past this frame; the rest stays buffered for the next call (or,
-            // on a snapshot data stream, is handed on by `into_leftover`).
-            match recv
-                .read_chunk(64 * 1024, true)
+            let want = match self.frames.need() {
+                Need::Header(want) => want,
+                Need::Body { len, missing } => {
+                    if let Some(budget) = &self.budget
+                        && self.reserved.is_none()
+                    {
+                        self.waiting_for_budget = true;
+                        let reservation =
+                            budget.reserve(len).await.map_err(ReadFrameError::Codec)?;
+                        self.waiting_for_budget = false;
+                        self.reserved = Some(reservation);
+                    }
+                    missing
+                }
+            };
+            let piece = recv
+                .read_chunk(want, true)
                 .await
-                .map_err(ReadFrameError::Read)?
-            {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
-                None if self.buf.is_empty() => return Ok(None),
-                None => return Err(ReadFrameError::Truncated),
+                .map_err(ReadFrameError::Read)?;
+            let Some(piece) = piece else {
+                return if self.frames.is_idle() {
+                    Ok(None)
+                } else {
+                    Err(ReadFrameError::Truncated)
+                };
+            };
+            let frame = self
+                .frames
+                .push(piece.bytes)
+                .map_err(ReadFrameError::Codec)?;
+            if frame.is_some() {
+                self.returned = self.reserved.take();
+                return Ok(frame);
             }
         }
     }
 
-    /// Bytes read past the last frame (for a snapshot data stream: the first data bytes).
-    pub(crate) fn into_leftover(self) -> Bytes {
-        self.buf.freeze()
+    /// The budget held by the frame [`next`](Self::next) returned last, to keep it counted
+    /// until the frame is handed on; `None` without a budget or for an empty body.
+    pub(crate) fn take_reservation(&mut self) -> Option<Reservation> {
+        self.returned.take()
+    }
+
+    /// True while the frame under way waits for its connection's budget (its header arrived,
+    /// its body is not read yet), including after a read cancelled during that wait.
+    pub(crate) fn waiting_for_budget(&self) -> bool {
+        self.waiting_for_budget
     }
 }
 
@@ -181,4 +321,93 @@ where
         copied += n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn budget(total: usize) -> (FrameBudget, Arc<Counters>) {
+        let counters = Arc::new(Counters::default());
+        (FrameBudget::new(total, counters.clone()), counters)
+    }
+
+    #[tokio::test]
+    async fn reservations_are_counted_until_dropped() {
+        let (budget, counters) = budget(100);
+        let a = budget.reserve(60).await.unwrap();
+        let b = budget.reserve(40).await.unwrap();
+        assert_eq!(budget.available(), 0);
+        assert_eq!(counters.stats(0).frame_bytes_buffered, 100);
+        drop(a);
+        assert_eq!(budget.available(), 60);
+        assert_eq!(counters.stats(0).frame_bytes_buffered, 40);
+        drop(b);
+        let stats = counters.stats(0);
+        assert_eq!(
+            (
+                stats.frame_bytes_buffered,
+                stats.frame_bytes_buffered_high_water
+            ),
+            (0, 100)
+        );
+        assert_eq!(budget.available(), budget.total());
+    }
+
+    #[tokio::test]
+    async fn more_than_the_whole_budget_is_refused_at_once() {
+        let (budget, counters) = budget(100);
+        assert_eq!(
+            budget.reserve(101).await.err(),
+            Some(CodecError::Oversize { len: 101, max: 100 })
+        );
+        assert_eq!(counters.stats(0).frame_bytes_buffered, 0);
+        assert_eq!(budget.available(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_is_not_overtaken_by_later_small_ones() {
+        let (budget, counters) = budget(100);
+        let mut cx = Context::from_waker(Waker::noop());
+        let first = budget.reserve(60).await.unwrap();
+        let mut large = pin!(budget.reserve(60));
+        let mut small = pin!(budget.reserve(10));
+        assert!(large.as_mut().poll(&mut cx).is_pending());
+        // 40 bytes are free, but the large frame came first.
+        assert!(
+            small.as_mut().poll(&mut cx).is_pending(),
+            "a later, smaller frame overtook a waiting one"
+        );
+        drop(first);
+        let Poll::Ready(Ok(large)) = large.as_mut().poll(&mut cx) else {
+            panic!("the large frame still waits with the budget free");
+        };
+        let Poll::Ready(Ok(small)) = small.as_mut().poll(&mut cx) else {
+            panic!("the small frame still waits with room for it");
+        };
+        assert_eq!(counters.stats(0).frame_bytes_buffered, 70);
+        drop((large, small));
+        assert_eq!(counters.stats(0).frame_bytes_buffered, 0);
+        assert_eq!(budget.available(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_wait_reserves_nothing() {
+        let (budget, counters) = budget(100);
+        let mut cx = Context::from_waker(Waker::noop());
+        let first = budget.reserve(60).await.unwrap();
+        {
+            let mut waiting = pin!(budget.reserve(60));
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        }
+        drop(first);
+        assert_eq!(budget.available(), 100);
+        assert_eq!(counters.stats(0).frame_bytes_buffered, 0);
+        // The line moved on: a new reservation of everything is granted at once.
+        let all = budget.reserve(100).await.unwrap();
+        drop(all);
+    }
 }

@@ -10,6 +10,9 @@ mod pool;
 mod reload;
 mod rendezvous;
 mod server;
+mod snapshot_data;
+mod socket;
+mod stats;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -22,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{CongestionController, QuicConfig};
 pub use reload::TlsFiles;
+pub use stats::TransportStats;
 
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -94,8 +98,12 @@ impl QuicTransport {
         let socket = udp_socket(config.bind, config.udp_buffer_size)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| Error::Config("QuicTransport::bind needs a tokio runtime".to_owned()))?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+        let mut socket = runtime.wrap_udp_socket(socket)?;
+        if !config.busy_poll.is_zero() {
+            socket = Arc::new(socket::BusyPollSocket::new(socket, config.busy_poll));
+        }
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config(&config)?,
             Some(server_config),
             socket,
             runtime,
@@ -151,6 +159,7 @@ impl QuicTransport {
                 dialled_by_us: c.dialer == self.inner.local_id,
                 remote: c.conn.remote_address(),
                 rtt: c.conn.rtt(),
+                mtu: c.conn.stats().path.current_mtu,
                 peer,
             })
             .collect()
@@ -166,6 +175,16 @@ impl QuicTransport {
     pub fn task_count(&self) -> usize {
         self.inner.tasks.len()
     }
+
+    /// What the transport holds for its peers now: bytes of incoming frames (and their peak
+    /// since bind), RPCs queued for the consumer, request streams being served. Cheap enough
+    /// to poll: atomic loads and one short lock.
+    pub fn stats(&self) -> TransportStats {
+        self.inner
+            .pool
+            .stats()
+            .stats(self.inner.dispatcher.queued())
+    }
 }
 
 /// A peer connection as [`QuicTransport::connections`] reports it.
@@ -180,6 +199,9 @@ pub struct ConnectionInfo {
     pub dialled_by_us: bool,
     /// The current round-trip time estimate.
     pub rtt: std::time::Duration,
+    /// The largest UDP payload the path is known to carry (path MTU discovery's current
+    /// figure, at most [`QuicConfig::max_udp_payload`]).
+    pub mtu: u16,
 }
 
 impl std::fmt::Debug for QuicTransport {
@@ -215,7 +237,19 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpS
     Ok(socket.into())
 }
 
+fn endpoint_config(config: &QuicConfig) -> Result<quinn::EndpointConfig, Error> {
+    let mut endpoint = quinn::EndpointConfig::default();
+    // The largest datagram this node accepts, which peers' path MTU discovery may not exceed;
+    // quinn's default (1472) would cap `max_udp_payload` settings above it.
+    let accept = config.max_udp_payload.max(1472);
+    endpoint
+        .max_udp_payload_size(accept)
+        .map_err(|e| Error::Config(format!("max UDP payload {accept}: {e}")))?;
+    Ok(endpoint)
+}
+
 fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error> {
+    config.check_frame_budget()?;
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|_| {
         Error::Config(format!(

@@ -8,9 +8,10 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::codes::{self, stream};
-use super::io::{FrameReader, ReadFrameError, write_frame};
+use super::io::{FrameBudget, FrameReader, ReadFrameError, Reservation, write_frame};
 use super::pool::PeerConn;
 use super::rendezvous::Rendezvous;
+use super::snapshot_data::SnapshotData;
 use super::{Inner, priority};
 use crate::codec::Frame;
 use crate::command::{Command, ServerId};
@@ -74,12 +75,19 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: Pe
         inner.config.max_snapshot_streams as usize,
         inner.config.rpc_timeout,
     ));
+    // What the frames arriving on this connection's streams may hold at once.
+    let budget = FrameBudget::new(inner.config.frame_budget(), inner.pool.stats().clone());
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             bi = conn.conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    let stream = Stream { inner: inner.clone(), peer: peer.clone(), conn: conn.clone() };
+                    let stream = Stream {
+                        inner: inner.clone(),
+                        peer: peer.clone(),
+                        conn: conn.clone(),
+                        budget: budget.clone(),
+                    };
                     inner.tasks.spawn(stream.serve_bi(send, recv, rendezvous.clone()));
                 }
                 Err(e) => {
@@ -110,6 +118,8 @@ struct Stream {
     inner: Arc<Inner>,
     peer: ServerId,
     conn: PeerConn,
+    /// The connection's budget for frames being received.
+    budget: FrameBudget,
 }
 
 impl Stream {
@@ -162,10 +172,12 @@ impl Stream {
         rendezvous: Arc<Rendezvous>,
     ) {
         let _active = self.conn.active();
-        let mut reader = FrameReader::new(self.max());
-        // A peer that trickles its request must not hold the stream forever.
-        let first =
-            tokio::time::timeout(self.inner.config.rpc_timeout, reader.next(&mut recv)).await;
+        let _serving = self.inner.pool.stats().request_stream();
+        let mut reader = FrameReader::with_budget(self.max(), self.budget.clone());
+        // A peer that trickles its request must not hold the stream forever, nor may a request
+        // wait forever for its connection's budget.
+        let timeout = self.inner.config.rpc_timeout;
+        let first = tokio::time::timeout(timeout, reader.next(&mut recv)).await;
         let frame = match first {
             Ok(Ok(Some(frame))) => frame,
             Ok(Ok(None)) => return,
@@ -181,6 +193,20 @@ impl Stream {
                 tracing::debug!(peer = %self.peer, error = %e, "request stream failed");
                 return;
             }
+            Err(_) if reader.waiting_for_budget() => {
+                // Not bad input: the peer's other frames hold this connection's budget.
+                let what = format!(
+                    "the connection's {} bytes for frames being received stayed in use for {timeout:?}",
+                    self.budget.total()
+                );
+                tracing::warn!(peer = %self.peer, why = %what, "request refused");
+                return self
+                    .write_answer(
+                        &mut send,
+                        Some(Err(RemoteError::new(ErrorCode::UNAVAILABLE, what))),
+                    )
+                    .await;
+            }
             Err(_) => {
                 return self
                     .bad_input(
@@ -191,6 +217,8 @@ impl Stream {
                     .await;
             }
         };
+        // Counted until the request is handed to the consumer or the heartbeat handler.
+        let held = reader.take_reservation();
         tracing::trace!(peer = %self.peer, stream = %recv.id(), kind = frame.kind().name(), "request");
         let command = match frame {
             Frame::AppendEntries(r) => Command::AppendEntries(r),
@@ -203,7 +231,7 @@ impl Stream {
             } => {
                 // Boxed: the rare, large state machines of snapshots and pipelines would
                 // otherwise make every stream's task (spawned per RPC) as large as they are.
-                let serve = self.serve_snapshot(send, recv, transfer_id, request, rendezvous);
+                let serve = self.serve_snapshot(send, recv, transfer_id, request, rendezvous, held);
                 return Box::pin(serve).await;
             }
             Frame::PipelineOpen => return Box::pin(self.serve_pipeline(send, recv, reader)).await,
@@ -225,18 +253,20 @@ impl Stream {
         } else {
             priority::APPEND
         });
-        let answer = self.dispatch(command, None, &send).await;
+        let answer = self.dispatch(command, None, &send, held).await;
         self.write_answer(&mut send, answer).await;
     }
 
     /// Hands a request to the heartbeat handler or the consumer and waits for its answer.
     /// Every request that arrived whole is delivered, even if its caller has given up, so
-    /// what reaches the consumer does not depend on timing.
+    /// what reaches the consumer does not depend on timing. The request's share of the
+    /// connection's budget, `held`, is given back once it is handed on (or refused).
     async fn dispatch(
         &self,
         command: Command,
         snapshot: Option<SnapshotReader>,
         send: &SendStream,
+        held: Option<Reservation>,
     ) -> Option<RpcResult> {
         let (responder, rx) = Responder::new(command.kind());
         let rpc = Rpc::new(command, snapshot, responder);
@@ -249,6 +279,7 @@ impl Stream {
                     "consumer did not take the request within {timeout:?}"
                 )),
             };
+        drop(held);
         if let Some(why) = unavailable {
             return Some(Err(RemoteError::new(ErrorCode::UNAVAILABLE, why)));
         }
@@ -288,6 +319,7 @@ impl Stream {
         transfer_id: u64,
         request: crate::command::InstallSnapshotRequest,
         rendezvous: Arc<Rendezvous>,
+        held: Option<Reservation>,
     ) {
         let size = request.size;
         let command = Command::InstallSnapshot(request);
@@ -300,10 +332,10 @@ impl Stream {
             claimed.clone(),
             transfer_id,
             self.inner.config.rpc_timeout,
-            self.max(),
+            FrameReader::with_budget(self.max(), self.budget.clone()),
         );
         let reader = SnapshotReader::new(data, size);
-        let answer = self.dispatch(command, Some(reader), &send).await;
+        let answer = self.dispatch(command, Some(reader), &send, held).await;
         self.write_answer(&mut send, answer).await;
         if !claimed.load(std::sync::atomic::Ordering::Acquire) {
             // Answered without reading the data (e.g. a stale term): free its stream.
@@ -350,6 +382,9 @@ impl Stream {
                         return;
                     }
                 };
+                // Counted until handed on; the next request is read only after that, so a
+                // pipeline holds at most one frame of the budget.
+                let held = reader.take_reservation();
                 let command = Command::AppendEntries(request);
                 if let Some(error) = self.identity_error(&command) {
                     let _ = tx.send(Queued::Ready(Err(error))).await;
@@ -359,7 +394,9 @@ impl Stream {
                 // Dispatch in order here; the answer is awaited on its own, so the next
                 // request does not wait for this one's handler.
                 let rpc = Rpc::new(command, None, responder);
-                if self.inner.dispatcher.dispatch(rpc).await.is_err() {
+                let dispatched = self.inner.dispatcher.dispatch(rpc).await;
+                drop(held);
+                if dispatched.is_err() {
                     let unavailable =
                         RemoteError::new(ErrorCode::UNAVAILABLE, "node is shutting down");
                     let _ = tx.send(Queued::Ready(Err(unavailable))).await;
@@ -399,63 +436,42 @@ impl Stream {
 }
 
 /// The data of a snapshot, read from the data stream `stream_id` once the consumer starts
-/// reading: the stream is claimed, its `SnapshotData` header checked, then its bytes passed
-/// on as they arrive. A data stream that never comes, or was reset, is a read error.
+/// reading: the stream is claimed, its `SnapshotData` header read with `header` (the
+/// connection's budget applies to it as to any frame) and checked, then its bytes read
+/// straight into the consumer's buffers. A data stream that never comes, or was reset, is a
+/// read error.
 fn snapshot_data(
     rendezvous: Arc<Rendezvous>,
     claimed: Arc<std::sync::atomic::AtomicBool>,
     stream_id: u64,
     timeout: std::time::Duration,
-    max: usize,
-) -> impl tokio::io::AsyncRead + Send + 'static {
-    enum State {
-        Claim,
-        Reading(RecvStream),
-    }
-    let chunks = futures_util::stream::try_unfold(State::Claim, move |state| {
-        let rendezvous = rendezvous.clone();
-        let claimed = claimed.clone();
-        async move {
-            let mut recv = match state {
-                State::Reading(recv) => recv,
-                State::Claim => {
-                    claimed.store(true, std::sync::atomic::Ordering::Release);
-                    let mut recv = rendezvous.claim(stream_id, timeout).await.ok_or_else(|| {
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!(
-                                "snapshot data stream {stream_id} did not arrive within {timeout:?}"
-                            ),
-                        )
-                    })?;
-                    tracing::trace!(stream = stream_id, "snapshot data stream claimed");
-                    let mut reader = FrameReader::new(max);
-                    match reader.next(&mut recv).await {
-                        Ok(Some(Frame::SnapshotData { transfer_id }))
-                            if transfer_id == stream_id => {}
-                        Ok(_) => {
-                            let _ = recv.stop(stream::BAD_FRAME);
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                "snapshot data stream does not start with its SnapshotData header",
-                            ));
-                        }
-                        Err(ReadFrameError::Read(e)) => return Err(io::Error::from(e)),
-                        Err(e) => {
-                            let _ = recv.stop(stream::BAD_FRAME);
-                            return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-                        }
-                    }
-                    // Data that came in the same chunk as the header.
-                    return Ok(Some((reader.into_leftover(), State::Reading(recv))));
-                }
-            };
-            match recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => Ok(Some((chunk.bytes, State::Reading(recv)))),
-                Ok(None) => Ok(None),
-                Err(e) => Err(io::Error::from(e)),
+    mut header: FrameReader,
+) -> SnapshotData {
+    SnapshotData::new(Box::pin(async move {
+        claimed.store(true, std::sync::atomic::Ordering::Release);
+        let mut recv = rendezvous.claim(stream_id, timeout).await.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("snapshot data stream {stream_id} did not arrive within {timeout:?}"),
+            )
+        })?;
+        tracing::trace!(stream = stream_id, "snapshot data stream claimed");
+        match header.next(&mut recv).await {
+            Ok(Some(Frame::SnapshotData { transfer_id })) if transfer_id == stream_id => {}
+            Ok(_) => {
+                let _ = recv.stop(stream::BAD_FRAME);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "snapshot data stream does not start with its SnapshotData header",
+                ));
+            }
+            Err(ReadFrameError::Read(e)) => return Err(io::Error::from(e)),
+            Err(e) => {
+                let _ = recv.stop(stream::BAD_FRAME);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
             }
         }
-    });
-    tokio_util::io::StreamReader::new(Box::pin(chunks))
+        // The reader took nothing past the header: the data follows on `recv`.
+        Ok(recv)
+    }))
 }

@@ -74,6 +74,16 @@ impl Dispatcher {
         }
     }
 
+    /// RPCs queued for the consumer and not yet received; 0 once closed.
+    pub(crate) fn queued(&self) -> usize {
+        self.consumer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            // Sends take their slot and fill it at once, so the slots in use are the queue.
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+
     /// Ends the consumer (once it has drained what is queued) and drops the handler.
     pub(crate) fn close(&self) {
         self.consumer

@@ -148,6 +148,16 @@ impl Incoming {
     pub fn try_recv(&mut self) -> Option<Rpc> {
         self.rx.try_recv().ok()
     }
+
+    /// RPCs queued and not yet received.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// True when no RPC is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
 }
 
 impl fmt::Debug for Incoming {

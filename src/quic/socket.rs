@@ -1,0 +1,218 @@
+//! The endpoint's UDP socket, optionally kept polling for a short while after traffic so an
+//! answer that comes back within microseconds does not have to wake a parked thread.
+//!
+//! Why: on an idle machine a thread waiting in `epoll_wait` lets its CPU halt, and the wake-up
+//! when a datagram lands costs tens of microseconds (a virtual CPU's wake-up costs a VM exit
+//! too). A Raft round trip crosses threads at least twice, so on loopback or a fast LAN the
+//! wake-ups are most of the latency. Staying runnable for a bounded window after each send or
+//! receive — yielding to the runtime between polls, never blocking it — trades CPU for that
+//! latency, as Go's scheduler does by spinning before it parks.
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+
+/// A UDP socket for quinn that, for `window` after the last datagram sent or received, does
+/// not let its receive poll park: it asks the runtime to poll it again after the runtime has
+/// checked for I/O (tokio's `yield_now`, which defers the wake until the I/O driver ran).
+pub(super) struct BusyPollSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    window: Duration,
+    /// Start of the clock `last_active` counts from.
+    epoch: Instant,
+    /// Nanoseconds after `epoch` of the last datagram sent or received.
+    last_active: AtomicU64,
+}
+
+impl BusyPollSocket {
+    pub(super) fn new(inner: Arc<dyn AsyncUdpSocket>, window: Duration) -> Self {
+        Self {
+            inner,
+            window,
+            epoch: Instant::now(),
+            last_active: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        // Saturates after ~584 years of uptime.
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn touch(&self) {
+        // Relaxed: a stale read only shortens or lengthens one spin by a few polls.
+        self.last_active.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn in_window(&self) -> bool {
+        let idle = self
+            .now()
+            .saturating_sub(self.last_active.load(Ordering::Relaxed));
+        u128::from(idle) < self.window.as_nanos()
+    }
+}
+
+impl fmt::Debug for BusyPollSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusyPollSocket")
+            .field("inner", &self.inner)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncUdpSocket for BusyPollSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        let sent = self.inner.try_send(transmit);
+        if sent.is_ok() {
+            self.touch();
+        }
+        sent
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        match self.inner.poll_recv(cx, bufs, meta) {
+            Poll::Ready(result) => {
+                if result.is_ok() {
+                    self.touch();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                if self.in_window() {
+                    // Pending now, polled again once the runtime has looked for I/O: the
+                    // thread stays awake (other tasks still run in between) until the window
+                    // closes. A fresh `yield_now` is always pending on its first poll.
+                    let _ = pin!(tokio::task::yield_now()).poll(cx);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
+
+    use super::*;
+
+    /// A socket that never has a datagram and sends everything.
+    #[derive(Debug)]
+    struct Silent;
+
+    impl AsyncUdpSocket for Silent {
+        fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+            unreachable!("not used by these tests")
+        }
+
+        fn try_send(&self, _: &Transmit<'_>) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn poll_recv(
+            &self,
+            _: &mut Context<'_>,
+            _: &mut [IoSliceMut<'_>],
+            _: &mut [RecvMeta],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+
+        fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+            Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        }
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls `socket` for a datagram once; returns how often that asked to be polled again.
+    fn poll_once(socket: &BusyPollSocket) -> usize {
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = [0u8; 16];
+        let mut bufs = [IoSliceMut::new(&mut buf)];
+        let mut meta = [RecvMeta::default()];
+        assert!(socket.poll_recv(&mut cx, &mut bufs, &mut meta).is_pending());
+        wakes.0.load(Ordering::SeqCst)
+    }
+
+    fn transmit(contents: &[u8]) -> Transmit<'_> {
+        Transmit {
+            destination: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+            ecn: None,
+            contents,
+            segment_size: None,
+            src_ip: None,
+        }
+    }
+
+    #[test]
+    fn keeps_polling_within_the_window_after_a_send_and_parks_after_it() {
+        // Outside a tokio runtime `yield_now` wakes at once, which is what the count sees.
+        let socket = BusyPollSocket::new(Arc::new(Silent), Duration::from_secs(3600));
+        socket.try_send(&transmit(b"x")).unwrap();
+        assert_eq!(poll_once(&socket), 1, "within the window: polled again");
+        assert_eq!(poll_once(&socket), 1, "still within the window");
+    }
+
+    #[test]
+    fn parks_when_the_window_has_passed() {
+        let mut socket = BusyPollSocket::new(Arc::new(Silent), Duration::from_millis(100));
+        socket.try_send(&transmit(b"x")).unwrap();
+        assert_eq!(poll_once(&socket), 1);
+        // As if that send was a second ago.
+        socket.epoch -= Duration::from_secs(1);
+        assert_eq!(poll_once(&socket), 0, "the window passed: park");
+    }
+
+    #[test]
+    fn a_zero_window_never_spins() {
+        let socket = BusyPollSocket::new(Arc::new(Silent), Duration::ZERO);
+        socket.try_send(&transmit(b"x")).unwrap();
+        assert_eq!(poll_once(&socket), 0);
+    }
+}

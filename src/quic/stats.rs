@@ -1,0 +1,120 @@
+//! What a [`QuicTransport`](super::QuicTransport) reports about what it holds: the public
+//! [`TransportStats`], and the node-wide counters behind it, updated with one atomic operation
+//! per event on the receive path (no lock, no allocation).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// What a [`QuicTransport`](super::QuicTransport) holds for its peers at one moment, as
+/// [`QuicTransport::stats`](super::QuicTransport::stats) reports it.
+///
+/// Every field is read on its own: the set is not one atomic snapshot, and under load the
+/// fields can disagree slightly with each other (never with themselves).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TransportStats {
+    /// Bytes held for incoming request frames, over all connections: frames being received
+    /// (counted at their declared body length from the moment their header arrived and the
+    /// connection's budget granted it, which is also what is allocated for them) and frames
+    /// received whole but not yet handed to the consumer or the heartbeat handler. Each
+    /// connection's share is at most `QuicConfig::max_buffered_bytes_per_connection`.
+    ///
+    /// Not counted: bytes QUIC still holds unread (bounded by `QuicConfig::receive_window`
+    /// per connection), the at most 5 header bytes of each stream, RPCs already queued for
+    /// the consumer (see [`consumer_queued`](Self::consumer_queued)), answers this node reads
+    /// for its own calls, and snapshot data (streamed to the consumer's reader as it is read).
+    pub frame_bytes_buffered: usize,
+    /// The largest [`frame_bytes_buffered`](Self::frame_bytes_buffered) seen since the
+    /// transport was bound.
+    pub frame_bytes_buffered_high_water: usize,
+    /// RPCs queued for the consumer ([`Incoming`](crate::Incoming)) and not yet received by
+    /// it; at most `QuicConfig::consumer_capacity`. Zero once the transport is closed.
+    pub consumer_queued: usize,
+    /// Request streams peers opened to this node that are being served now (unary RPCs,
+    /// InstallSnapshot requests and pipelines), over all connections; per connection at most
+    /// `QuicConfig::max_streams`.
+    pub request_streams: usize,
+}
+
+/// The node-wide counters behind [`TransportStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    frame_bytes: AtomicUsize,
+    frame_bytes_high_water: AtomicUsize,
+    request_streams: AtomicUsize,
+}
+
+impl Counters {
+    /// `bytes` more are held for incoming frames.
+    pub(crate) fn frame_bytes_held(&self, bytes: usize) {
+        let now = self.frame_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        // Mostly a plain load: the mark moves only when a new peak is reached.
+        if now > self.frame_bytes_high_water.load(Ordering::Relaxed) {
+            self.frame_bytes_high_water
+                .fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    /// `bytes` held for incoming frames were let go.
+    pub(crate) fn frame_bytes_released(&self, bytes: usize) {
+        self.frame_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts one request stream being served until the guard drops.
+    pub(crate) fn request_stream(&self) -> RequestStreamGuard<'_> {
+        self.request_streams.fetch_add(1, Ordering::Relaxed);
+        RequestStreamGuard(self)
+    }
+
+    /// The counters as [`TransportStats`], with the consumer's queue length.
+    pub(crate) fn stats(&self, consumer_queued: usize) -> TransportStats {
+        TransportStats {
+            frame_bytes_buffered: self.frame_bytes.load(Ordering::Relaxed),
+            frame_bytes_buffered_high_water: self.frame_bytes_high_water.load(Ordering::Relaxed),
+            consumer_queued,
+            request_streams: self.request_streams.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One request stream being served, counted while it lives.
+pub(crate) struct RequestStreamGuard<'a>(&'a Counters);
+
+impl Drop for RequestStreamGuard<'_> {
+    fn drop(&mut self) {
+        self.0.request_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_bytes_and_their_high_water_mark() {
+        let counters = Counters::default();
+        counters.frame_bytes_held(100);
+        counters.frame_bytes_held(50);
+        counters.frame_bytes_released(100);
+        counters.frame_bytes_held(20);
+        let stats = counters.stats(3);
+        assert_eq!(stats.frame_bytes_buffered, 70);
+        assert_eq!(stats.frame_bytes_buffered_high_water, 150);
+        assert_eq!(stats.consumer_queued, 3);
+        counters.frame_bytes_released(70);
+        let stats = counters.stats(0);
+        assert_eq!(stats.frame_bytes_buffered, 0);
+        assert_eq!(stats.frame_bytes_buffered_high_water, 150);
+    }
+
+    #[test]
+    fn request_streams_are_counted_while_served() {
+        let counters = Counters::default();
+        let first = counters.request_stream();
+        let second = counters.request_stream();
+        assert_eq!(counters.stats(0).request_streams, 2);
+        drop(first);
+        assert_eq!(counters.stats(0).request_streams, 1);
+        drop(second);
+        assert_eq!(counters.stats(0).request_streams, 0);
+    }
+}
