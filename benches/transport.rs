@@ -169,9 +169,10 @@ impl Impl {
     /// Runs `scenario` in this process against a fresh pair of this implementation's nodes.
     fn measure(self, scenario: Scenario, workload: Workload, options: &Options) -> Vec<Report> {
         let reports = match self {
-            Self::Quicraft => {
-                scenario.measure(quic_pair(options.runtime, options.busy_poll), workload)
-            }
+            Self::Quicraft => scenario.measure(
+                quic_pair(options.runtime, options.busy_poll, options.stream_window),
+                workload,
+            ),
             Self::Inmem => scenario.measure(inmem_pair(options.runtime), workload),
         };
         reports
@@ -183,9 +184,9 @@ impl Impl {
                     ..report
                 };
                 match self {
-                    Self::Quicraft => {
-                        report.with("busy_poll_us", options.busy_poll.as_micros() as u64)
-                    }
+                    Self::Quicraft => report
+                        .with("busy_poll_us", options.busy_poll.as_micros() as u64)
+                        .with("stream_window", options.stream_window.map(u64::from)),
                     Self::Inmem => report,
                 }
             })
@@ -200,6 +201,9 @@ impl Impl {
         child.args(["--child", "--runtime", options.runtime.name()]);
         child.args(["--scenario", scenario.name(), "--impl", self.name()]);
         child.args(["--busy-poll", &options.busy_poll.as_micros().to_string()]);
+        if let Some(window) = options.stream_window {
+            child.args(["--stream-window", &window.to_string()]);
+        }
         if options.quick {
             child.arg("--quick");
         }
@@ -455,6 +459,8 @@ struct Options {
     runtime: RuntimeKind,
     /// The QUIC transport's busy-poll window (`QuicConfig::busy_poll`); zero is its default.
     busy_poll: Duration,
+    /// `QuicConfig::stream_receive_window`, if not the transport's default.
+    stream_window: Option<u32>,
     scenarios: Vec<Scenario>,
     impls: Vec<Impl>,
 }
@@ -462,6 +468,7 @@ struct Options {
 const USAGE: &str = "\
 usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... [--impl NAME]...
                                         [--runtime current|multi] [--busy-poll US]
+                                        [--stream-window BYTES]
   --quick            shrink every scenario (the whole run takes well under 20 s)
   --json             one JSON line per result instead of a table
   --scenario NAME    rtt, throughput, snapshot, hol or concurrency (repeatable; default all)
@@ -469,6 +476,8 @@ usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... 
   --runtime KIND     each node's tokio runtime: current (one thread, the default) or multi
   --busy-poll US     QuicConfig::busy_poll window in microseconds (default 0: off, the
                      transport's default); reported as busy_poll_us
+  --stream-window B  QuicConfig::stream_receive_window in bytes (default: the transport's,
+                     1250000); reported as stream_window (null: the default)
   --child            run every scenario in this process and print JSON (how `snapshot` gets
                      a process of its own)
 Unknown arguments (such as cargo's --bench) are ignored.";
@@ -481,6 +490,7 @@ impl Options {
             child: false,
             runtime: RuntimeKind::CurrentThread,
             busy_poll: Duration::ZERO,
+            stream_window: None,
             scenarios: Vec::new(),
             impls: Vec::new(),
         };
@@ -524,6 +534,14 @@ impl Options {
                         .parse()
                         .map_err(|_| format!("--busy-poll takes microseconds, not {us:?}"))?;
                     options.busy_poll = Duration::from_micros(us);
+                }
+                "--stream-window" => {
+                    let bytes = value()?;
+                    options.stream_window = Some(
+                        bytes
+                            .parse()
+                            .map_err(|_| format!("--stream-window takes bytes, not {bytes:?}"))?,
+                    );
                 }
                 "--help" | "-h" => return Err(String::new()),
                 _ => {}

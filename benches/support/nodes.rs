@@ -257,19 +257,27 @@ fn max_udp_payload() -> u16 {
 
 /// Two QUIC nodes on 127.0.0.1 with mutual TLS (certificates of a fresh cluster CA), each on
 /// its own runtime and thread.
-pub(crate) fn quic_pair(runtime: RuntimeKind, busy_poll: Duration) -> Pair<QuicTransport> {
+pub(crate) fn quic_pair(
+    runtime: RuntimeKind,
+    busy_poll: Duration,
+    stream_window: Option<u32>,
+) -> Pair<QuicTransport> {
     let ca = ClusterCa::generate(CLUSTER).expect("generate the cluster CA");
     let config = |node: &str| {
         let identity = ca
             .issue_node(node, &NodeCertOptions::default())
             .expect("issue a node certificate")
             .identity;
-        QuicConfig::new(CLUSTER, identity, ca.roots())
+        let config = QuicConfig::new(CLUSTER, identity, ca.roots())
             .bind("127.0.0.1:0".parse().expect("an address"))
             .max_in_flight(MAX_IN_FLIGHT)
             .max_udp_payload(max_udp_payload())
             .congestion_controller(congestion_controller())
-            .busy_poll(busy_poll)
+            .busy_poll(busy_poll);
+        match stream_window {
+            Some(window) => config.stream_receive_window(window),
+            None => config,
+        }
     };
 
     let follower_node = NodeThread::start("follower", runtime);

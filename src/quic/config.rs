@@ -44,6 +44,7 @@ pub struct QuicConfig {
     pub(super) max_snapshot_streams: u32,
     pub(super) max_in_flight: usize,
     pub(super) receive_window: u64,
+    pub(super) stream_receive_window: u32,
     pub(super) udp_buffer_size: usize,
     pub(super) busy_poll: Duration,
     pub(super) max_udp_payload: u16,
@@ -83,6 +84,7 @@ impl QuicConfig {
             max_snapshot_streams: 8,
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
             receive_window: 32 * 1024 * 1024,
+            stream_receive_window: 1_250_000,
             udp_buffer_size: 4 * 1024 * 1024,
             busy_poll: Duration::ZERO,
             max_udp_payload: 1452,
@@ -212,6 +214,22 @@ impl QuicConfig {
     /// buffer; below the link's bandwidth-delay product it caps throughput.
     pub fn receive_window(mut self, bytes: u64) -> Self {
         self.receive_window = bytes.max(64 * 1024);
+        self
+    }
+
+    /// Bytes a peer may have in flight to this node on any one stream (QUIC stream flow
+    /// control). Default 1,250,000 (quinn's default).
+    ///
+    /// This bounds how much of a snapshot (or a pipeline) can be on its way at once, and so how
+    /// long a heartbeat sent behind it waits: on a link whose round trip is short compared
+    /// with the time to drain the window (loopback, a LAN), the window sits in queues and a
+    /// heartbeat waits for all of it. 128 KiB on loopback took the heartbeat p99 under a
+    /// streaming snapshot from ~2.6 ms to ~0.5–0.7 ms, at ~500 MB/s of snapshot
+    /// (BENCHMARKS.md). On a long fat link the window caps one stream's rate at window ÷ round
+    /// trip (1.25 MB per 50 ms is 25 MB/s): keep it at or above the bandwidth-delay product
+    /// there. At least 16 KiB.
+    pub fn stream_receive_window(mut self, bytes: u32) -> Self {
+        self.stream_receive_window = bytes.max(16 * 1024);
         self
     }
 
@@ -374,6 +392,7 @@ impl fmt::Debug for QuicConfig {
             .field("max_snapshot_streams", &self.max_snapshot_streams)
             .field("max_in_flight", &self.max_in_flight)
             .field("receive_window", &self.receive_window)
+            .field("stream_receive_window", &self.stream_receive_window)
             .field("udp_buffer_size", &self.udp_buffer_size)
             .field("max_udp_payload", &self.max_udp_payload)
             .field("congestion", &self.congestion)

@@ -264,7 +264,8 @@ fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error
         .max_concurrent_uni_streams(config.max_snapshot_streams.into())
         .receive_window(
             quinn::VarInt::from_u64(config.receive_window).unwrap_or(quinn::VarInt::MAX),
-        );
+        )
+        .stream_receive_window(quinn::VarInt::from_u32(config.stream_receive_window));
     let congestion: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> =
         match config.congestion {
             CongestionController::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
