@@ -23,13 +23,12 @@ mod common;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::Fixture;
+use common::pattern::Pattern;
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, AppendPipeline, Command, Error, ErrorCode,
     Incoming, InstallSnapshotRequest, InstallSnapshotResponse, Log, QuicConfig, QuicTransport,
@@ -37,7 +36,7 @@ use quicraft::{
     Response, Rpc, RpcHeader, RpcKind, ServerAddress, ServerId, TimeoutNowRequest,
     TimeoutNowResponse, TlsContext, Transport,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -106,64 +105,6 @@ fn vote(from: &QuicTransport, term: u64) -> RequestVoteRequest {
 
 // ---------------------------------------------------------------------------------------------
 // Snapshot data generated on the fly, and hashed with SHA-256 as it is read.
-
-const BLOCK: usize = 64 * 1024;
-
-/// One 64 KiB block of pseudo-random bytes, shared by every [`Pattern`].
-fn block() -> &'static [u8] {
-    static BLOCK_BYTES: OnceLock<Vec<u8>> = OnceLock::new();
-    BLOCK_BYTES.get_or_init(|| {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        (0..BLOCK)
-            .map(|_| {
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-            })
-            .collect()
-    })
-}
-
-/// `len` bytes of snapshot data, generated as read: the shared random block, each copy's
-/// first 8 bytes replaced by its index xor `seed`, so a lost, repeated or reordered block
-/// changes the hash. Holds no buffer of its own.
-struct Pattern {
-    seed: u64,
-    pos: u64,
-    len: u64,
-}
-
-impl Pattern {
-    fn new(seed: u64, len: u64) -> Self {
-        Self { seed, pos: 0, len }
-    }
-}
-
-impl AsyncRead for Pattern {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        while buf.remaining() > 0 && self.pos < self.len {
-            let offset = (self.pos % BLOCK as u64) as usize;
-            let left = usize::try_from(self.len - self.pos).unwrap_or(usize::MAX);
-            let n = if offset < 8 {
-                let stamp = ((self.pos / BLOCK as u64) ^ self.seed).to_le_bytes();
-                let n = (8 - offset).min(buf.remaining()).min(left);
-                buf.put_slice(&stamp[offset..offset + n]);
-                n
-            } else {
-                let n = (BLOCK - offset).min(buf.remaining()).min(left);
-                buf.put_slice(&block()[offset..offset + n]);
-                n
-            };
-            self.pos += n as u64;
-        }
-        Poll::Ready(Ok(()))
-    }
-}
 
 fn sha256() -> &'static dyn rustls::crypto::hash::Hash {
     match rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256 {

@@ -13,21 +13,19 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::Fixture;
+use common::pattern::Pattern;
 use hdrhistogram::Histogram;
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, Command, Incoming, InstallSnapshotRequest,
     InstallSnapshotResponse, Log, QuicTransport, Rpc, RpcHeader, ServerAddress, ServerId,
     SnapshotReader, Transport,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, MissedTickBehavior};
 
 const NODES: usize = 5;
@@ -50,72 +48,6 @@ struct Plan {
 
 // ---------------------------------------------------------------------------------------------
 // Payloads the receiver can check.
-
-const BLOCK: usize = 64 * 1024;
-
-fn block() -> &'static [u8] {
-    static BLOCK_BYTES: OnceLock<Vec<u8>> = OnceLock::new();
-    BLOCK_BYTES.get_or_init(|| {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        (0..BLOCK)
-            .map(|_| {
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-            })
-            .collect()
-    })
-}
-
-/// `len` bytes of snapshot data generated as read: a shared random block whose copies each
-/// start with their index xor `seed` (so lost, repeated or reordered data is caught).
-struct Pattern {
-    seed: u64,
-    pos: u64,
-    len: u64,
-}
-
-impl Pattern {
-    fn new(seed: u64, len: u64) -> Self {
-        Self { seed, pos: 0, len }
-    }
-
-    /// The next `out.len()` bytes (the caller never asks past the end).
-    fn fill(&mut self, out: &mut [u8]) {
-        let mut done = 0;
-        while done < out.len() {
-            let offset = (self.pos % BLOCK as u64) as usize;
-            let n = if offset < 8 {
-                let stamp = ((self.pos / BLOCK as u64) ^ self.seed).to_le_bytes();
-                let n = (8 - offset).min(out.len() - done);
-                out[done..done + n].copy_from_slice(&stamp[offset..offset + n]);
-                n
-            } else {
-                let n = (BLOCK - offset).min(out.len() - done);
-                out[done..done + n].copy_from_slice(&block()[offset..offset + n]);
-                n
-            };
-            done += n;
-            self.pos += n as u64;
-        }
-    }
-}
-
-impl AsyncRead for Pattern {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let left = usize::try_from(self.len - self.pos).unwrap_or(usize::MAX);
-        let n = buf.remaining().min(left);
-        let out = buf.initialize_unfilled_to(n);
-        self.fill(out);
-        buf.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
 
 /// Reads a snapshot to its end, comparing it with the pattern `seed` regenerates.
 async fn verify_snapshot(reader: &mut SnapshotReader, seed: u64) -> Result<u64, String> {

@@ -179,6 +179,38 @@ async fn two_nodes_calling_each_other_share_one_connection() {
     );
 }
 
+/// `max_udp_payload` above quinn's default datagram limit (1472) takes effect: on loopback
+/// (MTU 65536) path MTU discovery climbs past it, and `connections()` reports the figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_mtu_discovery_reaches_a_large_max_udp_payload_on_loopback() {
+    common::init_tracing();
+    let fx = Fixture::new("mtu");
+    let (a, _a_in) = QuicTransport::bind(fx.config("n1").max_udp_payload(16_384))
+        .await
+        .unwrap();
+    let (b, b_in) = QuicTransport::bind(fx.config("n2").max_udp_payload(16_384))
+        .await
+        .unwrap();
+    serve(&b, b_in);
+    // Discovery probes ride on the connection's own timers; keep calling until they are
+    // acknowledged (bounded: 2,000 round trips, far more than the few probes need).
+    let mut mtu = 0;
+    for term in 1..=2_000 {
+        guarded(
+            "a→b",
+            a.request_vote(b.local_id(), &b.local_addr(), vote(&a, term)),
+        )
+        .await
+        .unwrap();
+        mtu = a.connections()[0].mtu;
+        if mtu > 1472 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(mtu > 1472 && mtu <= 16_384, "path MTU stuck at {mtu}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_dials_settle_on_one_connection() {
     common::init_tracing();
@@ -464,4 +496,130 @@ async fn snapshots_answered_without_reading_their_data_do_not_use_up_streams() {
         let response = got.unwrap_or_else(|e| panic!("snapshot {i} failed: {e}"));
         assert!(!response.success);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hedged heartbeats (`QuicConfig::heartbeat_hedge`).
+
+/// A heartbeat handler that holds (never answers) the first `hold` heartbeats it gets and
+/// answers the rest at once. Returns the held ones, kept alive until the test ends.
+fn hold_first_heartbeats(node: &QuicTransport, hold: usize) -> Arc<std::sync::Mutex<Vec<Rpc>>> {
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let me = header(node);
+    let slot = held.clone();
+    node.set_heartbeat_handler(Some(Arc::new(move |rpc: Rpc| {
+        let mut held = slot.lock().unwrap();
+        if held.len() < hold {
+            held.push(rpc);
+        } else {
+            rpc.respond(Ok(append_response(me.clone(), 0).into()));
+        }
+    })));
+    held
+}
+
+/// The first heartbeat's answer never comes (its handler holds it): after the hedge delay a
+/// copy goes out on a second stream, its answer completes the call, and the stats count one
+/// copy sent and won. An answered heartbeat sends no copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_heartbeat_is_answered_through_its_hedged_copy() {
+    common::init_tracing();
+    let fx = Fixture::new("hedge");
+    // Long enough that an answered heartbeat never needs a copy, even on a loaded machine.
+    let hedge = Duration::from_millis(200);
+    let (a, _a_in) = QuicTransport::bind(fx.config("n1").heartbeat_hedge(Some(hedge)))
+        .await
+        .unwrap();
+    let (b, _b_in) = fx.node("n2").await;
+    let held = hold_first_heartbeats(&b, 1);
+    let heartbeat = AppendEntriesRequest::heartbeat(header(&a), 1);
+
+    let started = Instant::now();
+    let answer = guarded(
+        "hedged heartbeat",
+        a.append_entries(b.local_id(), &b.local_addr(), heartbeat.clone()),
+    )
+    .await
+    .unwrap();
+    assert!(answer.success);
+    assert!(
+        started.elapsed() >= hedge,
+        "answered before any copy was sent"
+    );
+    assert_eq!(
+        held.lock().unwrap().len(),
+        1,
+        "the original reached the handler"
+    );
+    let stats = a.stats();
+    assert_eq!((stats.heartbeat_copies, stats.heartbeat_copies_won), (1, 1));
+
+    // Answered at once (well within the hedge delay on loopback): no copy.
+    let answered = guarded(
+        "heartbeat",
+        a.append_entries(b.local_id(), &b.local_addr(), heartbeat),
+    )
+    .await
+    .unwrap();
+    assert!(answered.success);
+    let stats = a.stats();
+    assert_eq!((stats.heartbeat_copies, stats.heartbeat_copies_won), (1, 1));
+}
+
+/// Neither the heartbeat nor its copy is answered: the call fails with `Timeout` at the
+/// original's deadline, not the copy's, and appends with entries are never hedged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_heartbeat_times_out_on_the_original_deadline() {
+    common::init_tracing();
+    let fx = Fixture::new("hedge-timeout");
+    let timeout = Duration::from_millis(1000);
+    // The copy goes out late, so its own deadline would be well after the original's.
+    let hedge = Duration::from_millis(900);
+    let (a, _a_in) = QuicTransport::bind(
+        fx.config("n1")
+            .rpc_timeout(timeout)
+            .heartbeat_hedge(Some(hedge)),
+    )
+    .await
+    .unwrap();
+    let (b, b_in) = fx.node("n2").await;
+    let held = hold_first_heartbeats(&b, 2);
+    serve(&b, b_in);
+
+    let started = Instant::now();
+    let result = guarded(
+        "unanswered heartbeat",
+        a.append_entries(
+            b.local_id(),
+            &b.local_addr(),
+            AppendEntriesRequest::heartbeat(header(&a), 1),
+        ),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    // The copy's own deadline is `hedge` later; the call must not wait for it.
+    assert!(took < timeout + hedge, "took {took:?}");
+    assert_eq!(
+        held.lock().unwrap().len(),
+        2,
+        "original and copy both arrived"
+    );
+    assert_eq!(a.stats().heartbeat_copies, 1);
+    assert_eq!(a.stats().heartbeat_copies_won, 0);
+
+    // An append with entries is not a heartbeat: one stream, no copy.
+    let append = AppendEntriesRequest {
+        prev_log_entry: 1,
+        prev_log_term: 1,
+        entries: vec![quicraft::Log::command(2, 1, vec![1u8; 8])],
+        ..AppendEntriesRequest::heartbeat(header(&a), 1)
+    };
+    guarded(
+        "append",
+        a.append_entries(b.local_id(), &b.local_addr(), append),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.stats().heartbeat_copies, 1);
 }

@@ -7,7 +7,8 @@
 //!
 //! Flags: `--json` (one line per implementation and loss), `--quick` (shorter phases),
 //! `--loss 0,0.5,2`, `--impl quicraft,tcp-baseline`, `--quic-cc cubic|newreno|bbr` (quicraft's
-//! congestion controller), `--tcp-cc cubic` (the baseline's TCP congestion control),
+//! congestion controller), `--heartbeat-hedge MS` (quicraft's `QuicConfig::heartbeat_hedge`,
+//! off by default), `--tcp-cc cubic` (the baseline's TCP congestion control),
 //! `--queue-kb 625` (the bottleneck queue; 625 KB is one
 //! bandwidth-delay product). Needs root and /dev/net/tun; prints why it skips otherwise.
 
@@ -64,6 +65,8 @@ struct Options {
 
 /// quicraft's congestion controller for this run (`--quic-cc`), set once in `main`.
 static QUIC_CC: std::sync::OnceLock<quicraft::CongestionController> = std::sync::OnceLock::new();
+/// quicraft's heartbeat hedge delay for this run (`--heartbeat-hedge MS`), set once in `main`.
+static HEARTBEAT_HEDGE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
 
 impl Options {
     fn parse() -> Result<Self, String> {
@@ -104,6 +107,12 @@ impl Options {
                     };
                     let _ = QUIC_CC.set(cc);
                 }
+                "--heartbeat-hedge" => {
+                    let ms: u64 = value("--heartbeat-hedge")?
+                        .parse()
+                        .map_err(|e| format!("--heartbeat-hedge: {e}"))?;
+                    let _ = HEARTBEAT_HEDGE.set(Duration::from_millis(ms));
+                }
                 "--queue-kb" => {
                     let kb: usize = value("--queue-kb")?
                         .parse()
@@ -135,7 +144,7 @@ fn main() {
     printer.note(&format!(
         "link: {} ms RTT, {} Mbit/s, queue {} KB (tail drop); heartbeat every {} ms; \
          snapshot {} MiB; appends {} KiB x {} in flight; baseline TCP congestion control {}; \
-         quicraft congestion controller {:?}",
+         quicraft congestion controller {:?}, heartbeat hedge {:?}",
         ONE_WAY.as_millis() * 2,
         RATE_BPS / 1_000_000,
         options.queue_bytes / 1000,
@@ -144,7 +153,8 @@ fn main() {
         APPEND >> 10,
         APPENDS_IN_FLIGHT,
         options.tcp_cc,
-        QUIC_CC.get().copied().unwrap_or_default()
+        QUIC_CC.get().copied().unwrap_or_default(),
+        HEARTBEAT_HEDGE.get(),
     ));
     for &loss in &options.losses {
         for implementation in &options.impls {
@@ -405,6 +415,7 @@ fn quic_config(ca: &ClusterCa, node: &str, bind: std::net::SocketAddr) -> QuicCo
         .bind(bind)
         .rpc_timeout(Duration::from_secs(60))
         .congestion_controller(QUIC_CC.get().copied().unwrap_or_default())
+        .heartbeat_hedge(HEARTBEAT_HEDGE.get().copied())
 }
 
 /// Both nodes of one implementation on `link`; the follower's counters; a description.

@@ -161,17 +161,89 @@ macro_rules! unary_call {
     };
 }
 
-unary_call!(
-    append_entries,
-    AppendEntriesRequest,
-    AppendEntriesResponse,
-    AppendEntries,
-    |r: &AppendEntriesRequest| if r.is_heartbeat() {
-        priority::CONTROL
-    } else {
-        priority::APPEND
-    }
-);
+/// AppendEntries on its own stream; a heartbeat hedged when `QuicConfig::heartbeat_hedge`
+/// says so.
+pub(super) async fn append_entries(
+    inner: &Arc<Inner>,
+    id: &ServerId,
+    target: &ServerAddress,
+    request: AppendEntriesRequest,
+) -> Result<AppendEntriesResponse, Error> {
+    let kind = RpcKind::AppendEntries;
+    let response = match inner.config.heartbeat_hedge {
+        Some(delay) if request.is_heartbeat() => {
+            hedged_heartbeat(inner, id, target, request, delay).await?
+        }
+        _ => {
+            let priority = if request.is_heartbeat() {
+                priority::CONTROL
+            } else {
+                priority::APPEND
+            };
+            let frame = Frame::AppendEntries(request);
+            unary(inner, id, target, kind, priority, frame).await?
+        }
+    };
+    // `answer` checked the kind already.
+    AppendEntriesResponse::try_from(response)
+        .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
+}
+
+/// A heartbeat, and a copy of it on a second stream if the first has no answer after
+/// `delay` (counted once the connection is up). The first answer of either wins; the loser's
+/// streams are dropped (reset), so the peer writes no second answer. Only the original's
+/// failure is reported (a copy that fails is ignored), and the whole call has one deadline.
+///
+/// Cancel-safe: dropping it drops both calls.
+async fn hedged_heartbeat(
+    inner: &Arc<Inner>,
+    id: &ServerId,
+    target: &ServerAddress,
+    request: AppendEntriesRequest,
+    delay: std::time::Duration,
+) -> Result<Response, Error> {
+    let kind = RpcKind::AppendEntries;
+    let deadline = Instant::now() + inner.config.rpc_timeout;
+    inner
+        .guarded(kind, deadline, async {
+            // The delay counts from when the request can go out, not from a dial.
+            inner.connection(id, target).await?;
+            let copy = Frame::AppendEntries(request.clone());
+            let original = unary(
+                inner,
+                id,
+                target,
+                kind,
+                priority::CONTROL,
+                Frame::AppendEntries(request),
+            );
+            tokio::pin!(original);
+            tokio::select! {
+                biased;
+                answer = &mut original => return answer,
+                () = tokio::time::sleep(delay) => {}
+            }
+            let counters = inner.pool.stats();
+            counters.heartbeat_copy_sent();
+            tracing::trace!(peer = %id, ?delay, "heartbeat unanswered: sending a copy");
+            let copy = async {
+                match unary(inner, id, target, kind, priority::CONTROL, copy).await {
+                    Ok(answer) => answer,
+                    // Left to the original, which ends by the shared deadline.
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                answer = &mut original => answer,
+                answer = copy => {
+                    counters.heartbeat_copy_won();
+                    Ok(answer)
+                }
+            }
+        })
+        .await
+}
 unary_call!(
     request_vote,
     RequestVoteRequest,

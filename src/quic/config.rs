@@ -47,6 +47,7 @@ pub struct QuicConfig {
     pub(super) stream_receive_window: u32,
     pub(super) udp_buffer_size: usize,
     pub(super) busy_poll: Duration,
+    pub(super) heartbeat_hedge: Option<Duration>,
     pub(super) max_udp_payload: u16,
     pub(super) congestion: CongestionController,
     pub(super) initial_rtt: Duration,
@@ -87,6 +88,7 @@ impl QuicConfig {
             stream_receive_window: 1_250_000,
             udp_buffer_size: 4 * 1024 * 1024,
             busy_poll: Duration::ZERO,
+            heartbeat_hedge: None,
             max_udp_payload: 1452,
             congestion: CongestionController::Bbr,
             initial_rtt: Duration::from_millis(333),
@@ -277,6 +279,25 @@ impl QuicConfig {
         self
     }
 
+    /// Hedged heartbeats: when a heartbeat (an AppendEntries without entries) has no answer
+    /// after `delay`, send a copy on a second stream and take whichever answer comes first.
+    /// Default `None` (off).
+    ///
+    /// On a lossy long link a lost heartbeat packet costs QUIC's loss detection (at least
+    /// 9/8 of the RTT) plus a retransmission, so a few percent of heartbeats take ~3 RTTs,
+    /// and election timeouts must allow for that tail. A copy sent a little later travels in
+    /// another packet, so both are lost only with the square of the loss rate: at 2 % loss
+    /// on a 50 ms link the heartbeat p99 went from ~160 ms to about one RTT plus `delay`
+    /// (BENCHMARKS.md). The price: when the RTT exceeds `delay` every heartbeat is sent
+    /// twice (about 100 bytes each), and the receiver sees both (heartbeats are idempotent).
+    /// Pick `delay` above the usual local answer time and well under the RTT (e.g. 2–5 ms
+    /// across regions); on a LAN a copy is then never needed. `QuicTransport::stats` counts
+    /// copies sent and copies that won.
+    pub fn heartbeat_hedge(mut self, delay: Option<Duration>) -> Self {
+        self.heartbeat_hedge = delay;
+        self
+    }
+
     /// The round-trip time assumed before the first measurement. Default 333 ms (QUIC's
     /// recommendation). Set it near the real RTT (e.g. 50 ms across regions) so the first
     /// retransmissions of a new connection are not late.
@@ -379,6 +400,7 @@ impl fmt::Debug for QuicConfig {
             .field("bind", &self.bind)
             .field("advertise", &self.advertise)
             .field("busy_poll", &self.busy_poll)
+            .field("heartbeat_hedge", &self.heartbeat_hedge)
             .field("rpc_timeout", &self.rpc_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field(

@@ -2,7 +2,7 @@
 //! [`TransportStats`], and the node-wide counters behind it, updated with one atomic operation
 //! per event on the receive path (no lock, no allocation).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// What a [`QuicTransport`](super::QuicTransport) holds for its peers at one moment, as
 /// [`QuicTransport::stats`](super::QuicTransport::stats) reports it.
@@ -33,6 +33,12 @@ pub struct TransportStats {
     /// InstallSnapshot requests and pipelines), over all connections; per connection at most
     /// `QuicConfig::max_streams`.
     pub request_streams: usize,
+    /// Heartbeat copies this node sent because an answer was late
+    /// (`QuicConfig::heartbeat_hedge`), since the transport was bound.
+    pub heartbeat_copies: u64,
+    /// Of those, the heartbeats whose copy was answered first: each is a heartbeat that
+    /// would otherwise have waited for loss recovery (or a slow first stream).
+    pub heartbeat_copies_won: u64,
 }
 
 /// The node-wide counters behind [`TransportStats`].
@@ -41,6 +47,8 @@ pub(crate) struct Counters {
     frame_bytes: AtomicUsize,
     frame_bytes_high_water: AtomicUsize,
     request_streams: AtomicUsize,
+    heartbeat_copies: AtomicU64,
+    heartbeat_copies_won: AtomicU64,
 }
 
 impl Counters {
@@ -59,6 +67,16 @@ impl Counters {
         self.frame_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 
+    /// A heartbeat copy was sent.
+    pub(crate) fn heartbeat_copy_sent(&self) {
+        self.heartbeat_copies.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A heartbeat copy's answer came first.
+    pub(crate) fn heartbeat_copy_won(&self) {
+        self.heartbeat_copies_won.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one request stream being served until the guard drops.
     pub(crate) fn request_stream(&self) -> RequestStreamGuard<'_> {
         self.request_streams.fetch_add(1, Ordering::Relaxed);
@@ -72,6 +90,8 @@ impl Counters {
             frame_bytes_buffered_high_water: self.frame_bytes_high_water.load(Ordering::Relaxed),
             consumer_queued,
             request_streams: self.request_streams.load(Ordering::Relaxed),
+            heartbeat_copies: self.heartbeat_copies.load(Ordering::Relaxed),
+            heartbeat_copies_won: self.heartbeat_copies_won.load(Ordering::Relaxed),
         }
     }
 }

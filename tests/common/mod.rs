@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pattern;
+
 use std::time::Duration;
 
 use quicraft::{
