@@ -1669,3 +1669,49 @@ async fn stream_limit_applies_per_connection_and_the_node_stays_responsive() {
     peer.close().await;
     srv.close().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A peer that dials again and again.
+
+/// Six processes of one node ("n1", each on its own port) dial "n2" one after another. Each
+/// new connection replaces the last (a re-dial by the same node wins the tie-break), and the
+/// replaced one is retired with a grace period (here 32 s: `rpc_timeout` + `connect_timeout`).
+/// Without a cap, every retired connection, each with its own frame budget, would stay open
+/// through its grace period; with it, "n2" holds at most the live one and two retiring ones,
+/// and the newest dialler is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_keeps_redialling_holds_at_most_three_connections() {
+    common::init_tracing();
+    let fx = Fixture::new("redial");
+    let (b, b_in) = bind(fx.config("n2").rpc_timeout(Duration::from_secs(30))).await;
+    serve(&b, b_in, Taps::default());
+    let mut dialers = Vec::new();
+    for term in 1..=6 {
+        let (a, a_in) = bind(fx.config("n1")).await;
+        let granted = guarded(
+            "a vote from a new process of n1",
+            a.request_vote(b.local_id(), &b.local_addr(), vote(&a, term)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(granted.term, term);
+        dialers.push((a, a_in));
+    }
+    eventually("n2 closing the oldest retired connections", || {
+        b.open_connections() <= 3
+    })
+    .await;
+    let (newest, _) = dialers.last().unwrap();
+    let granted = guarded(
+        "a vote from the newest process",
+        newest.request_vote(b.local_id(), &b.local_addr(), vote(newest, 7)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(granted.term, 7);
+    assert!(b.open_connections() <= 3, "{}", b.open_connections());
+    for (a, _) in dialers {
+        a.close().await;
+    }
+    b.close().await;
+}

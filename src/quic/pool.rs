@@ -109,6 +109,12 @@ impl DialFailure {
 
 type Dial = Shared<BoxFuture<'static, Result<PeerConn, DialFailure>>>;
 
+/// Connections to one peer that lost the tie-break and still wait out their grace period
+/// (see [`retire`]). Each holds a frame budget of its own, so a peer that dialled again and
+/// again could otherwise multiply what it may make this node hold; beyond this many the
+/// oldest is closed at once. An honest peer has at most one (from a simultaneous dial).
+const MAX_RETIRING_PER_PEER: usize = 2;
+
 #[derive(Default)]
 struct Entry {
     conn: Option<PeerConn>,
@@ -116,6 +122,8 @@ struct Entry {
     failures: u32,
     retry_at: Option<Instant>,
     last_failure: Option<DialFailure>,
+    /// Losers of the tie-break still open, oldest first.
+    retiring: Vec<PeerConn>,
 }
 
 /// What the pool needs from the transport: starting a dial (which must complete on its own,
@@ -272,6 +280,19 @@ impl Pool {
                     "two connections to one peer; retiring one"
                 );
                 loser.mark_retiring();
+                entry.retiring.retain(PeerConn::is_alive);
+                entry.retiring.push(loser.clone());
+                if entry.retiring.len() > MAX_RETIRING_PER_PEER {
+                    let oldest = entry.retiring.remove(0);
+                    tracing::warn!(
+                        peer = %peer,
+                        limit = MAX_RETIRING_PER_PEER,
+                        "too many connections from one peer; closing the oldest retiring one"
+                    );
+                    oldest
+                        .conn
+                        .close(conn::DUPLICATE, b"too many connections from one peer");
+                }
                 dialer.spawn_retire(loser);
                 winner
             }
