@@ -208,6 +208,48 @@ async fn a_revoked_node_is_refused_and_its_live_connections_closed() {
     call(&n2, &n1).await.unwrap();
 }
 
+/// Two processes of n3 (two certificates) dial n1 one after the other, so n1 holds one live
+/// connection from n3 and one being retired (its grace period is 12 s here). Revoking both
+/// certificates closes both at once, not only the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_also_closes_a_revoked_peers_retiring_connection() {
+    common::init_tracing();
+    let fx = Fixture::new("revocation-retiring");
+    let ca = &fx.ca;
+    let n1 = node(&fx, ca, &[ca], "n1").await;
+    let n3_old = node(&fx, ca, &[ca], "n3").await;
+    let n3_new = node(&fx, ca, &[ca], "n3").await;
+    call(&n3_old, &n1).await.unwrap();
+    call(&n3_new, &n1).await.unwrap();
+    assert_eq!(
+        n1.open_connections(),
+        2,
+        "the replaced connection is retiring, not closed"
+    );
+
+    let certs = [
+        n3_old.tls_identity().leaf().clone(),
+        n3_new.tls_identity().leaf().clone(),
+    ];
+    let crl = ca
+        .revocation_list_pem(&[&certs[0], &certs[1]], 1, time::Duration::days(7))
+        .unwrap();
+    let lists = RevocationLists::from_pem(crl.as_bytes()).unwrap();
+    n1.reload_tls(n1.tls_identity(), roots(&[ca]), lists)
+        .unwrap();
+    // Closed connections leave the endpoint once drained (a few PTOs on loopback); the
+    // retiring one would otherwise stay for its 12 s grace period.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while n1.open_connections() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} connections of the revoked peer still open",
+            n1.open_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_refuses_a_certificate_of_another_node() {
     let fx = Fixture::new("reload");

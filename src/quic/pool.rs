@@ -310,6 +310,20 @@ impl Pool {
             .collect()
     }
 
+    /// Every open connection, including those being retired (for revocation re-checks).
+    pub(crate) fn every_connection(&self) -> Vec<(ServerId, PeerConn)> {
+        let entries = self.entries();
+        let mut all = Vec::new();
+        for (id, entry) in entries.iter() {
+            let open = entry.conn.iter().chain(&entry.retiring);
+            all.extend(
+                open.filter(|c| c.is_alive())
+                    .map(|c| (id.clone(), c.clone())),
+            );
+        }
+        all
+    }
+
     /// Forgets every connection (on shutdown).
     pub(crate) fn clear(&self) {
         self.entries().clear();

@@ -126,10 +126,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Closes every live connection whose peer certificate the revocation lists of `tls`
-    /// revoke. (Roots that no longer include a peer's CA apply from its next handshake.)
+    /// Closes every open connection (live or being retired) whose peer certificate the
+    /// revocation lists of `tls` revoke. (Roots that no longer include a peer's CA apply from
+    /// its next handshake.)
     fn recheck_connections(&self, tls: &TlsContext) {
-        for (peer, conn) in self.pool.connections() {
+        for (peer, conn) in self.pool.every_connection() {
             let chain = conn.conn.peer_identity().and_then(|id| {
                 id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                     .ok()
