@@ -73,6 +73,15 @@ impl Identity {
         let key_path = key_path.as_ref();
         let chain = certificates_from_pem(&read_file(cert_path)?, &describe(cert_path))?;
         let key = key_from_pem(&read_file(key_path)?, &describe(key_path))?;
+        if let Some(mode) = exposed_mode(key_path) {
+            // A warning, not an error: secret volumes (e.g. Kubernetes' default 0644) are
+            // often readable by other users of the pod, and refusing would stop the node.
+            tracing::warn!(
+                path = %key_path.display(),
+                mode = format_args!("{mode:o}"),
+                "the private key file is readable by group or others; chmod 600 it"
+            );
+        }
         Self::new(chain, key)
     }
 
@@ -183,6 +192,22 @@ fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// The permission bits of `path` when group or others may read or write it (`None` when
+/// only its owner may, when it cannot be inspected, or off Unix).
+fn exposed_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o066 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// How errors name an input read from `path`.
 fn describe(path: &Path) -> String {
     path.display().to_string()
@@ -242,6 +267,26 @@ fn key_from_pem(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, TlsErr
 mod tests {
     use super::*;
     use crate::tls::generate::test_support;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_readable_by_others_is_noticed() {
+        use std::os::unix::fs::PermissionsExt;
+        let ca = test_support::ca("prod");
+        let node = test_support::node(&ca, "n1");
+        let dir = std::env::temp_dir().join(format!("quicraft-key-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (cert, key) = (dir.join("n1.pem"), dir.join("n1.key"));
+        std::fs::write(&cert, &node.cert_pem).expect("write cert");
+        std::fs::write(&key, &node.key_pem).expect("write key");
+        for (mode, exposed) in [(0o600, None), (0o640, Some(0o640)), (0o644, Some(0o644))] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            assert_eq!(exposed_mode(&key), exposed, "mode {mode:o}");
+            // Loading still works: exposure is warned about, not refused.
+            Identity::from_pem_files(&cert, &key).expect("loads");
+        }
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 
     #[test]
     fn pem_round_trip() {
