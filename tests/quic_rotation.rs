@@ -250,6 +250,70 @@ async fn revocation_also_closes_a_revoked_peers_retiring_connection() {
     }
 }
 
+/// A revocation list past its `nextUpdate`: used as it is by default; with
+/// `enforce_next_update(true)` a new handshake with the node is refused (fail closed), the
+/// connections already up are left alone, and a fresh list lets new handshakes through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_revocation_list_fails_closed_only_when_enforced() {
+    common::init_tracing();
+    let fx = Fixture::new("stale-crl");
+    let ca = &fx.ca;
+    let n1 = node(&fx, ca, &[ca], "n1").await;
+    let n2 = node(&fx, ca, &[ca], "n2").await;
+    // Issued a minute ago, stale for the last 30 s.
+    let stale_pem = ca
+        .revocation_list_pem(&[], 1, time::Duration::seconds(-30))
+        .unwrap();
+    let stale = RevocationLists::from_pem(stale_pem.as_bytes()).unwrap();
+    let next_update = stale.next_update().expect("the list states a nextUpdate");
+    assert!(
+        next_update < std::time::SystemTime::now(),
+        "the list is not stale"
+    );
+
+    // Not enforced (the default): the list is used as it is.
+    assert!(!stale.enforces_next_update());
+    n1.reload_tls(n1.tls_identity(), roots(&[ca]), stale.clone())
+        .unwrap();
+    call(&n2, &n1).await.unwrap();
+
+    let stale = stale.enforce_next_update(true);
+    let n3 = node(&fx, ca, &[ca], "n3").await;
+    n1.reload_tls(n1.tls_identity(), roots(&[ca]), stale)
+        .unwrap();
+    let refused = call(&n3, &n1).await;
+    assert!(
+        matches!(refused, Err(Error::Authentication(_))),
+        "{refused:?}"
+    );
+    let refused = call(&n1, &n3).await;
+    assert!(
+        matches!(refused, Err(Error::Authentication(_))),
+        "{refused:?}"
+    );
+    // The connection that was up stays up.
+    call(&n2, &n1).await.unwrap();
+
+    let fresh_pem = ca
+        .revocation_list_pem(&[], 2, time::Duration::days(7))
+        .unwrap();
+    let fresh = RevocationLists::from_pem(fresh_pem.as_bytes())
+        .unwrap()
+        .enforce_next_update(true);
+    n1.reload_tls(n1.tls_identity(), roots(&[ca]), fresh)
+        .unwrap();
+    // n3 backs off after the refusal (at most 100 ms here): retry, bounded.
+    let mut answer = call(&n3, &n1).await;
+    for _ in 0..100 {
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        answer = call(&n3, &n1).await;
+    }
+    answer.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_refuses_a_certificate_of_another_node() {
     let fx = Fixture::new("reload");

@@ -165,7 +165,12 @@ impl Inner {
                 continue;
             }
             seen = now;
-            let loaded = files.load().map_err(|e| Error::Config(e.to_string()));
+            // Whether stale lists fail closed is the node's setting, not the files'.
+            let enforce = self.config.revocation.enforces_next_update();
+            let loaded = files
+                .load()
+                .map(|(identity, roots, crls)| (identity, roots, crls.enforce_next_update(enforce)))
+                .map_err(|e| Error::Config(e.to_string()));
             match loaded.and_then(|(identity, roots, crls)| self.reload_tls(identity, roots, crls))
             {
                 Ok(()) => tracing::info!(files = ?files, "reloaded TLS files"),

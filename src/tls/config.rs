@@ -190,6 +190,9 @@ impl TlsContext {
             webpki = webpki
                 .with_crls(self.policy.revocation.lists().iter().cloned())
                 .only_check_end_entity_revocation();
+            if self.policy.revocation.enforces_next_update() {
+                webpki = webpki.enforce_revocation_expiration();
+            }
         }
         let webpki = webpki.build()?;
         let verifier = Arc::new(ClusterClientVerifier {
@@ -324,6 +327,11 @@ impl TrustPolicy {
         let options = webpki::RevocationOptionsBuilder::new(&crls)
             .map_err(|_| rustls::Error::General("no revocation lists".to_owned()))?
             .with_depth(webpki::RevocationCheckDepth::EndEntity)
+            .with_expiration_policy(if self.revocation.enforces_next_update() {
+                webpki::ExpirationPolicy::Enforce
+            } else {
+                webpki::ExpirationPolicy::Ignore
+            })
             .build();
         let cert = webpki::EndEntityCert::try_from(leaf).map_err(pki_error)?;
         cert.verify_for_usage(

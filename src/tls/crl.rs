@@ -14,6 +14,7 @@ use super::TlsError;
 #[derive(Debug, Clone, Default)]
 pub struct RevocationLists {
     crls: Vec<CertificateRevocationListDer<'static>>,
+    enforce_next_update: bool,
 }
 
 impl RevocationLists {
@@ -72,10 +73,46 @@ impl RevocationLists {
         }
     }
 
-    /// The lists of both `self` and `other`.
+    /// The lists of both `self` and `other` (enforcing `nextUpdate` if either did).
     pub fn merged(mut self, other: RevocationLists) -> Self {
         self.crls.extend(other.crls);
+        self.enforce_next_update |= other.enforce_next_update;
         self
+    }
+
+    /// Whether a list past its `nextUpdate` time makes every handshake fail (fail closed).
+    /// Default `false`: a stale list is still used as it is.
+    ///
+    /// A list past `nextUpdate` may miss revocations made since, so a strict deployment
+    /// refuses to trust it; the price is that a CA that does not publish in time (or a
+    /// node whose list is not refreshed, see `QuicConfig::watch_files`) stops all new
+    /// connections of that node until a fresh list is loaded. Connections already up are not
+    /// touched. [`next_update`](Self::next_update) says when that would happen. Lists that
+    /// `QuicConfig::watch_files` reads keep the setting of the lists given to
+    /// `QuicConfig::revocation`.
+    pub fn enforce_next_update(mut self, enforce: bool) -> Self {
+        self.enforce_next_update = enforce;
+        self
+    }
+
+    /// True when a list past its `nextUpdate` time fails handshakes
+    /// ([`enforce_next_update`](Self::enforce_next_update)).
+    pub fn enforces_next_update(&self) -> bool {
+        self.enforce_next_update
+    }
+
+    /// The earliest `nextUpdate` time of the lists (when the first of them goes stale);
+    /// `None` without lists or when none states one.
+    pub fn next_update(&self) -> Option<std::time::SystemTime> {
+        self.crls
+            .iter()
+            .filter_map(|der| {
+                let (_, crl) = x509_parser::parse_x509_crl(der).ok()?;
+                let at = crl.next_update()?.timestamp();
+                let secs = u64::try_from(at).ok()?;
+                Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+            })
+            .min()
     }
 
     /// True when there is no list (revocation is not checked).
@@ -96,6 +133,9 @@ impl RevocationLists {
                 }
             })?;
         }
-        Ok(Self { crls })
+        Ok(Self {
+            crls,
+            enforce_next_update: false,
+        })
     }
 }
