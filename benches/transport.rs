@@ -40,7 +40,7 @@ use quicraft::Transport;
 use tokio::time::MissedTickBehavior;
 
 use support::nodes::{
-    Link, MAX_IN_FLIGHT, Pair, RuntimeKind, inmem_pair, quic_pair, snapshot_block,
+    Link, MAX_IN_FLIGHT, Pair, RuntimeKind, Tuning, inmem_pair, quic_pair, snapshot_block,
 };
 use support::report::{
     Printer, Report, latency_histogram, max_us, mb_per_s, peak_rss_kb, per_second, quantile_us,
@@ -169,10 +169,9 @@ impl Impl {
     /// Runs `scenario` in this process against a fresh pair of this implementation's nodes.
     fn measure(self, scenario: Scenario, workload: Workload, options: &Options) -> Vec<Report> {
         let reports = match self {
-            Self::Quicraft => scenario.measure(
-                quic_pair(options.runtime, options.busy_poll, options.stream_window),
-                workload,
-            ),
+            Self::Quicraft => {
+                scenario.measure(quic_pair(options.runtime, options.tuning), workload)
+            }
             Self::Inmem => scenario.measure(inmem_pair(options.runtime), workload),
         };
         reports
@@ -185,8 +184,12 @@ impl Impl {
                 };
                 match self {
                     Self::Quicraft => report
-                        .with("busy_poll_us", options.busy_poll.as_micros() as u64)
-                        .with("stream_window", options.stream_window.map(u64::from)),
+                        .with("busy_poll_us", options.tuning.busy_poll.as_micros() as u64)
+                        .with("stream_window", options.tuning.stream_window.map(u64::from))
+                        .with(
+                            "max_udp_payload",
+                            options.tuning.max_udp_payload.map(u64::from),
+                        ),
                     Self::Inmem => report,
                 }
             })
@@ -200,9 +203,13 @@ impl Impl {
         let mut child = Command::new(exe);
         child.args(["--child", "--runtime", options.runtime.name()]);
         child.args(["--scenario", scenario.name(), "--impl", self.name()]);
-        child.args(["--busy-poll", &options.busy_poll.as_micros().to_string()]);
-        if let Some(window) = options.stream_window {
+        let tuning = options.tuning;
+        child.args(["--busy-poll", &tuning.busy_poll.as_micros().to_string()]);
+        if let Some(window) = tuning.stream_window {
             child.args(["--stream-window", &window.to_string()]);
+        }
+        if let Some(bytes) = tuning.max_udp_payload {
+            child.args(["--max-udp-payload", &bytes.to_string()]);
         }
         if options.quick {
             child.arg("--quick");
@@ -457,10 +464,8 @@ struct Options {
     /// This process is the child of a scenario run in its own process: run here, print JSON.
     child: bool,
     runtime: RuntimeKind,
-    /// The QUIC transport's busy-poll window (`QuicConfig::busy_poll`); zero is its default.
-    busy_poll: Duration,
-    /// `QuicConfig::stream_receive_window`, if not the transport's default.
-    stream_window: Option<u32>,
+    /// The QUIC transport's settings that differ from its defaults.
+    tuning: Tuning,
     scenarios: Vec<Scenario>,
     impls: Vec<Impl>,
 }
@@ -468,7 +473,7 @@ struct Options {
 const USAGE: &str = "\
 usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... [--impl NAME]...
                                         [--runtime current|multi] [--busy-poll US]
-                                        [--stream-window BYTES]
+                                        [--stream-window BYTES] [--max-udp-payload BYTES]
   --quick            shrink every scenario (the whole run takes well under 20 s)
   --json             one JSON line per result instead of a table
   --scenario NAME    rtt, throughput, snapshot, hol or concurrency (repeatable; default all)
@@ -478,6 +483,9 @@ usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... 
                      transport's default); reported as busy_poll_us
   --stream-window B  QuicConfig::stream_receive_window in bytes (default: the transport's,
                      1250000); reported as stream_window (null: the default)
+  --max-udp-payload B  QuicConfig::max_udp_payload (default: the transport's, 1452); 65527
+                     lets path MTU discovery use loopback's 64 KiB MTU; reported as
+                     max_udp_payload (null: the default)
   --child            run every scenario in this process and print JSON (how `snapshot` gets
                      a process of its own)
 Unknown arguments (such as cargo's --bench) are ignored.";
@@ -489,8 +497,7 @@ impl Options {
             json: false,
             child: false,
             runtime: RuntimeKind::CurrentThread,
-            busy_poll: Duration::ZERO,
-            stream_window: None,
+            tuning: Tuning::default(),
             scenarios: Vec::new(),
             impls: Vec::new(),
         };
@@ -533,15 +540,22 @@ impl Options {
                     let us: u64 = us
                         .parse()
                         .map_err(|_| format!("--busy-poll takes microseconds, not {us:?}"))?;
-                    options.busy_poll = Duration::from_micros(us);
+                    options.tuning.busy_poll = Duration::from_micros(us);
                 }
                 "--stream-window" => {
                     let bytes = value()?;
-                    options.stream_window = Some(
+                    options.tuning.stream_window = Some(
                         bytes
                             .parse()
                             .map_err(|_| format!("--stream-window takes bytes, not {bytes:?}"))?,
                     );
+                }
+                "--max-udp-payload" => {
+                    let bytes = value()?;
+                    options.tuning.max_udp_payload =
+                        Some(bytes.parse().map_err(|_| {
+                            format!("--max-udp-payload takes bytes, not {bytes:?}")
+                        })?);
                 }
                 "--help" | "-h" => return Err(String::new()),
                 _ => {}

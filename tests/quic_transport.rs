@@ -180,9 +180,10 @@ async fn two_nodes_calling_each_other_share_one_connection() {
 }
 
 /// `max_udp_payload` above quinn's default datagram limit (1472) takes effect: on loopback
-/// (MTU 65536) path MTU discovery climbs past it, and `connections()` reports the figure.
+/// (MTU 65536) path MTU discovery climbs past it, `connections()` reports the figure, and a
+/// bulk transfer keeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn path_mtu_discovery_reaches_a_large_max_udp_payload_on_loopback() {
+async fn a_large_max_udp_payload_is_reached_on_loopback_and_kept_under_bulk_transfer() {
     common::init_tracing();
     let fx = Fixture::new("mtu");
     let (a, _a_in) = QuicTransport::bind(fx.config("n1").max_udp_payload(16_384))
@@ -209,6 +210,38 @@ async fn path_mtu_discovery_reaches_a_large_max_udp_payload_on_loopback() {
         tokio::task::yield_now().await;
     }
     assert!(mtu > 1472 && mtu <= 16_384, "path MTU stuck at {mtu}");
+
+    // A bulk transfer at that MTU: quinn batches up to 10 packets per send, which at 16 KB
+    // would exceed a UDP datagram; the kernel refuses such a batch and quinn-udp takes it as
+    // sent, so without the transport's cap every full batch was lost and black-hole
+    // detection dropped the path back to 1200. The snapshot must arrive whole, and the MTU
+    // must stay.
+    let size = 16 * 1024 * 1024;
+    let request = InstallSnapshotRequest {
+        header: header(&a),
+        snapshot_version: 1,
+        term: 3,
+        last_log_index: 1000,
+        last_log_term: 3,
+        configuration: Default::default(),
+        configuration_index: 1,
+        size,
+    };
+    let answer = guarded(
+        "a 16 MiB snapshot at a 16 KB MTU",
+        a.install_snapshot(b.local_id(), &b.local_addr(), request, Noise::new(9, size)),
+    )
+    .await
+    .unwrap();
+    let expected = hash_reader(&mut Noise::new(9, size)).await.unwrap();
+    assert!(answer.success);
+    assert_eq!(answer.term, expected, "the snapshot arrived changed");
+    let after = a.connections()[0].mtu;
+    // Discovery may still be climbing, never falling.
+    assert!(
+        after >= mtu,
+        "the path MTU fell from {mtu} to {after} during the transfer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -246,22 +246,32 @@ fn congestion_controller() -> quicraft::CongestionController {
     }
 }
 
-/// `QUICRAFT_BENCH_MAX_UDP_PAYLOAD` overrides the transport's default (1452, an Ethernet path),
-/// e.g. to see what loopback's 64 KiB MTU allows.
-fn max_udp_payload() -> u16 {
-    std::env::var("QUICRAFT_BENCH_MAX_UDP_PAYLOAD")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1452)
+/// The `QuicConfig` settings a run may change from the transport's defaults (the command
+/// line's `--busy-poll`, `--stream-window` and `--max-udp-payload`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Tuning {
+    pub(crate) busy_poll: Duration,
+    pub(crate) stream_window: Option<u32>,
+    pub(crate) max_udp_payload: Option<u16>,
+}
+
+impl Tuning {
+    fn apply(self, config: QuicConfig) -> QuicConfig {
+        let config = config.busy_poll(self.busy_poll);
+        let config = match self.stream_window {
+            Some(window) => config.stream_receive_window(window),
+            None => config,
+        };
+        match self.max_udp_payload {
+            Some(bytes) => config.max_udp_payload(bytes),
+            None => config,
+        }
+    }
 }
 
 /// Two QUIC nodes on 127.0.0.1 with mutual TLS (certificates of a fresh cluster CA), each on
 /// its own runtime and thread.
-pub(crate) fn quic_pair(
-    runtime: RuntimeKind,
-    busy_poll: Duration,
-    stream_window: Option<u32>,
-) -> Pair<QuicTransport> {
+pub(crate) fn quic_pair(runtime: RuntimeKind, tuning: Tuning) -> Pair<QuicTransport> {
     let ca = ClusterCa::generate(CLUSTER).expect("generate the cluster CA");
     let config = |node: &str| {
         let identity = ca
@@ -271,13 +281,8 @@ pub(crate) fn quic_pair(
         let config = QuicConfig::new(CLUSTER, identity, ca.roots())
             .bind("127.0.0.1:0".parse().expect("an address"))
             .max_in_flight(MAX_IN_FLIGHT)
-            .max_udp_payload(max_udp_payload())
-            .congestion_controller(congestion_controller())
-            .busy_poll(busy_poll);
-        match stream_window {
-            Some(window) => config.stream_receive_window(window),
-            None => config,
-        }
+            .congestion_controller(congestion_controller());
+        tuning.apply(config)
     };
 
     let follower_node = NodeThread::start("follower", runtime);

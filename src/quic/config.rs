@@ -245,9 +245,12 @@ impl QuicConfig {
     }
 
     /// The largest UDP payload path MTU discovery may try. Default 1452 (a 1500-byte Ethernet
-    /// path). Raise it on links known to carry larger packets (jumbo frames, loopback): fewer,
-    /// larger packets cost less CPU per byte. Discovery probes upwards from 1200 and keeps
-    /// what the path delivers, so a value too high only costs lost probes.
+    /// path). Raise it on links known to carry larger packets (8952 on a 9000-byte jumbo-frame
+    /// LAN, 65527 on loopback): fewer, larger packets cost less CPU per byte, about twice the
+    /// snapshot and pipeline throughput on the benchmark machine (BENCHMARKS.md). Discovery
+    /// probes upwards from 1200 and keeps what the path delivers, so a value too high only
+    /// costs lost probes; quinn sizes its receive buffers by it (virtual memory, up to
+    /// 128 MiB at 65527).
     pub fn max_udp_payload(mut self, bytes: u16) -> Self {
         self.max_udp_payload = bytes.max(1200);
         self

@@ -98,10 +98,11 @@ impl QuicTransport {
         let socket = udp_socket(config.bind, config.udp_buffer_size)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| Error::Config("QuicTransport::bind needs a tokio runtime".to_owned()))?;
-        let mut socket = runtime.wrap_udp_socket(socket)?;
-        if !config.busy_poll.is_zero() {
-            socket = Arc::new(socket::BusyPollSocket::new(socket, config.busy_poll));
-        }
+        let socket: Arc<dyn quinn::AsyncUdpSocket> = Arc::new(socket::QuicSocket::new(
+            runtime.wrap_udp_socket(socket)?,
+            config.max_udp_payload,
+            config.busy_poll,
+        ));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(&config)?,
             Some(server_config),
@@ -454,6 +455,11 @@ impl Transport for QuicTransport {
     }
 
     async fn close(&self) {
+        if std::env::var("XSTATS").is_ok() {
+            for (_, c) in self.inner.pool.connections() {
+                eprintln!("XSTATS {:?}", c.conn.stats().path);
+            }
+        }
         let inner = &self.inner;
         inner.shutdown.cancel();
         inner.dispatcher.close();

@@ -1,7 +1,14 @@
-//! The endpoint's UDP socket, optionally kept polling for a short while after traffic so an
-//! answer that comes back within microseconds does not have to wake a parked thread.
+//! The endpoint's UDP socket: quinn's, with segmentation-offload batches kept under the UDP
+//! datagram limit, and optionally kept polling for a short while after traffic so an answer
+//! that comes back within microseconds does not have to wake a parked thread.
 //!
-//! Why: on an idle machine a thread waiting in `epoll_wait` lets its CPU halt, and the wake-up
+//! Batches: quinn sends up to 10 packets per `sendmsg` with GSO whatever their size, and
+//! quinn-udp treats the kernel's EMSGSIZE for a batch over 64 KiB as sent (it expects it only
+//! from MTU probes). With packets over ~6.5 KB (a jumbo-frame or loopback path MTU) every full
+//! batch silently vanished: quinn saw ~40 % loss and fell back to the minimum MTU. The socket
+//! reports how many packets of the largest allowed size fit in one datagram instead.
+//!
+//! Busy-polling: on an idle machine a thread waiting in `epoll_wait` lets its CPU halt, and the wake-up
 //! when a datagram lands costs tens of microseconds (a virtual CPU's wake-up costs a VM exit
 //! too). A Raft round trip crosses threads at least twice, so on loopback or a fast LAN the
 //! wake-ups are most of the latency. Staying runnable for a bounded window after each send or
@@ -20,11 +27,19 @@ use std::time::{Duration, Instant};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
-/// A UDP socket for quinn that, for `window` after the last datagram sent or received, does
-/// not let its receive poll park: it asks the runtime to poll it again after the runtime has
-/// checked for I/O (tokio's `yield_now`, which defers the wake until the I/O driver ran).
-pub(super) struct BusyPollSocket {
+/// The largest UDP payload one `sendmsg` may carry (65,535 minus the 8-byte UDP and 20-byte
+/// IPv4 headers).
+const MAX_UDP_DATAGRAM: usize = 65_507;
+
+/// A UDP socket for quinn whose segmentation-offload batches fit one UDP datagram, and that,
+/// for `window` after the last datagram sent or received (zero: never), does not let its
+/// receive poll park: it asks the runtime to poll it again after the runtime has checked for
+/// I/O (tokio's `yield_now`, which defers the wake until the I/O driver ran).
+pub(super) struct QuicSocket {
     inner: Arc<dyn AsyncUdpSocket>,
+    /// Packets per send batch: what the socket supports, and what fits one datagram at the
+    /// largest packet size allowed.
+    max_segments: usize,
     window: Duration,
     /// Start of the clock `last_active` counts from.
     epoch: Instant,
@@ -32,9 +47,12 @@ pub(super) struct BusyPollSocket {
     last_active: AtomicU64,
 }
 
-impl BusyPollSocket {
-    pub(super) fn new(inner: Arc<dyn AsyncUdpSocket>, window: Duration) -> Self {
+impl QuicSocket {
+    /// Wraps `inner` for packets of at most `max_packet` bytes, busy-polling for `window`.
+    pub(super) fn new(inner: Arc<dyn AsyncUdpSocket>, max_packet: u16, window: Duration) -> Self {
+        let fit = (MAX_UDP_DATAGRAM / usize::from(max_packet.max(1))).max(1);
         Self {
+            max_segments: inner.max_transmit_segments().min(fit),
             inner,
             window,
             epoch: Instant::now(),
@@ -53,6 +71,9 @@ impl BusyPollSocket {
     }
 
     fn in_window(&self) -> bool {
+        if self.window.is_zero() {
+            return false;
+        }
         let idle = self
             .now()
             .saturating_sub(self.last_active.load(Ordering::Relaxed));
@@ -60,23 +81,24 @@ impl BusyPollSocket {
     }
 }
 
-impl fmt::Debug for BusyPollSocket {
+impl fmt::Debug for QuicSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BusyPollSocket")
+        f.debug_struct("QuicSocket")
             .field("inner", &self.inner)
+            .field("max_segments", &self.max_segments)
             .field("window", &self.window)
             .finish_non_exhaustive()
     }
 }
 
-impl AsyncUdpSocket for BusyPollSocket {
+impl AsyncUdpSocket for QuicSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         self.inner.clone().create_io_poller()
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         let sent = self.inner.try_send(transmit);
-        if sent.is_ok() {
+        if sent.is_ok() && !self.window.is_zero() {
             self.touch();
         }
         sent
@@ -90,7 +112,7 @@ impl AsyncUdpSocket for BusyPollSocket {
     ) -> Poll<io::Result<usize>> {
         match self.inner.poll_recv(cx, bufs, meta) {
             Poll::Ready(result) => {
-                if result.is_ok() {
+                if result.is_ok() && !self.window.is_zero() {
                     self.touch();
                 }
                 Poll::Ready(result)
@@ -112,7 +134,7 @@ impl AsyncUdpSocket for BusyPollSocket {
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.inner.max_transmit_segments()
+        self.max_segments
     }
 
     fn max_receive_segments(&self) -> usize {
@@ -156,6 +178,10 @@ mod tests {
         fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
             Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
         }
+
+        fn max_transmit_segments(&self) -> usize {
+            64
+        }
     }
 
     /// Counts its wake-ups.
@@ -169,7 +195,7 @@ mod tests {
     }
 
     /// Polls `socket` for a datagram once; returns how often that asked to be polled again.
-    fn poll_once(socket: &BusyPollSocket) -> usize {
+    fn poll_once(socket: &QuicSocket) -> usize {
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
@@ -193,7 +219,7 @@ mod tests {
     #[test]
     fn keeps_polling_within_the_window_after_a_send_and_parks_after_it() {
         // Outside a tokio runtime `yield_now` wakes at once, which is what the count sees.
-        let socket = BusyPollSocket::new(Arc::new(Silent), Duration::from_secs(3600));
+        let socket = QuicSocket::new(Arc::new(Silent), 1452, Duration::from_secs(3600));
         socket.try_send(&transmit(b"x")).unwrap();
         assert_eq!(poll_once(&socket), 1, "within the window: polled again");
         assert_eq!(poll_once(&socket), 1, "still within the window");
@@ -201,7 +227,7 @@ mod tests {
 
     #[test]
     fn parks_when_the_window_has_passed() {
-        let mut socket = BusyPollSocket::new(Arc::new(Silent), Duration::from_millis(100));
+        let mut socket = QuicSocket::new(Arc::new(Silent), 1452, Duration::from_millis(100));
         socket.try_send(&transmit(b"x")).unwrap();
         assert_eq!(poll_once(&socket), 1);
         // As if that send was a second ago.
@@ -210,8 +236,25 @@ mod tests {
     }
 
     #[test]
+    fn a_send_batch_always_fits_one_udp_datagram() {
+        for (packet, segments) in [(1200, 54), (1452, 45), (9000, 7), (16_384, 3), (65_527, 1)] {
+            let socket = QuicSocket::new(Arc::new(Silent), packet, Duration::ZERO);
+            assert_eq!(
+                socket.max_transmit_segments(),
+                segments,
+                "packets of {packet}"
+            );
+            // One packet per send is never batched, whatever its size.
+            assert!(segments == 1 || segments * usize::from(packet) <= MAX_UDP_DATAGRAM);
+        }
+        // Never more than the socket itself supports.
+        let socket = QuicSocket::new(Arc::new(Silent), 100, Duration::ZERO);
+        assert_eq!(socket.max_transmit_segments(), 64);
+    }
+
+    #[test]
     fn a_zero_window_never_spins() {
-        let socket = BusyPollSocket::new(Arc::new(Silent), Duration::ZERO);
+        let socket = QuicSocket::new(Arc::new(Silent), 1452, Duration::ZERO);
         socket.try_send(&transmit(b"x")).unwrap();
         assert_eq!(poll_once(&socket), 0);
     }
