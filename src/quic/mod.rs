@@ -455,11 +455,6 @@ impl Transport for QuicTransport {
     }
 
     async fn close(&self) {
-        if std::env::var("XSTATS").is_ok() {
-            for (_, c) in self.inner.pool.connections() {
-                eprintln!("XSTATS {:?}", c.conn.stats().path);
-            }
-        }
         let inner = &self.inner;
         inner.shutdown.cancel();
         inner.dispatcher.close();
