@@ -75,6 +75,20 @@ async fn answer(me: RpcHeader, mut rpc: Rpc) {
     rpc.respond(Ok(response));
 }
 
+/// An InstallSnapshot of `size` bytes from `from` (term 3, up to index 1000).
+fn snapshot_request(from: &QuicTransport, size: u64) -> InstallSnapshotRequest {
+    InstallSnapshotRequest {
+        header: header(from),
+        snapshot_version: 1,
+        term: 3,
+        last_log_index: 1000,
+        last_log_term: 3,
+        configuration: Default::default(),
+        configuration_index: 1,
+        size,
+    }
+}
+
 fn append_response(me: RpcHeader, last_log: u64) -> AppendEntriesResponse {
     AppendEntriesResponse {
         header: me,
@@ -217,16 +231,7 @@ async fn a_large_max_udp_payload_is_reached_on_loopback_and_kept_under_bulk_tran
     // detection dropped the path back to 1200. The snapshot must arrive whole, and the MTU
     // must stay.
     let size = 16 * 1024 * 1024;
-    let request = InstallSnapshotRequest {
-        header: header(&a),
-        snapshot_version: 1,
-        term: 3,
-        last_log_index: 1000,
-        last_log_term: 3,
-        configuration: Default::default(),
-        configuration_index: 1,
-        size,
-    };
+    let request = snapshot_request(&a, size);
     let answer = guarded(
         "a 16 MiB snapshot at a 16 KB MTU",
         a.install_snapshot(b.local_id(), &b.local_addr(), request, Noise::new(9, size)),
@@ -328,16 +333,7 @@ async fn a_64_mib_snapshot_arrives_byte_exact_while_heartbeats_go_on() {
     serve(&b, b_in);
     let size = 64 * 1024 * 1024;
     let expected = hash_reader(&mut Noise::new(7, size)).await.unwrap();
-    let request = InstallSnapshotRequest {
-        header: header(&a),
-        snapshot_version: 1,
-        term: 3,
-        last_log_index: 1000,
-        last_log_term: 3,
-        configuration: Default::default(),
-        configuration_index: 1,
-        size,
-    };
+    let request = snapshot_request(&a, size);
     let done = Arc::new(AtomicBool::new(false));
     let beats = Arc::new(AtomicU64::new(0));
     let heartbeats = {
@@ -507,14 +503,8 @@ async fn snapshots_answered_without_reading_their_data_do_not_use_up_streams() {
     // Twice as many as the data streams a peer may hold open (8 by default).
     for i in 0..16u64 {
         let request = InstallSnapshotRequest {
-            header: header(&a),
-            snapshot_version: 1,
-            term: 3,
             last_log_index: i,
-            last_log_term: 3,
-            configuration: Default::default(),
-            configuration_index: 1,
-            size: 256 * 1024,
+            ..snapshot_request(&a, 256 * 1024)
         };
         let got = guarded(
             "snapshot",

@@ -170,18 +170,24 @@ pub(super) async fn append_entries(
     request: AppendEntriesRequest,
 ) -> Result<AppendEntriesResponse, Error> {
     let kind = RpcKind::AppendEntries;
+    let heartbeat = request.is_heartbeat();
     let response = match inner.config.heartbeat_hedge {
-        Some(delay) if request.is_heartbeat() => {
-            hedged_heartbeat(inner, id, target, request, delay).await?
-        }
+        Some(delay) if heartbeat => hedged_heartbeat(inner, id, target, request, delay).await?,
         _ => {
-            let priority = if request.is_heartbeat() {
+            let priority = if heartbeat {
                 priority::CONTROL
             } else {
                 priority::APPEND
             };
-            let frame = Frame::AppendEntries(request);
-            unary(inner, id, target, kind, priority, frame).await?
+            unary(
+                inner,
+                id,
+                target,
+                kind,
+                priority,
+                Frame::AppendEntries(request),
+            )
+            .await?
         }
     };
     // `answer` checked the kind already.
@@ -223,7 +229,7 @@ async fn hedged_heartbeat(
                 answer = &mut original => return answer,
                 () = tokio::time::sleep(delay) => {}
             }
-            let counters = inner.pool.stats();
+            let counters = &inner.stats;
             counters.heartbeat_copy_sent();
             tracing::trace!(peer = %id, ?delay, "heartbeat unanswered: sending a copy");
             let copy = async {

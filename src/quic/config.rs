@@ -226,7 +226,7 @@ impl QuicConfig {
     /// long a heartbeat sent behind it waits: on a link whose round trip is short compared
     /// with the time to drain the window (loopback, a LAN), the window sits in queues and a
     /// heartbeat waits for all of it. 128 KiB on loopback took the heartbeat p99 under a
-    /// streaming snapshot from ~2.6 ms to ~0.5–0.7 ms, at ~500 MB/s of snapshot
+    /// streaming snapshot from ~2.6–2.9 ms to ~0.45–0.7 ms, at 460–730 MB/s of snapshot
     /// (BENCHMARKS.md). On a long fat link the window caps one stream's rate at window ÷ round
     /// trip (1.25 MB per 50 ms is 25 MB/s): keep it at or above the bandwidth-delay product
     /// there. At least 16 KiB.

@@ -120,7 +120,6 @@ pub(crate) struct FrameReader {
     reserved: Option<Reservation>,
     /// The budget held by the frame last returned, until taken or the next read.
     returned: Option<Reservation>,
-    waiting_for_budget: bool,
 }
 
 impl FrameReader {
@@ -131,7 +130,6 @@ impl FrameReader {
             budget: None,
             reserved: None,
             returned: None,
-            waiting_for_budget: false,
         }
     }
 
@@ -162,10 +160,8 @@ impl FrameReader {
                     if let Some(budget) = &self.budget
                         && self.reserved.is_none()
                     {
-                        self.waiting_for_budget = true;
                         let reservation =
                             budget.reserve(len).await.map_err(ReadFrameError::Codec)?;
-                        self.waiting_for_budget = false;
                         self.reserved = Some(reservation);
                     }
                     missing
@@ -202,7 +198,9 @@ impl FrameReader {
     /// True while the frame under way waits for its connection's budget (its header arrived,
     /// its body is not read yet), including after a read cancelled during that wait.
     pub(crate) fn waiting_for_budget(&self) -> bool {
-        self.waiting_for_budget
+        self.budget.is_some()
+            && self.reserved.is_none()
+            && matches!(self.frames.need(), Need::Body { .. })
     }
 }
 
@@ -299,21 +297,8 @@ where
             .min(CHUNK);
         let mut chunk = BytesMut::with_capacity(want);
         // `take` stops the read at `want` bytes even if the source has more.
-        let n = match (&mut *source).take(want as u64).read_buf(&mut chunk).await {
-            Ok(0) => {
-                return Err(CopyError::Source {
-                    copied,
-                    error: None,
-                });
-            }
-            Ok(n) => n,
-            Err(e) => {
-                return Err(CopyError::Source {
-                    copied,
-                    error: Some(e),
-                });
-            }
-        };
+        let read = (&mut *source).take(want as u64).read_buf(&mut chunk).await;
+        let n = CopyError::check_read(copied, read)?;
         stream
             .write_chunk(chunk.freeze())
             .await

@@ -69,6 +69,8 @@ pub(crate) struct Inner {
     transport_config: Arc<quinn::TransportConfig>,
     endpoint: Mutex<Option<quinn::Endpoint>>,
     pool: Pool,
+    /// What the node's connections hold (`QuicTransport::stats`), shared by their streams.
+    stats: Arc<stats::Counters>,
     dispatcher: Dispatcher,
     resolver: AddressResolver,
     shutdown: CancellationToken,
@@ -80,7 +82,8 @@ impl QuicTransport {
     /// its consumer. Must be called inside a tokio runtime.
     ///
     /// Fails with [`Error::Config`] when the certificate does not name a node of the cluster
-    /// or cannot be used, and [`Error::Io`] when the address cannot be bound.
+    /// or cannot be used, or when settings contradict each other (a frame budget below
+    /// `max_message_size`), and [`Error::Io`] when the address cannot be bound.
     pub async fn bind(config: QuicConfig) -> Result<(Self, Incoming), Error> {
         let tls = TlsContext::new(
             &config.cluster,
@@ -90,6 +93,7 @@ impl QuicTransport {
         .map_err(|e| Error::Config(e.to_string()))?
         .with_revocation(config.revocation.clone());
         let local_id = ServerId::from(tls.local_id().node());
+        config.check_frame_budget()?;
         let transport_config = Arc::new(transport_config(&config)?);
         let mut server_config = tls
             .server_config()
@@ -115,6 +119,7 @@ impl QuicTransport {
         let inner = Arc::new(Inner {
             pool: Pool::new(local_id.clone(), config.backoff_base, config.backoff_max),
             resolver: AddressResolver::new(config.address_provider.clone()),
+            stats: Arc::default(),
             local_id,
             local_addr,
             socket_addr,
@@ -181,10 +186,7 @@ impl QuicTransport {
     /// since bind), RPCs queued for the consumer, request streams being served. Cheap enough
     /// to poll: atomic loads and one short lock.
     pub fn stats(&self) -> TransportStats {
-        self.inner
-            .pool
-            .stats()
-            .stats(self.inner.dispatcher.queued())
+        self.inner.stats.stats(self.inner.dispatcher.queued())
     }
 }
 
@@ -250,7 +252,6 @@ fn endpoint_config(config: &QuicConfig) -> Result<quinn::EndpointConfig, Error> 
 }
 
 fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error> {
-    config.check_frame_budget()?;
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|_| {
         Error::Config(format!(

@@ -14,7 +14,6 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::codes::{self, conn};
-use super::stats::Counters;
 use crate::command::{ServerAddress, ServerId};
 use crate::error::Error;
 
@@ -142,8 +141,6 @@ pub(crate) struct Pool {
     entries: Mutex<HashMap<ServerId, Entry>>,
     backoff_base: Duration,
     backoff_max: Duration,
-    /// What the node's connections hold (`QuicTransport::stats`), kept with the connections.
-    stats: Arc<Counters>,
 }
 
 impl Pool {
@@ -153,13 +150,7 @@ impl Pool {
             entries: Mutex::new(HashMap::new()),
             backoff_base,
             backoff_max,
-            stats: Arc::default(),
         }
-    }
-
-    /// The counters of what the node's connections hold, shared by their streams.
-    pub(crate) fn stats(&self) -> &Arc<Counters> {
-        &self.stats
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, Entry>> {

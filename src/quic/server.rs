@@ -76,7 +76,7 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: Pe
         inner.config.rpc_timeout,
     ));
     // What the frames arriving on this connection's streams may hold at once.
-    let budget = FrameBudget::new(inner.config.frame_budget(), inner.pool.stats().clone());
+    let budget = FrameBudget::new(inner.config.frame_budget(), inner.stats.clone());
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
@@ -172,7 +172,7 @@ impl Stream {
         rendezvous: Arc<Rendezvous>,
     ) {
         let _active = self.conn.active();
-        let _serving = self.inner.pool.stats().request_stream();
+        let _serving = self.inner.stats.request_stream();
         let mut reader = FrameReader::with_budget(self.max(), self.budget.clone());
         // A peer that trickles its request must not hold the stream forever, nor may a request
         // wait forever for its connection's budget.

@@ -9,9 +9,9 @@
 //! reports how many packets of the largest allowed size fit in one datagram instead (the
 //! silent EMSGSIZE on big batches is discussed upstream in quinn-rs/quinn#2199).
 //!
-//! Busy-polling: on an idle machine a thread waiting in `epoll_wait` lets its CPU halt, and the wake-up
-//! when a datagram lands costs tens of microseconds (a virtual CPU's wake-up costs a VM exit
-//! too). A Raft round trip crosses threads at least twice, so on loopback or a fast LAN the
+//! Busy-polling: on an idle machine a thread waiting in `epoll_wait` lets its CPU halt, and
+//! the wake-up when a datagram lands costs tens of microseconds (a virtual CPU's wake-up costs
+//! a VM exit too). A Raft round trip crosses threads at least twice, so on loopback or a fast LAN the
 //! wake-ups are most of the latency. Staying runnable for a bounded window after each send or
 //! receive — yielding to the runtime between polls, never blocking it — trades CPU for that
 //! latency, as Go's scheduler does by spinning before it parks.
@@ -66,9 +66,12 @@ impl QuicSocket {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// Records traffic now (only when busy-polling: otherwise nothing reads it).
     fn touch(&self) {
-        // Relaxed: a stale read only shortens or lengthens one spin by a few polls.
-        self.last_active.store(self.now(), Ordering::Relaxed);
+        if !self.window.is_zero() {
+            // Relaxed: a stale read only shortens or lengthens one spin by a few polls.
+            self.last_active.store(self.now(), Ordering::Relaxed);
+        }
     }
 
     fn in_window(&self) -> bool {
@@ -99,7 +102,7 @@ impl AsyncUdpSocket for QuicSocket {
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         let sent = self.inner.try_send(transmit);
-        if sent.is_ok() && !self.window.is_zero() {
+        if sent.is_ok() {
             self.touch();
         }
         sent
@@ -113,7 +116,7 @@ impl AsyncUdpSocket for QuicSocket {
     ) -> Poll<io::Result<usize>> {
         match self.inner.poll_recv(cx, bufs, meta) {
             Poll::Ready(result) => {
-                if result.is_ok() && !self.window.is_zero() {
+                if result.is_ok() {
                     self.touch();
                 }
                 Poll::Ready(result)

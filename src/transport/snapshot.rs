@@ -135,6 +135,22 @@ pub(crate) enum CopyError {
 }
 
 impl CopyError {
+    /// What one read of the source gave, `copied` bytes into the copy: the bytes read, or
+    /// why the copy stops (the source ended before its declared size, or failed).
+    pub(crate) fn check_read(copied: u64, read: io::Result<usize>) -> Result<usize, Self> {
+        match read {
+            Ok(0) => Err(Self::Source {
+                copied,
+                error: None,
+            }),
+            Ok(n) => Ok(n),
+            Err(e) => Err(Self::Source {
+                copied,
+                error: Some(e),
+            }),
+        }
+    }
+
     /// The error for the caller of `install_snapshot` when the source is at fault.
     pub(crate) fn into_source_error(self, declared: u64) -> Option<crate::Error> {
         match self {
@@ -174,21 +190,7 @@ where
         let want = usize::try_from(size - copied)
             .unwrap_or(usize::MAX)
             .min(buf.len());
-        let n = match source.read(&mut buf[..want]).await {
-            Ok(0) => {
-                return Err(CopyError::Source {
-                    copied,
-                    error: None,
-                });
-            }
-            Ok(n) => n,
-            Err(e) => {
-                return Err(CopyError::Source {
-                    copied,
-                    error: Some(e),
-                });
-            }
-        };
+        let n = CopyError::check_read(copied, source.read(&mut buf[..want]).await)?;
         sink.write_all(&buf[..n]).await.map_err(CopyError::Sink)?;
         copied += n as u64;
     }
