@@ -27,6 +27,10 @@
 //! - `hol`: heartbeats paced every 1 ms on an idle connection, then while 512 MiB snapshots
 //!   stream to the same follower: the loaded p99 against the idle p99.
 //! - `concurrency`: 64 tasks sending heartbeats back to back for 3 s over the one connection.
+//! - `restart` (quicraft only): two node processes (`examples/rpc_node.rs`, built by the
+//!   scenario), one killed with SIGKILL and started again on its address 20 times in each id
+//!   order; how long the first call after each restart takes to succeed, with the restarted
+//!   node calling first and with the survivor calling first (see `support/restart.rs`).
 
 mod support;
 
@@ -75,6 +79,8 @@ struct Workload {
     hol_snapshots: u64,
     hol_snapshot_bytes: u64,
     concurrency_for: Duration,
+    /// Restarts of `restart` in each id order (half with each side calling first).
+    restart_rounds: u64,
 }
 
 impl Workload {
@@ -88,6 +94,7 @@ impl Workload {
         hol_snapshots: 4,
         hol_snapshot_bytes: 512 * MIB,
         concurrency_for: Duration::from_secs(3),
+        restart_rounds: 10,
     };
 
     const QUICK: Self = Self {
@@ -100,6 +107,7 @@ impl Workload {
         hol_snapshots: 2,
         hol_snapshot_bytes: 128 * MIB,
         concurrency_for: Duration::from_secs(1),
+        restart_rounds: 3,
     };
 }
 
@@ -110,15 +118,17 @@ enum Scenario {
     Snapshot,
     Hol,
     Concurrency,
+    Restart,
 }
 
 impl Scenario {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Rtt,
         Self::Throughput,
         Self::Snapshot,
         Self::Hol,
         Self::Concurrency,
+        Self::Restart,
     ];
 
     fn name(self) -> &'static str {
@@ -128,6 +138,7 @@ impl Scenario {
             Self::Snapshot => "snapshot",
             Self::Hol => "hol",
             Self::Concurrency => "concurrency",
+            Self::Restart => "restart",
         }
     }
 
@@ -144,6 +155,7 @@ impl Scenario {
             Self::Snapshot => pair.run(|link| snapshot(link, workload)),
             Self::Hol => pair.run(|link| hol(link, workload)),
             Self::Concurrency => pair.run(|link| concurrency(link, workload)),
+            Self::Restart => unreachable!("`restart` runs node processes, not a pair"),
         };
         pair.close();
         reports
@@ -169,6 +181,11 @@ impl Impl {
     /// Runs `scenario` in this process against a fresh pair of this implementation's nodes.
     fn measure(self, scenario: Scenario, workload: Workload, options: &Options) -> Vec<Report> {
         let reports = match self {
+            // A restart is of a process and its QUIC endpoint: nothing to compare in memory.
+            Self::Inmem if scenario == Scenario::Restart => return Vec::new(),
+            Self::Quicraft if scenario == Scenario::Restart => {
+                support::restart::measure(workload.restart_rounds)
+            }
             Self::Quicraft => {
                 scenario.measure(quic_pair(options.runtime, options.tuning), workload)
             }
@@ -476,7 +493,7 @@ usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... 
                                         [--stream-window BYTES] [--max-udp-payload BYTES]
   --quick            shrink every scenario (the whole run takes well under 20 s)
   --json             one JSON line per result instead of a table
-  --scenario NAME    rtt, throughput, snapshot, hol or concurrency (repeatable; default all)
+  --scenario NAME    rtt, throughput, snapshot, hol, concurrency or restart (repeatable; default all)
   --impl NAME        quicraft or inmem (repeatable; default both)
   --runtime KIND     each node's tokio runtime: current (one thread, the default) or multi
   --busy-poll US     QuicConfig::busy_poll window in microseconds (default 0: off, the

@@ -2,3 +2,4 @@
 
 pub(crate) mod nodes;
 pub(crate) mod report;
+pub(crate) mod restart;

@@ -113,6 +113,7 @@ async fn unary(
         .guarded(kind, deadline, async {
             let (conn, peer) = inner.connection(id, target).await?;
             let _active = conn.active();
+            let watchdog = inner.pool.watchdog(&conn, &inner.tasks, deadline);
             let (mut send, mut recv) = conn
                 .conn
                 .open_bi()
@@ -126,11 +127,9 @@ async fn unary(
                 .map_err(|e| request_write_error(&peer, e))?;
             // The request is whole; the peer reads to the end of the stream.
             let _ = send.finish();
-            let frame = FrameReader::new(max)
-                .next(&mut recv)
-                .await
-                .map_err(|e| answer_read_error(&peer, e))?;
-            answer(&peer, kind, frame)
+            let frame = FrameReader::new(max).next(&mut recv).await;
+            watchdog.answered();
+            answer(&peer, kind, frame.map_err(|e| answer_read_error(&peer, e))?)
         })
         .await
 }

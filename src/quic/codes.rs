@@ -32,6 +32,8 @@ pub(crate) mod conn {
     pub(crate) const IDENTITY: VarInt = VarInt::from_u32(2);
     /// The node is shutting down.
     pub(crate) const SHUTDOWN: VarInt = VarInt::from_u32(3);
+    /// The connection did not answer a probe: its peer is presumed dead or restarted.
+    pub(crate) const STALE: VarInt = VarInt::from_u32(4);
 }
 
 /// TLS alerts travel as QUIC transport error codes 0x100 + alert.

@@ -58,6 +58,8 @@ pub struct QuicConfig {
     pub(super) address_provider: Option<Arc<dyn ServerAddressProvider>>,
     /// `None`: [`DEFAULT_FRAME_BUDGET_FRAMES`] frames of `max_message_size`.
     pub(super) max_buffered_bytes_per_connection: Option<usize>,
+    /// `None`: derived from the node's private key.
+    pub(super) reset_secret: Option<Arc<[u8]>>,
 }
 
 /// The default per-connection frame budget, in frames of `max_message_size`.
@@ -98,6 +100,7 @@ impl QuicConfig {
             backoff_max: Duration::from_secs(10),
             address_provider: None,
             max_buffered_bytes_per_connection: None,
+            reset_secret: None,
         }
     }
 
@@ -372,6 +375,21 @@ impl QuicConfig {
         self
     }
 
+    /// The secret the endpoint's stateless-reset keys are derived from. Default: the node's
+    /// private key (HKDF-SHA256 with fixed labels; the keys reveal nothing of it).
+    ///
+    /// The keys must be the same after a restart for the restarted node to reset the
+    /// connections its peers still hold to the crashed process, which is how they learn of the
+    /// crash within a round trip instead of an idle timeout. With the default, rotating the
+    /// node's key changes them: the first restart after a rotation is detected by the
+    /// connection probe instead (see `docs/PROTOCOL.md` §3), which costs a few round trips.
+    /// Set a secret here (at least 16 random bytes, kept as privately as the key, the same on
+    /// every start of this node and different for every node) to keep them across rotations.
+    pub fn stateless_reset_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.reset_secret = Some(Arc::from(secret.as_ref()));
+        self
+    }
+
     /// The per-connection frame budget in effect.
     pub(super) fn frame_budget(&self) -> usize {
         self.max_buffered_bytes_per_connection.unwrap_or_else(|| {
@@ -426,6 +444,10 @@ impl fmt::Debug for QuicConfig {
             .field("consumer_capacity", &self.consumer_capacity)
             .field("backoff", &(self.backoff_base, self.backoff_max))
             .field("address_provider", &self.address_provider.is_some())
+            .field(
+                "stateless_reset_secret",
+                &self.reset_secret.as_ref().map(|_| "set"),
+            )
             .field("max_buffered_bytes_per_connection", &self.frame_budget())
             .finish_non_exhaustive()
     }

@@ -9,6 +9,7 @@ mod pipeline;
 mod pool;
 mod reload;
 mod rendezvous;
+mod reset;
 mod server;
 mod snapshot_data;
 mod socket;
@@ -117,7 +118,12 @@ impl QuicTransport {
         let local_addr = ServerAddress::from(config.advertise.unwrap_or(socket_addr));
         let (dispatcher, incoming) = Dispatcher::new(config.consumer_capacity);
         let inner = Arc::new(Inner {
-            pool: Pool::new(local_id.clone(), config.backoff_base, config.backoff_max),
+            pool: Pool::new(
+                local_id.clone(),
+                config.backoff_base,
+                config.backoff_max,
+                config.connect_timeout,
+            ),
             resolver: AddressResolver::new(config.address_provider.clone()),
             stats: Arc::default(),
             local_id,
@@ -241,7 +247,18 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpS
 }
 
 fn endpoint_config(config: &QuicConfig) -> Result<quinn::EndpointConfig, Error> {
-    let mut endpoint = quinn::EndpointConfig::default();
+    let keys = match &config.reset_secret {
+        Some(secret) if secret.len() < reset::MIN_SECRET_LEN => {
+            return Err(Error::Config(format!(
+                "the stateless reset secret has {} bytes; at least {} are needed",
+                secret.len(),
+                reset::MIN_SECRET_LEN
+            )));
+        }
+        Some(secret) => reset::ResetKeys::derive(secret),
+        None => reset::ResetKeys::derive(config.identity.key().secret_der()),
+    };
+    let mut endpoint = keys.endpoint_config();
     // The largest datagram this node accepts, which peers' path MTU discovery may not exceed;
     // quinn's default (1472) would cap `max_udp_payload` settings above it.
     let accept = config.max_udp_payload.max(1472);
@@ -250,6 +267,9 @@ fn endpoint_config(config: &QuicConfig) -> Result<quinn::EndpointConfig, Error> 
         .map_err(|e| Error::Config(format!("max UDP payload {accept}: {e}")))?;
     Ok(endpoint)
 }
+
+/// Bytes of received datagrams a connection keeps (quinn drops the oldest beyond it).
+const PROBE_DATAGRAM_BUFFER: usize = 1024;
 
 fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error> {
     let mut transport = quinn::TransportConfig::default();
@@ -278,6 +298,9 @@ fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error
         .congestion_controller_factory(congestion)
         .initial_rtt(config.initial_rtt)
         .send_window(config.send_window);
+    // Datagrams carry only the connection probes of `pool` (empty, never read): a small
+    // buffer bounds what a peer's datagrams can make this node hold per connection.
+    transport.datagram_receive_buffer_size(Some(PROBE_DATAGRAM_BUFFER));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(config.max_udp_payload);
     transport.mtu_discovery_config(Some(mtu));
@@ -312,7 +335,7 @@ impl Inner {
                 conn.clone(),
             ));
         }
-        self.pool.dial_finished(&self, &id, outcome)
+        self.pool.dial_finished(&self, &id, outcome).await
     }
 
     async fn connect(&self, id: &ServerId, addr: SocketAddr) -> Result<PeerConn, DialFailure> {

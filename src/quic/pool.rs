@@ -68,6 +68,10 @@ impl PeerConn {
         self.active.retiring.store(true, Ordering::Release);
     }
 
+    fn same(&self, other: &PeerConn) -> bool {
+        self.conn.stable_id() == other.conn.stable_id()
+    }
+
     /// Marks a stream under way until the guard drops.
     pub(crate) fn active(&self) -> ActiveGuard {
         self.active.count.fetch_add(1, Ordering::AcqRel);
@@ -123,7 +127,14 @@ struct Entry {
     last_failure: Option<DialFailure>,
     /// Losers of the tie-break still open, oldest first.
     retiring: Vec<PeerConn>,
+    /// Set while a new connection waits for the probe of the incumbent (see
+    /// [`Pool::register`]); calls wait for it rather than use a connection that may be dead.
+    settling: Option<Settling>,
+    /// The address calls last asked for: a different one means the peer moved.
+    target: Option<SocketAddr>,
 }
+
+type Settling = Shared<BoxFuture<'static, ()>>;
 
 /// What the pool needs from the transport: starting a dial (which must complete on its own,
 /// whoever waits) and retiring a connection that lost the tie-break.
@@ -141,15 +152,36 @@ pub(crate) struct Pool {
     entries: Mutex<HashMap<ServerId, Entry>>,
     backoff_base: Duration,
     backoff_max: Duration,
+    /// The longest a probe of an incumbent connection may take.
+    probe_max: Duration,
+}
+
+/// Where a [`Pool::register`] stands after looking at the entry.
+enum Contest {
+    Decided(PeerConn),
+    Wait(Settling),
+    Probe(PeerConn, Shared<BoxFuture<'static, bool>>),
+}
+
+/// What a caller of [`Pool::get`] waits for, outside the lock.
+enum Wait {
+    Dial(Dial),
+    Settling(Settling),
 }
 
 impl Pool {
-    pub(crate) fn new(local_id: ServerId, backoff_base: Duration, backoff_max: Duration) -> Self {
+    pub(crate) fn new(
+        local_id: ServerId,
+        backoff_base: Duration,
+        backoff_max: Duration,
+        probe_max: Duration,
+    ) -> Self {
         Self {
             local_id,
             entries: Mutex::new(HashMap::new()),
             backoff_base,
             backoff_max,
+            probe_max,
         }
     }
 
@@ -158,67 +190,122 @@ impl Pool {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The live connection to `id`, dialling `target` if there is none. Concurrent callers
-    /// share one dial; during the backoff after a failed dial, calls fail at once.
+    /// The live connection to `id`, dialling `target` if there is none, or if `target` is an
+    /// address the connection was never confirmed for (the peer moved: the old connection
+    /// may belong to a dead process). Concurrent callers share one dial; during the backoff
+    /// after a failed dial, calls fail at once.
     pub(crate) async fn get(
         &self,
         dialer: &dyn Dialer,
         id: &ServerId,
         target: &ServerAddress,
     ) -> Result<PeerConn, Error> {
-        let dial = {
-            let mut entries = self.entries();
-            let entry = entries.entry(id.clone()).or_default();
-            if let Some(conn) = &entry.conn {
-                if conn.is_alive() {
-                    return Ok(conn.clone());
-                }
-                // A connection closed by a refused certificate counts as a failed dial, so
-                // the backoff applies to it too.
-                if let Some(reason) = conn.conn.close_reason()
-                    && codes::is_authentication_failure(&reason)
+        // Parsed up front, but only an error when a dial needs it: a connection the peer
+        // dialled serves calls whatever address they name.
+        let addr = resolve(target);
+        loop {
+            let wait =
                 {
-                    let failure = DialFailure::Authentication(format!(
-                        "{target} closed the connection after the handshake: {reason}"
-                    ));
-                    self.record_failure(entry, failure);
-                }
-                entry.conn = None;
-            }
-            match &entry.dial {
-                Some(dial) => dial.clone(),
-                None => {
-                    if let Some(retry_at) = entry.retry_at
-                        && Instant::now() < retry_at
-                    {
-                        let failure =
-                            entry
-                                .last_failure
-                                .clone()
-                                .unwrap_or(DialFailure::Unreachable(
-                                    "backing off after a failed dial".to_owned(),
-                                ));
-                        return Err(backing_off(failure, target, retry_at));
+                    let mut entries = self.entries();
+                    let entry = entries.entry(id.clone()).or_default();
+                    if let Some(settling) = &entry.settling {
+                        Wait::Settling(settling.clone())
+                    } else {
+                        if let Some(conn) = self.usable(entry, addr.as_ref().ok(), target) {
+                            return Ok(conn);
+                        }
+                        match &entry.dial {
+                            Some(dial) => Wait::Dial(dial.clone()),
+                            None => {
+                                if let Some(retry_at) = entry.retry_at
+                                    && Instant::now() < retry_at
+                                {
+                                    let failure = entry.last_failure.clone().unwrap_or(
+                                        DialFailure::Unreachable(
+                                            "backing off after a failed dial".to_owned(),
+                                        ),
+                                    );
+                                    return Err(backing_off(failure, target, retry_at));
+                                }
+                                let addr = resolve(target)?;
+                                let dial = dialer.spawn_dial(id.clone(), addr).shared();
+                                entry.dial = Some(dial.clone());
+                                Wait::Dial(dial)
+                            }
+                        }
                     }
-                    let addr = resolve(target)?;
-                    let dial = dialer.spawn_dial(id.clone(), addr).shared();
-                    entry.dial = Some(dial.clone());
-                    dial
+                };
+            match wait {
+                Wait::Settling(settling) => settling.await,
+                Wait::Dial(dial) => return dial.await.map_err(|f| f.into_error(target)),
+            }
+        }
+    }
+
+    /// The entry's connection if calls to `addr` may use it; clears a dead one.
+    fn usable(
+        &self,
+        entry: &mut Entry,
+        addr: Option<&SocketAddr>,
+        target: &ServerAddress,
+    ) -> Option<PeerConn> {
+        let conn = entry.conn.clone()?;
+        if !conn.is_alive() {
+            // A connection closed by a refused certificate counts as a failed dial, so the
+            // backoff applies to it too.
+            if let Some(reason) = conn.conn.close_reason()
+                && codes::is_authentication_failure(&reason)
+            {
+                let failure = DialFailure::Authentication(format!(
+                    "{target} closed the connection after the handshake: {reason}"
+                ));
+                self.record_failure(entry, failure);
+            }
+            // Dial again. Should the two sides ever have chosen differently (each probes on
+            // its own, and a lost probe can split them), this is also how they converge: the
+            // new connection replaces the old ones on both sides.
+            entry.conn = None;
+            entry.target = None;
+            return None;
+        }
+        match (entry.target, addr) {
+            (Some(confirmed), Some(addr)) if confirmed != *addr => {
+                if conn.conn.remote_address() == *addr {
+                    entry.target = Some(*addr);
+                    Some(conn)
+                } else {
+                    // The peer moved: dial it there. The register step keeps the old
+                    // connection only if it still answers.
+                    None
                 }
             }
-        };
-        dial.await.map_err(|failure| failure.into_error(target))
+            (None, Some(addr)) => {
+                entry.target = Some(*addr);
+                Some(conn)
+            }
+            _ => Some(conn),
+        }
     }
 
     /// Records the outcome of a dial to `id` started by [`get`](Self::get).
-    pub(crate) fn dial_finished(
+    pub(crate) async fn dial_finished(
         &self,
         dialer: &dyn Dialer,
         id: &ServerId,
         outcome: Result<PeerConn, DialFailure>,
     ) -> Result<PeerConn, DialFailure> {
         match outcome {
-            Ok(conn) => Ok(self.register(dialer, id, conn)),
+            Ok(conn) => {
+                let addr = conn.conn.remote_address();
+                let winner = self.register(dialer, id, conn).await;
+                // Whichever won, calls to the address just dialled may use it.
+                if let Some(entry) = self.entries().get_mut(id)
+                    && entry.conn.as_ref().is_some_and(|c| c.same(&winner))
+                {
+                    entry.target = Some(addr);
+                }
+                Ok(winner)
+            }
             Err(failure) => {
                 let mut entries = self.entries();
                 let entry = entries.entry(id.clone()).or_default();
@@ -241,56 +328,164 @@ impl Pool {
     }
 
     /// Adds a connection (dialled or accepted) to `peer` and returns the one callers should
-    /// use. With two live connections to one peer, the tie-break in `docs/PROTOCOL.md`
-    /// decides: the one dialled by the smaller server id wins; between two dialled by the
-    /// same node, the newer wins. The loser is retired (closed once idle).
-    pub(crate) fn register(&self, dialer: &dyn Dialer, peer: &ServerId, new: PeerConn) -> PeerConn {
-        let mut entries = self.entries();
-        let entry = entries.entry(peer.clone()).or_default();
+    /// use. With two live connections to one peer, the rule of `docs/PROTOCOL.md` §3.3
+    /// decides: the one dialled by the smaller server id wins (between two dialled by the
+    /// same node, the newer), unless the winner is the older one and does not answer a probe
+    /// (its peer crashed and restarted, or moved): then the new one wins. The loser is retired
+    /// (closed once idle); a dead incumbent is closed at once.
+    ///
+    /// Cancel-safe: a cancelled probe leaves the incumbent in place and the new connection
+    /// unregistered (it closes when its last handle drops).
+    pub(crate) async fn register(
+        &self,
+        dialer: &dyn Dialer,
+        peer: &ServerId,
+        new: PeerConn,
+    ) -> PeerConn {
+        loop {
+            let step = {
+                let mut entries = self.entries();
+                let entry = entries.entry(peer.clone()).or_default();
+                self.contest(dialer, peer, entry, &new)
+            };
+            let (incumbent, probe) = match step {
+                Contest::Decided(winner) => return winner,
+                // One contest at a time: wait for the other to settle, then decide.
+                Contest::Wait(settling) => {
+                    settling.await;
+                    continue;
+                }
+                Contest::Probe(incumbent, probe) => (incumbent, probe),
+            };
+            let mut settled = Settled {
+                pool: self,
+                peer,
+                armed: true,
+            };
+            let answered = probe.await;
+            settled.armed = false;
+            let mut entries = self.entries();
+            let entry = entries.entry(peer.clone()).or_default();
+            entry.settling = None;
+            return match entry.conn.clone() {
+                Some(current) if current.same(&incumbent) && answered && current.is_alive() => {
+                    self.retire(dialer, peer, entry, new);
+                    current
+                }
+                Some(current) if current.same(&incumbent) => {
+                    tracing::info!(
+                        %peer,
+                        remote = %incumbent.conn.remote_address(),
+                        "the old connection did not answer a probe; the peer's new one replaces it"
+                    );
+                    incumbent.conn.close(conn::STALE, b"no answer to a probe");
+                    self.install(dialer, peer, entry, new, None)
+                }
+                // The incumbent went away meanwhile: decide again against what is there now.
+                _ => {
+                    drop(entries);
+                    continue;
+                }
+            };
+        }
+    }
+
+    /// The first step of [`register`](Self::register), under the lock.
+    fn contest(
+        &self,
+        dialer: &dyn Dialer,
+        peer: &ServerId,
+        entry: &mut Entry,
+        new: &PeerConn,
+    ) -> Contest {
+        if let Some(settling) = &entry.settling {
+            return Contest::Wait(settling.clone());
+        }
         if new.dialer == self.local_id {
             entry.dial = None;
+            entry.failures = 0;
+            entry.retry_at = None;
+            entry.last_failure = None;
         }
-        entry.failures = 0;
-        entry.retry_at = None;
-        entry.last_failure = None;
-        let winner = match entry.conn.take() {
-            Some(existing)
-                if existing.is_alive() && existing.conn.stable_id() != new.conn.stable_id() =>
-            {
-                // Same dialer: a re-dial replaces the old one. Else the smaller dialer id wins.
-                let new_wins = new.dialer <= existing.dialer;
-                let (winner, loser) = if new_wins {
-                    (new, existing)
-                } else {
-                    (existing, new)
-                };
-                tracing::debug!(
-                    peer = %peer,
-                    kept_dialled_by = %winner.dialer,
-                    retired_dialled_by = %loser.dialer,
-                    "two connections to one peer; retiring one"
-                );
-                loser.mark_retiring();
-                entry.retiring.retain(PeerConn::is_alive);
-                entry.retiring.push(loser.clone());
-                if entry.retiring.len() > MAX_RETIRING_PER_PEER {
-                    let oldest = entry.retiring.remove(0);
-                    tracing::warn!(
-                        peer = %peer,
-                        limit = MAX_RETIRING_PER_PEER,
-                        "too many connections from one peer; closing the oldest retiring one"
-                    );
-                    oldest
-                        .conn
-                        .close(conn::DUPLICATE, b"too many connections from one peer");
-                }
-                dialer.spawn_retire(loser);
-                winner
-            }
-            _ => new,
+        let incumbent = match entry.conn.clone() {
+            Some(existing) if existing.is_alive() && !existing.same(new) => existing,
+            _ => return Contest::Decided(self.install(dialer, peer, entry, new.clone(), None)),
         };
+        if new.dialer <= incumbent.dialer {
+            let winner = self.install(dialer, peer, entry, new.clone(), Some(incumbent));
+            return Contest::Decided(winner);
+        }
+        let timeout = self.probe_timeout(&incumbent);
+        let probe = probe(incumbent.conn.clone(), timeout).boxed().shared();
+        entry.settling = Some(probe.clone().map(|_| ()).boxed().shared());
+        Contest::Probe(incumbent, probe)
+    }
+
+    /// Makes `winner` the connection calls use, retiring `loser` if there is one.
+    fn install(
+        &self,
+        dialer: &dyn Dialer,
+        peer: &ServerId,
+        entry: &mut Entry,
+        winner: PeerConn,
+        loser: Option<PeerConn>,
+    ) -> PeerConn {
+        if let Some(loser) = loser {
+            self.retire(dialer, peer, entry, loser);
+        }
+        entry.target = (winner.dialer == self.local_id).then(|| winner.conn.remote_address());
         entry.conn = Some(winner.clone());
         winner
+    }
+
+    /// Retires a connection that lost the tie-break: it closes once idle after a grace
+    /// period. At most [`MAX_RETIRING_PER_PEER`] wait; beyond that the oldest closes at once.
+    fn retire(&self, dialer: &dyn Dialer, peer: &ServerId, entry: &mut Entry, loser: PeerConn) {
+        tracing::debug!(
+            %peer,
+            retired_dialled_by = %loser.dialer,
+            "two connections to one peer; retiring one"
+        );
+        loser.mark_retiring();
+        entry.retiring.retain(PeerConn::is_alive);
+        entry.retiring.push(loser.clone());
+        if entry.retiring.len() > MAX_RETIRING_PER_PEER {
+            let oldest = entry.retiring.remove(0);
+            tracing::warn!(
+                %peer,
+                limit = MAX_RETIRING_PER_PEER,
+                "too many connections from one peer; closing the oldest retiring one"
+            );
+            oldest
+                .conn
+                .close(conn::DUPLICATE, b"too many connections from one peer");
+        }
+        dialer.spawn_retire(loser);
+    }
+
+    /// How long a probe may wait for an answer: a few round trips plus the peer's ACK delay.
+    fn probe_timeout(&self, conn: &PeerConn) -> Duration {
+        (conn.conn.rtt() * 3 + PROBE_SLACK).clamp(PROBE_SLACK, self.probe_max.max(PROBE_SLACK))
+    }
+
+    /// Watches a call on `conn` that must be answered by `deadline`: if the call is dropped
+    /// unanswered after its deadline, the connection is probed on a task of `tasks`, and
+    /// closed if the peer does not answer. That is how a node learns that a peer restarted
+    /// when the restarted process cannot reset the connection (it had dialled it and its
+    /// handshake connection ID carries no reset token, or its reset keys changed).
+    pub(crate) fn watchdog(
+        &self,
+        conn: &PeerConn,
+        tasks: &tokio_util::task::TaskTracker,
+        deadline: Instant,
+    ) -> Watchdog {
+        Watchdog {
+            conn: conn.clone(),
+            tasks: tasks.clone(),
+            deadline,
+            timeout: self.probe_timeout(conn),
+            armed: true,
+        }
     }
 
     /// Every connection the pool holds (live or not), for inspection.
@@ -329,6 +524,100 @@ pub(crate) async fn retire(loser: PeerConn, grace: Duration) {
     tokio::time::sleep(grace).await;
     loser.wait_idle().await;
     loser.conn.close(conn::DUPLICATE, b"duplicate connection");
+}
+
+/// Added to a probe's wait for an answer: the peer may delay its ACK by up to 25 ms (QUIC's
+/// default `max_ack_delay`), and a loaded peer takes a little longer.
+const PROBE_SLACK: Duration = Duration::from_millis(50);
+
+/// Whether the peer still answers on `conn` within `timeout`. Sends an empty DATAGRAM frame
+/// (ack-eliciting, ignored by the peer's application; sent again halfway in case one is
+/// lost) and watches for any packet arriving on the connection. A peer that restarted
+/// answers with a stateless reset (the connection closes at once); a peer gone silent does
+/// not answer at all.
+async fn probe(conn: quinn::Connection, timeout: Duration) -> bool {
+    let before = conn.stats().udp_rx.datagrams;
+    let start = Instant::now();
+    let deadline = start + timeout;
+    // A peer that takes no datagrams leaves only its own traffic to show it is alive.
+    let _ = conn.send_datagram(bytes::Bytes::new());
+    let mut resent = false;
+    let step = (timeout / 16).max(Duration::from_millis(1));
+    loop {
+        if conn.close_reason().is_some() {
+            return false;
+        }
+        if conn.stats().udp_rx.datagrams > before {
+            tracing::trace!(after = ?start.elapsed(), "probe answered");
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        if !resent && now >= start + timeout / 2 {
+            let _ = conn.send_datagram(bytes::Bytes::new());
+            resent = true;
+        }
+        tokio::select! {
+            _ = conn.closed() => return false,
+            _ = tokio::time::sleep(step) => {}
+        }
+    }
+}
+
+/// See [`Pool::watchdog`].
+pub(crate) struct Watchdog {
+    conn: PeerConn,
+    tasks: tokio_util::task::TaskTracker,
+    deadline: Instant,
+    timeout: Duration,
+    armed: bool,
+}
+
+impl Watchdog {
+    /// The call got an answer (or failed on its own): nothing to check.
+    pub(crate) fn answered(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Dropped before its deadline: cancelled by the caller, which says nothing of the peer.
+        if !self.armed || Instant::now() < self.deadline || !self.conn.is_alive() {
+            return;
+        }
+        let conn = self.conn.conn.clone();
+        let timeout = self.timeout;
+        self.tasks.spawn(async move {
+            if !probe(conn.clone(), timeout).await && conn.close_reason().is_none() {
+                tracing::info!(
+                    remote = %conn.remote_address(),
+                    "a call timed out and the connection did not answer a probe; closing it"
+                );
+                conn.close(conn::STALE, b"no answer to a probe");
+            }
+        });
+    }
+}
+
+/// Clears an entry's `settling` mark if the register that set it is cancelled mid-probe
+/// (otherwise the register clears it when it decides, under the same lock).
+struct Settled<'a> {
+    pool: &'a Pool,
+    peer: &'a ServerId,
+    armed: bool,
+}
+
+impl Drop for Settled<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(entry) = self.pool.entries().get_mut(self.peer)
+        {
+            entry.settling = None;
+        }
+    }
 }
 
 fn backing_off(failure: DialFailure, target: &ServerAddress, retry_at: Instant) -> Error {

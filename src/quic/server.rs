@@ -65,7 +65,7 @@ async fn accept(inner: Arc<Inner>, incoming: quinn::Incoming) {
     };
     tracing::debug!(%remote, %peer, "accepted connection");
     let conn = PeerConn::new(conn, peer.clone());
-    inner.pool.register(&inner, &peer, conn.clone());
+    inner.pool.register(&inner, &peer, conn.clone()).await;
     serve_connection(inner, peer, conn).await;
 }
 

@@ -70,3 +70,67 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// A directory under the system's temporary directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A new, empty directory whose name starts with `prefix` and is unique to this process.
+    pub fn new(prefix: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temporary directory");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Fixture {
+    /// Writes `ca.pem` and `ID.pem` + `ID.key` for each of `nodes` into `dir`: the layout
+    /// of `certgen` that the example binaries read with `--certs`.
+    pub fn write_certs(&self, dir: &std::path::Path, nodes: &[&str]) {
+        std::fs::write(dir.join("ca.pem"), self.ca.cert_pem()).expect("write ca.pem");
+        for node in nodes {
+            let issued = self.issue(node);
+            std::fs::write(dir.join(format!("{node}.pem")), &issued.cert_pem).expect("write cert");
+            std::fs::write(dir.join(format!("{node}.key")), &issued.key_pem).expect("write key");
+        }
+    }
+}
+
+/// An example binary, built by `cargo test` next to the test binaries.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>/deps");
+    let path = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --example {name}`",
+        path.display()
+    );
+    path
+}
+
+/// A free UDP port on 127.0.0.1 (released again, for a node process to bind).
+pub fn free_udp_addr() -> std::net::SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free UDP port")
+}
