@@ -197,3 +197,29 @@ async fn a_node_restarted_with_other_reset_keys_is_reachable_once_it_dials() {
         assert_reached(&reply, "1", "2", &when);
     }
 }
+
+/// A peer that comes back on another address is dialled there: the first call to the new
+/// address succeeds, not served by the connection to the dead process (which would time out
+/// first). The restarted node holds the smaller id and had dialled the old connection, so the
+/// tie-break would favour the old connection if the probe did not find it dead.
+#[tokio::test]
+async fn a_node_restarted_on_a_new_address_is_dialled_there() {
+    common::init_tracing();
+    let fixture = Fixture::new(CLUSTER);
+    let certs = TempDir::new("quicraft-restart");
+    fixture.write_certs(certs.path(), &["1", "2"]);
+    let mut survivor = Node::start(&certs, "2", free_udp_addr()).await;
+    let mut victim = Node::start(&certs, "1", free_udp_addr()).await;
+    assert_reached(&victim.call(&survivor, 5_000).await, "1", "2", "before");
+    assert_reached(&survivor.call(&victim, 5_000).await, "2", "1", "before");
+
+    let (id, old) = victim.kill().await;
+    let victim = Node::start(&certs, id, free_udp_addr()).await;
+    assert_ne!(victim.addr, old);
+    let reply = survivor.call(&victim, REACHABLE_WITHIN_MS).await;
+    assert_reached(&reply, "2", "1", "after a restart on a new address");
+    assert!(
+        reply.starts_with("ok 1 "),
+        "the first call to the new address should succeed: {reply}"
+    );
+}
