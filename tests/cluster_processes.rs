@@ -1,6 +1,7 @@
 //! Three processes of `examples/cluster.rs` (`--id` mode) form a cluster on 127.0.0.1 over
 //! QUIC with mutual TLS; a client writes and reads through the line protocol, the leader's
-//! process is killed and the others elect a new leader that takes writes.
+//! process is killed and the others elect a new leader that takes writes. Each node keeps its
+//! data in its own `--data-dir`.
 
 #![cfg(feature = "openraft")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -134,6 +135,8 @@ async fn three_node_processes_replicate_and_fail_over() {
             .args(["--listen", &addr.to_string(), "--peers", &peers])
             .arg("--certs")
             .arg(&certs)
+            .arg("--data-dir")
+            .arg(certs.join(format!("data-{id}")))
             .args(["--client", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .kill_on_drop(true)

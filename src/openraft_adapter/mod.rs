@@ -50,11 +50,14 @@
 //! [`RpcHeader::extensions`]: crate::RpcHeader::extensions
 //! [`Log::data`]: crate::Log::data
 
+pub mod durable;
+mod guard;
 pub mod mem;
 mod network;
 mod server;
 mod wire;
 
+pub use guard::{JoinGuard, PeerState, Refusal, probe_peer, serve_raft_guarded};
 pub use network::{NodeAddress, QuicraftNetwork, QuicraftNetworkFactory};
 pub use server::serve_raft;
 pub use wire::{OPENRAFT_ERROR, WireError};
