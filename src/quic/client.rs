@@ -46,8 +46,12 @@ impl Inner {
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => Err(Error::Shutdown),
-            result = tokio::time::timeout_at(deadline, call) => {
-                result.unwrap_or(Err(Error::Timeout { rpc, after }))
+            result = tokio::time::timeout_at(deadline, call) => match result {
+                // A call that failed in the same poll in which the transport closed saw the
+                // close (its connection closed locally), not the cause: report the cause.
+                Ok(Err(_)) if self.shutdown.is_cancelled() => Err(Error::Shutdown),
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout { rpc, after }),
             }
         }
     }
