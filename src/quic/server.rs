@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::codes::{self, stream};
 use super::io::{FrameBudget, FrameReader, ReadFrameError, Reservation, write_frame};
 use super::pool::PeerConn;
 use super::rendezvous::Rendezvous;
-use super::snapshot_data::SnapshotData;
+use super::snapshot_data::{SnapshotData, data_read_error};
 use super::{Inner, priority};
 use crate::codec::Frame;
 use crate::command::{Command, ServerId};
@@ -327,15 +328,22 @@ impl Stream {
             return self.refuse(&mut send, &mut recv, error).await;
         }
         let claimed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sender_gone = CancellationToken::new();
         let data = snapshot_data(
             rendezvous.clone(),
             claimed.clone(),
             transfer_id,
-            self.inner.config.rpc_timeout,
+            (self.inner.config.rpc_timeout, sender_gone.clone()),
             FrameReader::with_budget(self.max(), self.budget.clone()),
         );
         let reader = SnapshotReader::new(data, size);
         let answer = self.dispatch(command, Some(reader), &send, held).await;
+        if answer.is_none() {
+            // The sender stopped waiting for the answer (its source failed, its deadline
+            // passed): a data stream it reset before any of it was sent may never show up
+            // here, so a reader still waiting for it must not wait out its timeout.
+            sender_gone.cancel();
+        }
         self.write_answer(&mut send, answer).await;
         if !claimed.load(std::sync::atomic::Ordering::Acquire) {
             // Answered without reading the data (e.g. a stale term): free its stream.
@@ -439,17 +447,28 @@ impl Stream {
 /// reading: the stream is claimed, its `SnapshotData` header read with `header` (the
 /// connection's budget applies to it as to any frame) and checked, then its bytes read
 /// straight into the consumer's buffers. A data stream that never comes, or was reset, is a
-/// read error.
+/// read error: `UnexpectedEof` once `sender_gone` is cancelled (the sender stopped waiting for
+/// the answer) or when the sender reset the stream, `TimedOut` after `timeout`.
 fn snapshot_data(
     rendezvous: Arc<Rendezvous>,
     claimed: Arc<std::sync::atomic::AtomicBool>,
     stream_id: u64,
-    timeout: std::time::Duration,
+    (timeout, sender_gone): (std::time::Duration, CancellationToken),
     mut header: FrameReader,
 ) -> SnapshotData {
     SnapshotData::new(Box::pin(async move {
         claimed.store(true, std::sync::atomic::Ordering::Release);
-        let mut recv = rendezvous.claim(stream_id, timeout).await.ok_or_else(|| {
+        let claim = tokio::select! {
+            biased;
+            claim = rendezvous.claim(stream_id, timeout) => claim,
+            _ = sender_gone.cancelled() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the sender gave up the snapshot before its data arrived",
+                ));
+            }
+        };
+        let mut recv = claim.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("snapshot data stream {stream_id} did not arrive within {timeout:?}"),
@@ -465,7 +484,7 @@ fn snapshot_data(
                     "snapshot data stream does not start with its SnapshotData header",
                 ));
             }
-            Err(ReadFrameError::Read(e)) => return Err(io::Error::from(e)),
+            Err(ReadFrameError::Read(e)) => return Err(data_read_error(e)),
             Err(e) => {
                 let _ = recv.stop(stream::BAD_FRAME);
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
