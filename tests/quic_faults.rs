@@ -1017,8 +1017,9 @@ async fn call_cut_by_a_local_connection_close_is_connection_lost_not_shutdown() 
 /// The follower's consumer (capacity 8) never reads; 40 appends arrive at once, twice. Each
 /// caller first waits (backpressure), then fails: the 8 that were queued time out on the
 /// caller's deadline (`Error::Timeout`), the others are refused with `UNAVAILABLE` once the
-/// follower's own deadline passes without room in the queue (or, for those whose frame
-/// waited for the connection's byte budget, without room in the budget). Nothing beyond the 8
+/// follower's wait for its consumer (twice its RPC timeout, far shorter than the caller's
+/// here) passes without room in the queue (or, for those whose frame waited for the
+/// connection's byte budget, once its RPC timeout passes without room in the budget). Nothing beyond the 8
 /// is ever queued (the consumer, when it finally reads, finds exactly the first 8), the
 /// follower's tasks stay within `max_streams` plus its fixed ones, the bytes it holds for
 /// incoming frames (`TransportStats`) never exceed its per-connection budget (four appends
@@ -1031,7 +1032,8 @@ async fn consumer_that_stops_reading_gives_backpressure_then_timeouts_with_bound
     const MAX_STREAMS: u32 = 16;
     const CALLS: u64 = 40;
     let caller_timeout = Duration::from_secs(4);
-    let follower_timeout = Duration::from_millis(400);
+    // The follower waits twice this for its consumer, 400 ms.
+    let follower_timeout = Duration::from_millis(200);
     let fx = Fixture::new("stuck-consumer");
     let (a, _a_in) = bind(fx.config("n1").rpc_timeout(caller_timeout)).await;
     // The largest append body of the test (the warm-up's: varints grow with the sequence

@@ -468,7 +468,17 @@ async fn an_append_too_large_to_send_leaves_the_pipeline_in_step() {
     };
     pipeline.send(append(10, 100)).await.unwrap();
     let refused = pipeline.send(append(11, 64 * 1024)).await;
-    assert!(matches!(refused, Err(Error::Protocol(_))), "{refused:?}");
+    assert!(
+        matches!(
+            refused,
+            Err(Error::LimitExceeded {
+                limit: quicraft::Limit::MessageSize,
+                max: 16384,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
     pipeline.send(append(12, 100)).await.unwrap();
     pipeline.send(append(13, 100)).await.unwrap();
     for expected in [10, 12, 13] {

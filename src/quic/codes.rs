@@ -32,6 +32,9 @@ pub(crate) mod conn {
     pub(crate) const IDENTITY: VarInt = VarInt::from_u32(2);
     /// The node is shutting down.
     pub(crate) const SHUTDOWN: VarInt = VarInt::from_u32(3);
+    /// The node dropped its connections to the peer (`Transport::disconnect_peer`: the peer
+    /// left the configuration). The peer may dial again.
+    pub(crate) const DISCONNECTED: VarInt = VarInt::from_u32(4);
 }
 
 /// TLS alerts travel as QUIC transport error codes 0x100 + alert.

@@ -455,6 +455,10 @@ impl Transport for QuicTransport {
         self.inner.dispatcher.set_heartbeat_handler(handler);
     }
 
+    fn disconnect_peer(&self, id: &ServerId) {
+        self.inner.pool.disconnect(id);
+    }
+
     async fn close(&self) {
         let inner = &self.inner;
         inner.shutdown.cancel();

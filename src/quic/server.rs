@@ -20,6 +20,10 @@ use crate::error::{ErrorCode, RemoteError};
 use crate::tls::peer_spiffe_id;
 use crate::transport::{Responder, Rpc, RpcResult, SnapshotReader};
 
+/// How many RPC timeouts a request waits for the consumer to take it before it is answered
+/// `UNAVAILABLE` (see `Stream::dispatch`).
+const CONSUMER_WAIT_FACTOR: u32 = 2;
+
 /// Accepts connections until shutdown, each handshake on its own task.
 pub(super) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
     loop {
@@ -271,17 +275,19 @@ impl Stream {
     ) -> Option<RpcResult> {
         let (responder, rx) = Responder::new(command.kind());
         let rpc = Rpc::new(command, snapshot, responder);
-        let timeout = self.inner.config.rpc_timeout;
-        let unavailable =
-            match tokio::time::timeout(timeout, self.inner.dispatcher.dispatch(rpc)).await {
-                Ok(Ok(())) => None,
-                Ok(Err(_closed)) => Some("node is shutting down".to_owned()),
-                Err(_) => Some(format!(
-                    "consumer did not take the request within {timeout:?}"
-                )),
-            };
+        // Twice the RPC timeout, so that a caller with the same timeout always sees its own
+        // deadline pass (`Error::Timeout`) before this answer could reach it: the outcome of a
+        // consumer that does not read does not depend on a race between the two.
+        let wait = self
+            .inner
+            .config
+            .rpc_timeout
+            .saturating_mul(CONSUMER_WAIT_FACTOR);
+        let dispatched = tokio::time::timeout(wait, self.inner.dispatcher.dispatch(rpc)).await;
         drop(held);
-        if let Some(why) = unavailable {
+        // Refused (`Ok(Err(_))`): the dispatcher answered `UNAVAILABLE` through `rx`.
+        if dispatched.is_err() {
+            let why = format!("consumer did not take the request within {wait:?}");
             return Some(Err(RemoteError::new(ErrorCode::UNAVAILABLE, why)));
         }
         tokio::select! {
