@@ -697,3 +697,29 @@ async fn close_sends_shutdown_on_a_connection_it_dialled() {
         }
     }
 }
+
+/// `disconnect_peer` closes the connection to that peer and forgets it: the pool holds nothing
+/// for it until the next call, which dials a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_peer_closes_the_connection_and_the_next_call_dials_anew() {
+    common::init_tracing();
+    let fx = Fixture::new("disconnect-peer");
+    let (a, _a_in) = fx.node("n1").await;
+    let (b, b_in) = fx.node("n2").await;
+    serve(&b, b_in);
+    let (id, addr) = (b.local_id().clone(), b.local_addr());
+    guarded("first call", a.request_vote(&id, &addr, vote(&a, 1)))
+        .await
+        .unwrap();
+    assert_eq!(a.connections().len(), 1);
+    a.disconnect_peer(&id);
+    assert!(a.connections().is_empty(), "{:?}", a.connections());
+    guarded("call after", a.request_vote(&id, &addr, vote(&a, 2)))
+        .await
+        .unwrap();
+    let connections = a.connections();
+    assert_eq!(connections.len(), 1, "{connections:?}");
+    assert!(connections[0].dialled_by_us);
+    a.close().await;
+    b.close().await;
+}

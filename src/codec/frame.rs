@@ -445,6 +445,40 @@ mod tests {
         RpcHeader::new("n1", "127.0.0.1:7000")
     }
 
+    /// `request_body_len` measures exactly the body `encode` writes (for a snapshot request,
+    /// the one with transfer id 0), so both transports compare the same figure to the limit.
+    #[test]
+    fn request_body_len_is_the_encoded_body_length() {
+        for frame in samples() {
+            let command = match frame {
+                Frame::AppendEntries(m) => Command::AppendEntries(m),
+                Frame::RequestVote(m) => Command::RequestVote(m),
+                Frame::RequestPreVote(m) => Command::RequestPreVote(m),
+                Frame::TimeoutNow(m) => Command::TimeoutNow(m),
+                Frame::InstallSnapshot { request, .. } => Command::InstallSnapshot(request),
+                _ => continue,
+            };
+            let as_frame = match command.clone() {
+                Command::AppendEntries(m) => Frame::AppendEntries(m),
+                Command::RequestVote(m) => Frame::RequestVote(m),
+                Command::RequestPreVote(m) => Frame::RequestPreVote(m),
+                Command::TimeoutNow(m) => Frame::TimeoutNow(m),
+                Command::InstallSnapshot(request) => Frame::InstallSnapshot {
+                    transfer_id: 0,
+                    request,
+                },
+            };
+            let mut buf = BytesMut::new();
+            encode(&as_frame, &mut buf, MAX).unwrap();
+            assert_eq!(
+                request_body_len(&command).unwrap(),
+                buf.len() - HEADER_LEN,
+                "{:?}",
+                command.kind()
+            );
+        }
+    }
+
     fn samples() -> Vec<Frame> {
         let mut log = Log::command(7, 2, Bytes::from_static(b"set x=1"));
         log.extensions = Bytes::from_static(b"ext");

@@ -1287,6 +1287,22 @@ pub async fn disconnect_peer_fails_calls_under_way_and_next_call_succeeds<H: Har
     let client = a.transport.append_entries(&b.id, &b.addr, request);
     let (got, ()) = guarded("call after", async { tokio::join!(client, server) }).await;
     assert_eq!(got.unwrap(), response);
+
+    // And a new pipeline works (hashicorp/raft's AppendEntriesPipeline_CloseStreams).
+    assert!(pipeline.is_closed(), "the broken pipeline is still open");
+    let pipeline = guarded(
+        "new pipeline",
+        a.transport.append_entries_pipeline(&b.id, &b.addr),
+    )
+    .await
+    .unwrap();
+    guarded("send", pipeline.send(append_request(&header, 3)))
+        .await
+        .unwrap();
+    let rpc = guarded("RPC", b.incoming.recv()).await.unwrap();
+    rpc.respond(Ok(append_response(&b.header(), 3).into()));
+    let done = guarded("completion", pipeline.next()).await.unwrap();
+    assert_eq!(done.response.unwrap().last_log, 3);
 }
 
 /// A peer that closes fails the calls under way to it with `ConnectionLost` (a retry may go
