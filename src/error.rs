@@ -62,6 +62,20 @@ pub enum Error {
         /// How many bytes the source gave before it ended.
         actual: u64,
     },
+    /// The request exceeds one of the protocol's limits and was not sent (nothing reached the
+    /// peer, and no connection was dialled for it). Sending it again will fail the same way:
+    /// split it (fewer entries per AppendEntries) or raise the limit where it is configurable.
+    #[error("{rpc} not sent: {actual} {limit} exceeds the limit of {max}")]
+    LimitExceeded {
+        /// The request that was refused.
+        rpc: RpcKind,
+        /// Which limit.
+        limit: Limit,
+        /// The limit's value.
+        max: u64,
+        /// The request's value.
+        actual: u64,
+    },
     /// The configuration given to the transport is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -74,6 +88,30 @@ impl Error {
     /// True for errors after which the caller should back off before calling this peer again.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Self::Unreachable { .. })
+    }
+}
+
+/// A limit a request must keep to, named by [`Error::LimitExceeded`]. Both transports enforce
+/// the same limits, before anything is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Limit {
+    /// [`MAX_ENTRIES_PER_APPEND`](crate::MAX_ENTRIES_PER_APPEND) log entries in one
+    /// AppendEntries.
+    EntriesPerAppend,
+    /// The maximum message size: bytes of a request's encoded body
+    /// ([`QuicConfig::max_message_size`](crate::QuicConfig::max_message_size),
+    /// [`InmemConfig::max_message_size`](crate::InmemConfig::max_message_size); 16 MiB by
+    /// default).
+    MessageSize,
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::EntriesPerAppend => "log entries per AppendEntries",
+            Self::MessageSize => "bytes of encoded message",
+        })
     }
 }
 

@@ -70,7 +70,7 @@ pub use command::{
     RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse,
     Response, RpcHeader, RpcKind, ServerAddress, ServerId, TimeoutNowRequest, TimeoutNowResponse,
 };
-pub use error::{Error, ErrorCode, RemoteError};
+pub use error::{Error, ErrorCode, Limit, RemoteError};
 pub use inmem::{Faults, InmemConfig, InmemTransport};
 #[cfg(feature = "openraft")]
 pub use openraft_adapter::{
@@ -84,7 +84,7 @@ pub use tls::{
     TlsContext, TlsError, validate_cluster_name, validate_node_id, verify_node_chain,
 };
 pub use transport::{
-    AppendCompletion, AppendPipeline, BoxFuture, DEFAULT_MAX_IN_FLIGHT, HeartbeatHandler, Incoming,
-    PipelineSink, Responder, ResponseFuture, Rpc, RpcResult, SNAPSHOT_TIMEOUT_UNIT,
-    ServerAddressProvider, SnapshotReader, Transport, snapshot_timeout,
+    AppendCompletion, AppendPipeline, BoxFuture, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MESSAGE_SIZE,
+    HeartbeatHandler, Incoming, PipelineSink, Responder, ResponseFuture, Rpc, RpcResult,
+    SNAPSHOT_TIMEOUT_UNIT, ServerAddressProvider, SnapshotReader, Transport, snapshot_timeout,
 };

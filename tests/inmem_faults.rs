@@ -123,6 +123,46 @@ async fn dropped_requests_time_out_after_exactly_the_timeout() {
     );
 }
 
+/// A black-holed link loses pipelined appends the way it loses unary calls: each waits out
+/// the timeout (`Error::Timeout`), none fails early with another error, and nothing reaches
+/// the consumer.
+#[tokio::test(start_paused = true)]
+async fn dropped_requests_on_a_pipeline_time_out_like_unary_calls() {
+    let (a, _) = node("a");
+    let (b, mut incoming) = node("b");
+    a.connect(&b);
+    a.set_faults(&"b".into(), Faults::drop_requests());
+    let start = Instant::now();
+    let unary = a.append_entries(&"b".into(), &"b".into(), append(0)).await;
+    assert!(
+        matches!(unary, Err(Error::Timeout { rpc: RpcKind::AppendEntries, after }) if after == TIMEOUT),
+        "{unary:?}"
+    );
+    assert_eq!(start.elapsed(), TIMEOUT);
+
+    let pipeline = a
+        .append_entries_pipeline(&"b".into(), &"b".into())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    pipeline.send(append(1)).await.unwrap();
+    let done = pipeline.next().await.unwrap();
+    assert!(
+        matches!(done.response, Err(Error::Timeout { rpc: RpcKind::AppendEntries, after }) if after == TIMEOUT),
+        "{:?}",
+        done.response
+    );
+    assert_eq!(
+        start.elapsed(),
+        TIMEOUT,
+        "the pipelined append failed early"
+    );
+    assert!(
+        incoming.try_recv().is_none(),
+        "a dropped request reached the consumer"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn unanswered_call_times_out() {
     let (a, _) = node("a");

@@ -442,8 +442,9 @@ async fn pipeline_after_backoff(
 }
 
 /// The follower takes 50 pipelined appends and holds them unanswered; then it shuts down.
-/// Every one of the 50 completes with `ConnectionLost`, in send order, long before the
-/// pipeline's own timeout; the broken pipeline refuses further appends at once. After the
+/// The first of the 50 completes with `ConnectionLost` and the 49 behind it with
+/// `PipelineClosed`, in send order, long before the pipeline's own timeout; the broken pipeline
+/// refuses further appends at once. After the
 /// follower restarts on the same address (and the tiny reconnect backoff has passed), a new
 /// pipeline delivers 50 more in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,8 +493,12 @@ async fn killed_connection_fails_50_pipelined_appends_in_order_and_a_new_pipelin
             .unwrap_or_else(|| panic!("no completion for append {seq}"));
         assert_eq!(done.seq, seq, "completions out of send order");
         assert_eq!(done.request.prev_log_entry, seq);
+        // The first failure closes the pipeline: the appends behind it are `PipelineClosed`.
         assert!(
-            matches!(done.response, Err(Error::ConnectionLost { .. })),
+            match seq {
+                0 => matches!(done.response, Err(Error::ConnectionLost { .. })),
+                _ => matches!(done.response, Err(Error::PipelineClosed)),
+            },
             "append {seq}: {:?}",
             done.response
         );
@@ -654,7 +659,8 @@ impl Drop for Relay {
 
 /// The same 50 held appends, but the link goes silent instead of the follower closing: no
 /// close reaches the leader. The idle timeout (2 s) ends the connection long before the
-/// pipeline's own 10 s timeout: all 50 complete with `ConnectionLost`, in send order. Once the
+/// pipeline's own 10 s timeout: the first of the 50 completes with `ConnectionLost`, the others
+/// with `PipelineClosed`, in send order. Once the
 /// link is back, a new pipeline (a new connection through the relay) delivers 50 more in
 /// order to the same follower.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -707,8 +713,12 @@ async fn silently_cut_link_fails_50_pipelined_appends_in_order_and_a_new_pipelin
             .await
             .unwrap_or_else(|| panic!("no completion for append {seq}"));
         assert_eq!(done.seq, seq, "completions out of send order");
+        // The first failure closes the pipeline: the appends behind it are `PipelineClosed`.
         assert!(
-            matches!(done.response, Err(Error::ConnectionLost { .. })),
+            match seq {
+                0 => matches!(done.response, Err(Error::ConnectionLost { .. })),
+                _ => matches!(done.response, Err(Error::PipelineClosed)),
+            },
             "append {seq}: {:?}",
             done.response
         );
@@ -1007,8 +1017,9 @@ async fn call_cut_by_a_local_connection_close_is_connection_lost_not_shutdown() 
 /// The follower's consumer (capacity 8) never reads; 40 appends arrive at once, twice. Each
 /// caller first waits (backpressure), then fails: the 8 that were queued time out on the
 /// caller's deadline (`Error::Timeout`), the others are refused with `UNAVAILABLE` once the
-/// follower's own deadline passes without room in the queue (or, for those whose frame
-/// waited for the connection's byte budget, without room in the budget). Nothing beyond the 8
+/// follower's wait for its consumer (twice its RPC timeout, far shorter than the caller's
+/// here) passes without room in the queue (or, for those whose frame waited for the
+/// connection's byte budget, once its RPC timeout passes without room in the budget). Nothing beyond the 8
 /// is ever queued (the consumer, when it finally reads, finds exactly the first 8), the
 /// follower's tasks stay within `max_streams` plus its fixed ones, the bytes it holds for
 /// incoming frames (`TransportStats`) never exceed its per-connection budget (four appends
@@ -1021,7 +1032,8 @@ async fn consumer_that_stops_reading_gives_backpressure_then_timeouts_with_bound
     const MAX_STREAMS: u32 = 16;
     const CALLS: u64 = 40;
     let caller_timeout = Duration::from_secs(4);
-    let follower_timeout = Duration::from_millis(400);
+    // The follower waits twice this for its consumer, 400 ms.
+    let follower_timeout = Duration::from_millis(200);
     let fx = Fixture::new("stuck-consumer");
     let (a, _a_in) = bind(fx.config("n1").rpc_timeout(caller_timeout)).await;
     // The largest append body of the test (the warm-up's: varints grow with the sequence
@@ -1208,7 +1220,8 @@ impl MutePeer {
 
 /// Every kind of call to a peer that completed the handshake and never answers fails with
 /// `Error::Timeout` on schedule (at least the 500 ms RPC timeout, well under a generous bound),
-/// pipelined appends in order; meanwhile calls to a healthy peer succeed, the first of them
+/// pipelined appends in order (the first times out, those behind it fail with it as
+/// `PipelineClosed`); meanwhile calls to a healthy peer succeed, the first of them
 /// while every stuck call is still pending. The stuck peer's connection is reused: a timeout
 /// is no dial failure, so no backoff makes a later call fail differently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1347,20 +1360,33 @@ async fn peer_that_never_answers_times_out_on_schedule_and_other_peers_are_unaff
     let completions = guarded("the stuck pipeline", pipelined).await.unwrap();
     for (expected, (seq, result, elapsed)) in completions.into_iter().enumerate() {
         assert_eq!(seq, expected as u64, "pipelined completions out of order");
-        assert!(
-            matches!(
-                result,
-                Err(Error::Timeout {
-                    rpc: RpcKind::AppendEntries,
-                    ..
-                })
-            ),
-            "pipelined append {seq}: {result:?}"
-        );
-        assert!(
-            (timeout..late).contains(&elapsed),
-            "pipelined append {seq}: completed after {elapsed:?}"
-        );
+        // The first times out on schedule and closes the pipeline; those behind it fail with
+        // it (`PipelineClosed`), sent a moment after it, so a moment short of their own timeout.
+        if seq == 0 {
+            assert!(
+                matches!(
+                    result,
+                    Err(Error::Timeout {
+                        rpc: RpcKind::AppendEntries,
+                        ..
+                    })
+                ),
+                "pipelined append {seq}: {result:?}"
+            );
+            assert!(
+                (timeout..late).contains(&elapsed),
+                "pipelined append {seq}: completed after {elapsed:?}"
+            );
+        } else {
+            assert!(
+                matches!(result, Err(Error::PipelineClosed)),
+                "pipelined append {seq}: {result:?}"
+            );
+            assert!(
+                elapsed < late,
+                "pipelined append {seq}: completed after {elapsed:?}"
+            );
+        }
     }
 
     // Still on schedule, on the same connection.

@@ -468,7 +468,17 @@ async fn an_append_too_large_to_send_leaves_the_pipeline_in_step() {
     };
     pipeline.send(append(10, 100)).await.unwrap();
     let refused = pipeline.send(append(11, 64 * 1024)).await;
-    assert!(matches!(refused, Err(Error::Protocol(_))), "{refused:?}");
+    assert!(
+        matches!(
+            refused,
+            Err(Error::LimitExceeded {
+                limit: quicraft::Limit::MessageSize,
+                max: 16384,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
     pipeline.send(append(12, 100)).await.unwrap();
     pipeline.send(append(13, 100)).await.unwrap();
     for expected in [10, 12, 13] {
@@ -645,4 +655,71 @@ async fn a_hedged_heartbeat_times_out_on_the_original_deadline() {
     .await
     .unwrap();
     assert_eq!(a.stats().heartbeat_copies, 1);
+}
+
+/// `close()` ends a connection this node dialled with CONNECTION_CLOSE SHUTDOWN (3),
+/// "shutdown", as the peer sees it: never code 0 with no reason, which quinn sends when the
+/// last handle of a connection is dropped before the endpoint's close reached it. Several
+/// rounds, since that was a race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_sends_shutdown_on_a_connection_it_dialled() {
+    common::init_tracing();
+    let fx = Fixture::new("close-code");
+    let tls = quicraft::TlsContext::new(fx.cluster(), fx.identity("peer"), fx.ca.roots()).unwrap();
+    let peer =
+        quinn::Endpoint::server(tls.server_config().unwrap(), "127.0.0.1:0".parse().unwrap())
+            .unwrap();
+    let peer_addr = quicraft::ServerAddress::from(peer.local_addr().unwrap());
+    for round in 0..8 {
+        let (a, _a_in) = fx.node("a").await;
+        let call = {
+            let (a, addr) = (a.clone(), peer_addr.clone());
+            tokio::spawn(async move { a.request_vote(&"peer".into(), &addr, vote(&a, 1)).await })
+        };
+        let conn = guarded("handshake", async {
+            peer.accept().await.unwrap().await.unwrap()
+        })
+        .await;
+        // The request arrived: `a` holds the connection it dialled, in its pool.
+        let (_send, _recv) = guarded("request stream", conn.accept_bi()).await.unwrap();
+        guarded("close", a.close()).await;
+        let got = guarded("call", call).await.unwrap();
+        assert!(matches!(got, Err(Error::Shutdown)), "{got:?}");
+        match guarded("peer sees the close", conn.closed()).await {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(
+                    (close.error_code, &close.reason[..]),
+                    (quinn::VarInt::from_u32(3), &b"shutdown"[..]),
+                    "round {round}"
+                );
+            }
+            other => panic!("round {round}: the connection ended with {other:?}"),
+        }
+    }
+}
+
+/// `disconnect_peer` closes the connection to that peer and forgets it: the pool holds nothing
+/// for it until the next call, which dials a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_peer_closes_the_connection_and_the_next_call_dials_anew() {
+    common::init_tracing();
+    let fx = Fixture::new("disconnect-peer");
+    let (a, _a_in) = fx.node("n1").await;
+    let (b, b_in) = fx.node("n2").await;
+    serve(&b, b_in);
+    let (id, addr) = (b.local_id().clone(), b.local_addr());
+    guarded("first call", a.request_vote(&id, &addr, vote(&a, 1)))
+        .await
+        .unwrap();
+    assert_eq!(a.connections().len(), 1);
+    a.disconnect_peer(&id);
+    assert!(a.connections().is_empty(), "{:?}", a.connections());
+    guarded("call after", a.request_vote(&id, &addr, vote(&a, 2)))
+        .await
+        .unwrap();
+    let connections = a.connections();
+    assert_eq!(connections.len(), 1, "{connections:?}");
+    assert!(connections[0].dialled_by_us);
+    a.close().await;
+    b.close().await;
 }

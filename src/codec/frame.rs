@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::CodecError;
 use crate::command::{
-    AppendEntriesRequest, InstallSnapshotRequest, RequestPreVoteRequest, RequestVoteRequest,
-    Response, TimeoutNowRequest,
+    AppendEntriesRequest, Command, InstallSnapshotRequest, RequestPreVoteRequest,
+    RequestVoteRequest, Response, TimeoutNowRequest,
 };
 use crate::error::RemoteError;
 
@@ -128,6 +128,49 @@ impl postcard::ser_flavors::Flavor for BytesMutFlavor<'_> {
 fn encode_body<T: Serialize + ?Sized>(value: &T, dst: &mut BytesMut) -> Result<(), CodecError> {
     postcard::serialize_with_flavor(value, BytesMutFlavor(dst))
         .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// A postcard output that only counts bytes.
+#[derive(Default)]
+struct CountingFlavor(usize);
+
+impl postcard::ser_flavors::Flavor for CountingFlavor {
+    type Output = usize;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0 += data.len();
+        Ok(())
+    }
+
+    fn try_push(&mut self, _data: u8) -> postcard::Result<()> {
+        self.0 += 1;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.0)
+    }
+}
+
+fn body_len<T: Serialize + ?Sized>(value: &T) -> postcard::Result<usize> {
+    postcard::serialize_with_flavor(value, CountingFlavor::default())
+}
+
+/// The length of the body `command` has as a request frame (for an InstallSnapshot, with a
+/// transfer id of 0), computed without encoding it; the same figure `encode` checks against
+/// its `max`.
+pub(crate) fn request_body_len(command: &Command) -> Result<usize, CodecError> {
+    let size = match command {
+        Command::AppendEntries(m) => body_len(m),
+        Command::RequestVote(m) => body_len(m),
+        Command::RequestPreVote(m) => body_len(m),
+        Command::TimeoutNow(m) => body_len(m),
+        Command::InstallSnapshot(request) => body_len(&SnapshotOffer {
+            transfer_id: 0,
+            request,
+        }),
+    };
+    size.map_err(|e| CodecError::Encode(e.to_string()))
 }
 
 /// Appends `frame` to `dst`. Fails, leaving `dst` as it was, if the body would exceed `max`
@@ -400,6 +443,40 @@ mod tests {
 
     fn header() -> RpcHeader {
         RpcHeader::new("n1", "127.0.0.1:7000")
+    }
+
+    /// `request_body_len` measures exactly the body `encode` writes (for a snapshot request,
+    /// the one with transfer id 0), so both transports compare the same figure to the limit.
+    #[test]
+    fn request_body_len_is_the_encoded_body_length() {
+        for frame in samples() {
+            let command = match frame {
+                Frame::AppendEntries(m) => Command::AppendEntries(m),
+                Frame::RequestVote(m) => Command::RequestVote(m),
+                Frame::RequestPreVote(m) => Command::RequestPreVote(m),
+                Frame::TimeoutNow(m) => Command::TimeoutNow(m),
+                Frame::InstallSnapshot { request, .. } => Command::InstallSnapshot(request),
+                _ => continue,
+            };
+            let as_frame = match command.clone() {
+                Command::AppendEntries(m) => Frame::AppendEntries(m),
+                Command::RequestVote(m) => Frame::RequestVote(m),
+                Command::RequestPreVote(m) => Frame::RequestPreVote(m),
+                Command::TimeoutNow(m) => Frame::TimeoutNow(m),
+                Command::InstallSnapshot(request) => Frame::InstallSnapshot {
+                    transfer_id: 0,
+                    request,
+                },
+            };
+            let mut buf = BytesMut::new();
+            encode(&as_frame, &mut buf, MAX).unwrap();
+            assert_eq!(
+                request_body_len(&command).unwrap(),
+                buf.len() - HEADER_LEN,
+                "{:?}",
+                command.kind()
+            );
+        }
     }
 
     fn samples() -> Vec<Frame> {

@@ -9,7 +9,9 @@ mod frame;
 
 #[cfg(feature = "fuzzing")]
 pub(crate) use frame::decode;
-pub(crate) use frame::{Frame, FrameAssembler, FrameKind, Need, encode, encode_message};
+pub(crate) use frame::{
+    Frame, FrameAssembler, FrameKind, Need, encode, encode_message, request_body_len,
+};
 
 /// What is wrong with bytes that claim to be a frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

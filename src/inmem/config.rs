@@ -14,6 +14,7 @@ pub struct InmemConfig {
     pub(super) max_in_flight: usize,
     pub(super) consumer_capacity: usize,
     pub(super) snapshot_buffer: usize,
+    pub(super) max_message_size: usize,
     pub(super) address_provider: Option<Arc<dyn ServerAddressProvider>>,
 }
 
@@ -24,14 +25,15 @@ impl Default for InmemConfig {
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
             consumer_capacity: 16,
             snapshot_buffer: 64 * 1024,
+            max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
             address_provider: None,
         }
     }
 }
 
 impl InmemConfig {
-    /// How long a call waits for the peer's consumer to take the RPC, and then for its answer.
-    /// Snapshots scale it with their size. Default 500 ms; shorter makes partitions show
+    /// How long a call may take in all: for the peer's consumer to take the RPC and for its
+    /// answer. Snapshots scale it with their size. Default 500 ms; shorter makes partitions show
     /// sooner, longer tolerates slow handlers.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -62,6 +64,14 @@ impl InmemConfig {
         self
     }
 
+    /// Largest request sent, in bytes of its encoded body, as the QUIC transport would encode
+    /// it. Default 16 MiB, as `QuicConfig::max_message_size`: a request the QUIC transport
+    /// would refuse is refused here too, with [`Error::LimitExceeded`](crate::Error::LimitExceeded).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
     /// Consults `provider` for a peer's address on every call. Default none.
     pub fn address_provider(mut self, provider: Arc<dyn ServerAddressProvider>) -> Self {
         self.address_provider = Some(provider);
@@ -76,6 +86,7 @@ impl fmt::Debug for InmemConfig {
             .field("max_in_flight", &self.max_in_flight)
             .field("consumer_capacity", &self.consumer_capacity)
             .field("snapshot_buffer", &self.snapshot_buffer)
+            .field("max_message_size", &self.max_message_size)
             .field("address_provider", &self.address_provider.is_some())
             .finish()
     }

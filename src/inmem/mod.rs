@@ -26,8 +26,8 @@ use crate::command::{
 use crate::error::{Error, ErrorCode, RemoteError};
 use crate::transport::{
     AddressResolver, AppendPipeline, Dispatcher, HeartbeatHandler, Incoming, Responder, Rpc,
-    RpcResult, SNAPSHOT_TIMEOUT_UNIT, SnapshotReader, Transport, copy_exact, decode_peer,
-    snapshot_timeout, stream_until_answer,
+    RpcResult, SNAPSHOT_TIMEOUT_UNIT, SnapshotReader, Transport, check_request, copy_exact,
+    decode_peer, snapshot_timeout, stream_until_answer,
 };
 
 /// A [`Transport`] between nodes in one process (hashicorp/raft's `InmemTransport`).
@@ -44,6 +44,9 @@ struct Node {
     resolver: AddressResolver,
     dispatcher: Dispatcher,
     links: Mutex<HashMap<ServerAddress, Link>>,
+    /// Per peer id, cancelled by [`Transport::disconnect_peer`]: what is under way to that peer
+    /// fails, as when a QUIC connection is closed, and the next call starts a new session.
+    sessions: Mutex<HashMap<ServerId, CancellationToken>>,
     shutdown: CancellationToken,
 }
 
@@ -70,6 +73,8 @@ struct Route {
     target: ServerAddress,
     faults: Faults,
     cut: CancellationToken,
+    /// The session with the peer's id (see `Node::sessions`).
+    session: CancellationToken,
 }
 
 impl InmemTransport {
@@ -87,6 +92,7 @@ impl InmemTransport {
             config,
             dispatcher,
             links: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
         };
         (
@@ -111,7 +117,9 @@ impl InmemTransport {
     }
 
     /// Cuts the link to the peer at `addr`: what is under way on it fails, and later calls
-    /// are unreachable until [`connect`](Self::connect).
+    /// are unreachable until [`connect`](Self::connect). A fault for tests (hashicorp/raft's
+    /// `InmemTransport.Disconnect`); [`Transport::disconnect_peer`] is what an engine calls
+    /// when a member leaves, after which calls work again.
     pub fn disconnect(&self, addr: &ServerAddress) {
         if let Some(link) = self.node.links().remove(addr) {
             link.cut.cancel();
@@ -161,47 +169,51 @@ impl InmemTransport {
         if peer.shutdown.is_cancelled() {
             return Err(unreachable("peer is shut down"));
         }
+        let session = node.sessions().entry(id.clone()).or_default().clone();
         Ok(Route {
             peer,
             target,
             faults: link.faults,
             cut: link.cut,
+            session,
         })
     }
 
-    /// Delivers `command` over `route` and returns the receiver of its answer.
+    /// Delivers `command` over `route` by `deadline` and returns the receiver of its answer.
+    /// `timeout` is what the deadline allows the whole call, for the error.
     async fn deliver(
         &self,
         route: &Route,
         command: Command,
         snapshot: Option<SnapshotReader>,
+        deadline: Instant,
         timeout: Duration,
     ) -> Result<oneshot::Receiver<RpcResult>, Error> {
         let kind = command.kind();
+        let timed_out = || Error::Timeout {
+            rpc: kind,
+            after: timeout,
+        };
         let (responder, rx) = Responder::new(kind);
         if route.faults.drop_requests {
-            // A black hole: the request is lost, so the caller waits out its timeout.
+            // A black hole: the request is lost, so the caller waits out its deadline.
             drop(responder);
-            self.wait_or_fail(route, tokio::time::sleep(timeout))
+            self.wait_or_fail(route, tokio::time::sleep_until(deadline))
                 .await?;
-            return Err(Error::Timeout {
-                rpc: kind,
-                after: timeout,
-            });
+            return Err(timed_out());
         }
         if !route.faults.delay.is_zero() {
-            self.wait_or_fail(route, tokio::time::sleep(route.faults.delay))
-                .await?;
+            let delayed = tokio::time::timeout_at(deadline, tokio::time::sleep(route.faults.delay));
+            if self.wait_or_fail(route, delayed).await?.is_err() {
+                return Err(timed_out());
+            }
         }
         let rpc = Rpc::new(command, snapshot, responder);
-        let dispatched = tokio::time::timeout(timeout, route.peer.dispatcher.dispatch(rpc));
+        let dispatched = tokio::time::timeout_at(deadline, route.peer.dispatcher.dispatch(rpc));
         match self.wait_or_fail(route, dispatched).await? {
-            Ok(Ok(())) => Ok(rx),
-            Ok(Err(_closed)) => Err(route.lost("peer is shut down")),
-            Err(_) => Err(Error::Timeout {
-                rpc: kind,
-                after: timeout,
-            }),
+            // Refused, the RPC was answered `UNAVAILABLE`: the answer says so.
+            Ok(Ok(())) | Ok(Err(_)) => Ok(rx),
+            Err(_) => Err(timed_out()),
         }
     }
 
@@ -211,12 +223,13 @@ impl InmemTransport {
             biased;
             _ = self.node.shutdown.cancelled() => Err(Error::Shutdown),
             _ = route.cut.cancelled() => Err(route.lost("disconnected")),
+            _ = route.session.cancelled() => Err(route.lost("disconnected by this node")),
             _ = route.peer.shutdown.cancelled() => Err(route.lost("peer shut down")),
             out = fut => Ok(out),
         }
     }
 
-    /// One request and its answer, with `timeout` for each half.
+    /// One request and its answer, within one `timeout` in all.
     async fn call(
         &self,
         id: &ServerId,
@@ -224,11 +237,15 @@ impl InmemTransport {
         command: Command,
     ) -> Result<Response, Error> {
         let timeout = self.node.config.timeout;
+        let deadline = Instant::now() + timeout;
         let kind = command.kind();
+        check_request(&command, self.node.config.max_message_size)?;
         let route = self.route(id, target)?;
-        let rx = self.deliver(&route, command, None, timeout).await?;
+        let rx = self
+            .deliver(&route, command, None, deadline, timeout)
+            .await?;
         let answer = self
-            .wait_or_fail(&route, tokio::time::timeout(timeout, rx))
+            .wait_or_fail(&route, tokio::time::timeout_at(deadline, rx))
             .await?;
         match answer {
             Ok(answer) => route.answer(answer, kind),
@@ -286,6 +303,11 @@ impl Route {
 }
 
 impl Node {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, CancellationToken>> {
+        // Every critical section is a single map operation: a poisoned lock is safe to use.
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn links(&self) -> std::sync::MutexGuard<'_, HashMap<ServerAddress, Link>> {
         // A panic while holding this lock cannot leave the map half-updated: every critical
         // section is a single map operation. So a poisoned lock is safe to use.
@@ -336,11 +358,14 @@ impl Transport for InmemTransport {
         let size = request.size;
         let timeout = snapshot_timeout(self.node.config.timeout, size, SNAPSHOT_TIMEOUT_UNIT);
         let deadline = Instant::now() + timeout;
+        let command = Command::InstallSnapshot(request);
+        check_request(&command, self.node.config.max_message_size)?;
         let route = self.route(id, target)?;
         let (mut writer, reader) = tokio::io::duplex(self.node.config.snapshot_buffer);
         let reader = SnapshotReader::new(reader, size);
-        let command = Command::InstallSnapshot(request);
-        let rx = self.deliver(&route, command, Some(reader), timeout).await?;
+        let rx = self
+            .deliver(&route, command, Some(reader), deadline, timeout)
+            .await?;
 
         let streaming = async move { copy_exact(&mut data, size, &mut writer).await };
         let answer = stream_until_answer(streaming, rx, size);
@@ -379,6 +404,12 @@ impl Transport for InmemTransport {
 
     fn set_heartbeat_handler(&self, handler: Option<HeartbeatHandler>) {
         self.node.dispatcher.set_heartbeat_handler(handler);
+    }
+
+    fn disconnect_peer(&self, id: &ServerId) {
+        if let Some(session) = self.node.sessions().remove(id) {
+            session.cancel();
+        }
     }
 
     async fn close(&self) {

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::{InmemTransport, Route};
 use crate::command::{AppendEntriesRequest, AppendEntriesResponse, Command, RpcKind};
 use crate::error::Error;
-use crate::transport::{BoxFuture, PipelineSink, Responder, ResponseFuture, Rpc};
+use crate::transport::{BoxFuture, PipelineSink, Responder, ResponseFuture, Rpc, check_request};
 
 pub(super) struct InmemSink {
     transport: InmemTransport,
@@ -57,10 +57,17 @@ impl PipelineSink for InmemSink {
         request: &'a AppendEntriesRequest,
     ) -> BoxFuture<'a, Result<ResponseFuture, Error>> {
         Box::pin(async move {
+            let command = Command::AppendEntries(request.clone());
+            check_request(&command, self.transport.node.config.max_message_size)?;
             let faults = &self.route.faults;
             let (responder, rx) = Responder::new(RpcKind::AppendEntries);
-            let rpc = Rpc::new(Command::AppendEntries(request.clone()), None, responder);
-            if !faults.drop_requests {
+            let rpc = Rpc::new(command, None, responder);
+            // A black hole keeps the request, unanswered, until its completion is dropped: the
+            // pipeline times it out, as the unary path times out a call.
+            let mut lost = None;
+            if faults.drop_requests {
+                lost = Some(rpc);
+            } else {
                 let tx = self
                     .deliveries
                     .lock()
@@ -73,6 +80,7 @@ impl PipelineSink for InmemSink {
             let transport = self.transport.clone();
             let route = self.route.clone();
             let response: ResponseFuture = Box::pin(async move {
+                let _lost = lost;
                 let answer = transport.wait_or_fail(&route, rx).await?;
                 let response = route.answer(answer, RpcKind::AppendEntries)?;
                 AppendEntriesResponse::try_from(response)

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use tokio::io::AsyncRead;
 use tokio::time::Instant;
 
@@ -11,28 +12,48 @@ use super::io::{
 };
 use super::pool::PeerConn;
 use super::{Inner, priority};
-use crate::codec::Frame;
+use crate::codec::{self, Frame};
 use crate::command::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse,
-    Response, RpcKind, ServerAddress, ServerId, TimeoutNowRequest, TimeoutNowResponse,
+    AppendEntriesRequest, AppendEntriesResponse, Command, InstallSnapshotRequest,
+    InstallSnapshotResponse, RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest,
+    RequestVoteResponse, Response, RpcKind, ServerAddress, ServerId, TimeoutNowRequest,
+    TimeoutNowResponse,
 };
 use crate::error::{Error, ErrorCode};
-use crate::transport::{snapshot_timeout, stream_until_answer};
+use crate::transport::{
+    check_entries, check_request, encode_error, snapshot_timeout, stream_until_answer,
+};
 
 impl Inner {
-    /// The connection to `id`, dialled at the provider's address for it or at `target`.
+    /// The connection to `id`, dialled at the provider's address for it or at `target`, by
+    /// `deadline`. A connection not up by then is [`Error::Unreachable`], never
+    /// [`Error::Timeout`]: whichever of the dial's own timeout and the RPC's deadline comes
+    /// first, a dial that never completed means the peer could not be reached. Callers run
+    /// this before [`guarded`](Self::guarded) starts the rest of the RPC, so the two deadlines
+    /// never race.
     pub(super) async fn connection(
         self: &Arc<Self>,
         id: &ServerId,
         target: &ServerAddress,
+        deadline: Instant,
     ) -> Result<(PeerConn, ServerAddress), Error> {
         if self.shutdown.is_cancelled() {
             return Err(Error::Shutdown);
         }
         let target = self.resolver.resolve(id, target);
-        let conn = self.pool.get(self, id, &target).await?;
-        Ok((conn, target))
+        let after = deadline.saturating_duration_since(Instant::now());
+        let got = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return Err(Error::Shutdown),
+            got = tokio::time::timeout_at(deadline, self.pool.get(self, id, &target)) => got,
+        };
+        match got {
+            Ok(conn) => Ok((conn?, target)),
+            Err(_) => Err(Error::Unreachable {
+                reason: format!("no connection within the RPC deadline ({after:?})"),
+                peer: target,
+            }),
+        }
     }
 
     /// Runs `call` under `deadline`, failing with [`Error::Shutdown`] if the transport closes.
@@ -46,8 +67,12 @@ impl Inner {
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => Err(Error::Shutdown),
-            result = tokio::time::timeout_at(deadline, call) => {
-                result.unwrap_or(Err(Error::Timeout { rpc, after }))
+            result = tokio::time::timeout_at(deadline, call) => match result {
+                // A call that failed in the same poll in which the transport closed saw the
+                // close (its connection closed locally), not the cause: report the cause.
+                Ok(Err(_)) if self.shutdown.is_cancelled() => Err(Error::Shutdown),
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout { rpc, after }),
             }
         }
     }
@@ -64,10 +89,14 @@ pub(super) fn answer_read_error(peer: &ServerAddress, error: ReadFrameError) -> 
     }
 }
 
-/// The caller-facing error for a request that could not be written.
-pub(super) fn request_write_error(peer: &ServerAddress, error: WriteFrameError) -> Error {
+/// The caller-facing error for a request of kind `rpc` that could not be written.
+pub(super) fn request_write_error(
+    peer: &ServerAddress,
+    rpc: RpcKind,
+    error: WriteFrameError,
+) -> Error {
     match error {
-        WriteFrameError::Codec(e) => Error::Protocol(format!("request not sent: {e}")),
+        WriteFrameError::Codec(e) => encode_error(rpc, e),
         WriteFrameError::Write(e) => codes::write_error(peer, &e),
     }
 }
@@ -99,7 +128,8 @@ pub(super) fn answer(
     }
 }
 
-/// One request on a new bidirectional stream, and its answer.
+/// One request on a new bidirectional stream, and its answer. The request is checked against
+/// the limits and encoded before anything else, so one that exceeds them dials nothing.
 async fn unary(
     inner: &Arc<Inner>,
     id: &ServerId,
@@ -109,9 +139,16 @@ async fn unary(
     request: Frame,
 ) -> Result<Response, Error> {
     let deadline = Instant::now() + inner.config.rpc_timeout;
+    let max = inner.config.max_message_size;
+    if let Frame::AppendEntries(append) = &request {
+        check_entries(append)?;
+    }
+    let mut encoded = BytesMut::with_capacity(256);
+    codec::encode(&request, &mut encoded, max).map_err(|e| encode_error(kind, e))?;
+    let encoded = encoded.freeze();
+    let (conn, peer) = inner.connection(id, target, deadline).await?;
     inner
         .guarded(kind, deadline, async {
-            let (conn, peer) = inner.connection(id, target).await?;
             let _active = conn.active();
             let watchdog = inner.pool.watchdog(&conn, &inner.tasks, deadline);
             let (mut send, mut recv) = conn
@@ -121,10 +158,9 @@ async fn unary(
                 .map_err(|e| codes::connection_error(&peer, &e))?;
             // Cannot fail: the stream was just opened and is not finished.
             let _ = send.set_priority(priority);
-            let max = inner.config.max_message_size;
-            write_frame(&mut send, &request, max)
+            send.write_chunk(encoded)
                 .await
-                .map_err(|e| request_write_error(&peer, e))?;
+                .map_err(|e| codes::write_error(&peer, &e))?;
             // The request is whole; the peer reads to the end of the stream.
             let _ = send.finish();
             let frame = FrameReader::new(max).next(&mut recv).await;
@@ -209,10 +245,10 @@ async fn hedged_heartbeat(
 ) -> Result<Response, Error> {
     let kind = RpcKind::AppendEntries;
     let deadline = Instant::now() + inner.config.rpc_timeout;
+    // The delay counts from when the request can go out, not from a dial.
+    inner.connection(id, target, deadline).await?;
     inner
         .guarded(kind, deadline, async {
-            // The delay counts from when the request can go out, not from a dial.
-            inner.connection(id, target).await?;
             let copy = Frame::AppendEntries(request.clone());
             let original = unary(
                 inner,
@@ -291,9 +327,10 @@ where
     );
     let deadline = Instant::now() + timeout;
     let max = inner.config.max_message_size;
+    check_request(&Command::InstallSnapshot(request.clone()), max)?;
+    let (conn, peer) = inner.connection(id, target, deadline).await?;
     let response = inner
         .guarded(RpcKind::InstallSnapshot, deadline, async {
-            let (conn, peer) = inner.connection(id, target).await?;
             let _active = conn.active();
             let data_stream = conn
                 .conn
@@ -307,7 +344,7 @@ where
             let _ = data_stream.set_priority(priority::SNAPSHOT_DATA);
             write_frame(&mut data_stream, &Frame::SnapshotData { transfer_id }, max)
                 .await
-                .map_err(|e| request_write_error(&peer, e))?;
+                .map_err(|e| request_write_error(&peer, RpcKind::InstallSnapshot, e))?;
 
             let (mut send, mut recv) = conn
                 .conn
@@ -324,7 +361,7 @@ where
                 max,
             )
             .await
-            .map_err(|e| request_write_error(&peer, e))?;
+            .map_err(|e| request_write_error(&peer, RpcKind::InstallSnapshot, e))?;
             let _ = send.finish();
 
             let streaming = async {

@@ -32,8 +32,11 @@ pub(crate) mod conn {
     pub(crate) const IDENTITY: VarInt = VarInt::from_u32(2);
     /// The node is shutting down.
     pub(crate) const SHUTDOWN: VarInt = VarInt::from_u32(3);
+    /// The node dropped its connections to the peer (`Transport::disconnect_peer`: the peer
+    /// left the configuration). The peer may dial again.
+    pub(crate) const DISCONNECTED: VarInt = VarInt::from_u32(4);
     /// The connection did not answer a probe: its peer is presumed dead or restarted.
-    pub(crate) const STALE: VarInt = VarInt::from_u32(4);
+    pub(crate) const STALE: VarInt = VarInt::from_u32(5);
 }
 
 /// TLS alerts travel as QUIC transport error codes 0x100 + alert.

@@ -82,7 +82,7 @@ impl QuicConfig {
             snapshot_bytes_per_timeout: crate::SNAPSHOT_TIMEOUT_UNIT,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Some(Duration::from_secs(5)),
-            max_message_size: 16 * 1024 * 1024,
+            max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
             max_streams: 1024,
             max_snapshot_streams: 8,
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,

@@ -478,6 +478,10 @@ impl Transport for QuicTransport {
         self.inner.dispatcher.set_heartbeat_handler(handler);
     }
 
+    fn disconnect_peer(&self, id: &ServerId) {
+        self.inner.pool.disconnect(id);
+    }
+
     async fn close(&self) {
         let inner = &self.inner;
         inner.shutdown.cancel();
@@ -489,6 +493,13 @@ impl Transport for QuicTransport {
             .take();
         inner.tasks.close();
         if let Some(endpoint) = endpoint {
+            // Each connection is closed here, with the code, before the pool drops its handles:
+            // `Endpoint::close` only asks each connection's driver to close, and a connection
+            // whose last handle is dropped before its driver gets to that closes at once with
+            // code 0 and no reason.
+            for (_, peer) in inner.pool.every_connection() {
+                peer.conn.close(codes::conn::SHUTDOWN, b"shutdown");
+            }
             endpoint.close(codes::conn::SHUTDOWN, b"shutdown");
             inner.pool.clear();
             inner.tasks.wait().await;

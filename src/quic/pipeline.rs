@@ -22,7 +22,9 @@ use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, RpcKind, ServerAddress, ServerId,
 };
 use crate::error::Error;
-use crate::transport::{AppendPipeline, BoxFuture, PipelineSink, ResponseFuture};
+use crate::transport::{
+    AppendPipeline, BoxFuture, PipelineSink, ResponseFuture, check_entries, encode_error,
+};
 
 type Answer = oneshot::Sender<Result<AppendEntriesResponse, Error>>;
 
@@ -58,9 +60,9 @@ async fn open_lane(
 ) -> Result<Lane, Error> {
     let config = &inner.config;
     let deadline = tokio::time::Instant::now() + config.rpc_timeout;
-    let (conn, send, recv, active, peer) = inner
+    let (conn, peer) = inner.connection(id, target, deadline).await?;
+    let (send, recv, active) = inner
         .guarded(RpcKind::AppendEntries, deadline, async {
-            let (conn, peer) = inner.connection(id, target).await?;
             let active = conn.active();
             let (mut send, recv) = conn
                 .conn
@@ -70,8 +72,8 @@ async fn open_lane(
             let _ = send.set_priority(priority::APPEND);
             write_frame(&mut send, &Frame::PipelineOpen, config.max_message_size)
                 .await
-                .map_err(|e| request_write_error(&peer, e))?;
-            Ok((conn, send, recv, active, peer))
+                .map_err(|e| request_write_error(&peer, RpcKind::AppendEntries, e))?;
+            Ok((send, recv, active))
         })
         .await?;
     let (answers, answers_rx) = mpsc::unbounded_channel();
@@ -221,9 +223,10 @@ impl PipelineSink for QuicSink {
         Box::pin(async move {
             // Encode first: a request that cannot be encoded is refused before its answer slot
             // is queued, so slots and answers stay in step.
+            check_entries(request)?;
             let mut bytes = BytesMut::with_capacity(append_size_hint(request));
             codec::encode_message(FrameKind::AppendEntries, request, &mut bytes, self.max)
-                .map_err(|e| Error::Protocol(format!("append not sent: {e}")))?;
+                .map_err(|e| encode_error(RpcKind::AppendEntries, e))?;
             let (slot, rx) = oneshot::channel();
             let mut lane = self.lane.lock().await;
             if lane.conn.is_retiring() && !self.closed.is_cancelled() {

@@ -638,3 +638,18 @@ fn resolve(target: &ServerAddress) -> Result<SocketAddr, Error> {
         reason: "not an ip:port socket address".to_owned(),
     })
 }
+
+impl Pool {
+    /// Closes every connection to `id` (the one in use and any being retired) with
+    /// `DISCONNECTED` and forgets the peer, its backoff included: the next call dials anew. A
+    /// dial under way is not stopped; if it completes, its connection is kept as usual.
+    pub(crate) fn disconnect(&self, id: &ServerId) {
+        let Some(entry) = self.entries().remove(id) else {
+            return;
+        };
+        for open in entry.conn.iter().chain(&entry.retiring) {
+            open.conn.close(conn::DISCONNECTED, b"disconnected");
+        }
+        tracing::debug!(peer = %id, "connections to the peer dropped");
+    }
+}

@@ -6,18 +6,23 @@ use std::sync::Arc;
 
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::codes::{self, stream};
 use super::io::{FrameBudget, FrameReader, ReadFrameError, Reservation, write_frame};
 use super::pool::PeerConn;
 use super::rendezvous::Rendezvous;
-use super::snapshot_data::SnapshotData;
+use super::snapshot_data::{SnapshotData, data_read_error};
 use super::{Inner, priority};
 use crate::codec::Frame;
 use crate::command::{Command, ServerId};
 use crate::error::{ErrorCode, RemoteError};
 use crate::tls::peer_spiffe_id;
 use crate::transport::{Responder, Rpc, RpcResult, SnapshotReader};
+
+/// How many RPC timeouts a request waits for the consumer to take it before it is answered
+/// `UNAVAILABLE` (see `Stream::dispatch`).
+const CONSUMER_WAIT_FACTOR: u32 = 2;
 
 /// Accepts connections until shutdown, each handshake on its own task.
 pub(super) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
@@ -270,17 +275,19 @@ impl Stream {
     ) -> Option<RpcResult> {
         let (responder, rx) = Responder::new(command.kind());
         let rpc = Rpc::new(command, snapshot, responder);
-        let timeout = self.inner.config.rpc_timeout;
-        let unavailable =
-            match tokio::time::timeout(timeout, self.inner.dispatcher.dispatch(rpc)).await {
-                Ok(Ok(())) => None,
-                Ok(Err(_closed)) => Some("node is shutting down".to_owned()),
-                Err(_) => Some(format!(
-                    "consumer did not take the request within {timeout:?}"
-                )),
-            };
+        // Twice the RPC timeout, so that a caller with the same timeout always sees its own
+        // deadline pass (`Error::Timeout`) before this answer could reach it: the outcome of a
+        // consumer that does not read does not depend on a race between the two.
+        let wait = self
+            .inner
+            .config
+            .rpc_timeout
+            .saturating_mul(CONSUMER_WAIT_FACTOR);
+        let dispatched = tokio::time::timeout(wait, self.inner.dispatcher.dispatch(rpc)).await;
         drop(held);
-        if let Some(why) = unavailable {
+        // Refused (`Ok(Err(_))`): the dispatcher answered `UNAVAILABLE` through `rx`.
+        if dispatched.is_err() {
+            let why = format!("consumer did not take the request within {wait:?}");
             return Some(Err(RemoteError::new(ErrorCode::UNAVAILABLE, why)));
         }
         tokio::select! {
@@ -327,15 +334,22 @@ impl Stream {
             return self.refuse(&mut send, &mut recv, error).await;
         }
         let claimed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sender_gone = CancellationToken::new();
         let data = snapshot_data(
             rendezvous.clone(),
             claimed.clone(),
             transfer_id,
-            self.inner.config.rpc_timeout,
+            (self.inner.config.rpc_timeout, sender_gone.clone()),
             FrameReader::with_budget(self.max(), self.budget.clone()),
         );
         let reader = SnapshotReader::new(data, size);
         let answer = self.dispatch(command, Some(reader), &send, held).await;
+        if answer.is_none() {
+            // The sender stopped waiting for the answer (its source failed, its deadline
+            // passed): a data stream it reset before any of it was sent may never show up
+            // here, so a reader still waiting for it must not wait out its timeout.
+            sender_gone.cancel();
+        }
         self.write_answer(&mut send, answer).await;
         if !claimed.load(std::sync::atomic::Ordering::Acquire) {
             // Answered without reading the data (e.g. a stale term): free its stream.
@@ -439,17 +453,28 @@ impl Stream {
 /// reading: the stream is claimed, its `SnapshotData` header read with `header` (the
 /// connection's budget applies to it as to any frame) and checked, then its bytes read
 /// straight into the consumer's buffers. A data stream that never comes, or was reset, is a
-/// read error.
+/// read error: `UnexpectedEof` once `sender_gone` is cancelled (the sender stopped waiting for
+/// the answer) or when the sender reset the stream, `TimedOut` after `timeout`.
 fn snapshot_data(
     rendezvous: Arc<Rendezvous>,
     claimed: Arc<std::sync::atomic::AtomicBool>,
     stream_id: u64,
-    timeout: std::time::Duration,
+    (timeout, sender_gone): (std::time::Duration, CancellationToken),
     mut header: FrameReader,
 ) -> SnapshotData {
     SnapshotData::new(Box::pin(async move {
         claimed.store(true, std::sync::atomic::Ordering::Release);
-        let mut recv = rendezvous.claim(stream_id, timeout).await.ok_or_else(|| {
+        let claim = tokio::select! {
+            biased;
+            claim = rendezvous.claim(stream_id, timeout) => claim,
+            _ = sender_gone.cancelled() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the sender gave up the snapshot before its data arrived",
+                ));
+            }
+        };
+        let mut recv = claim.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("snapshot data stream {stream_id} did not arrive within {timeout:?}"),
@@ -465,7 +490,7 @@ fn snapshot_data(
                     "snapshot data stream does not start with its SnapshotData header",
                 ));
             }
-            Err(ReadFrameError::Read(e)) => return Err(io::Error::from(e)),
+            Err(ReadFrameError::Read(e)) => return Err(data_read_error(e)),
             Err(e) => {
                 let _ = recv.stop(stream::BAD_FRAME);
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));

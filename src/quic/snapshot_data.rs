@@ -4,8 +4,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use super::codes::stream;
+
 use futures_util::future::BoxFuture;
-use quinn::RecvStream;
+use quinn::{ReadError, RecvStream};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Snapshot data: first the stream is found (claimed from the rendezvous, its header checked)
@@ -46,7 +48,9 @@ impl AsyncRead for SnapshotData {
                         return Poll::Ready(Err(e));
                     }
                 },
-                State::Reading(recv) => return Pin::new(recv).poll_read(cx, buf),
+                State::Reading(recv) => {
+                    return recv.poll_read_buf(cx, buf).map_err(data_read_error);
+                }
                 State::Failed(kind) => {
                     return Poll::Ready(Err(io::Error::new(
                         *kind,
@@ -55,5 +59,19 @@ impl AsyncRead for SnapshotData {
                 }
             }
         }
+    }
+}
+
+/// The consumer's error for a failed read of a snapshot's data stream. A stream the sender
+/// reset with `SNAPSHOT_ABORTED` (its source failed or ended before the declared size) is
+/// [`io::ErrorKind::UnexpectedEof`], as the in-memory transport's reader reports a sender that
+/// stopped short; anything else keeps quinn's mapping.
+pub(super) fn data_read_error(error: ReadError) -> io::Error {
+    match error {
+        ReadError::Reset(code) if code == stream::SNAPSHOT_ABORTED => io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the sender aborted the snapshot: its source failed or ended before the declared size",
+        ),
+        other => io::Error::from(other),
     }
 }

@@ -6,6 +6,7 @@ use tokio::sync::mpsc;
 
 use super::{HeartbeatHandler, Incoming, Rpc};
 use crate::command::Command;
+use crate::error::{ErrorCode, RemoteError};
 
 /// The receiving end every transport shares: routes heartbeats to the fast-path handler and
 /// everything else to the consumer.
@@ -35,7 +36,9 @@ impl Dispatcher {
     }
 
     /// Hands `rpc` to the heartbeat handler when it is a heartbeat and a handler is set;
-    /// otherwise queues it for the consumer, waiting while the queue is full.
+    /// otherwise queues it for the consumer, waiting while the queue is full. When no
+    /// consumer takes RPCs any more (the node is closing, or its [`Incoming`] was dropped),
+    /// the RPC is answered with [`ErrorCode::UNAVAILABLE`] and `Closed` returned.
     ///
     /// Cancel-safe: cancelled while waiting, the RPC is dropped (its caller sees no answer).
     pub(crate) async fn dispatch(&self, rpc: Rpc) -> Result<(), Closed> {
@@ -48,10 +51,18 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        match consumer {
-            Some(consumer) => consumer.send(rpc).await.map_err(|_| Closed),
-            None => Err(Closed),
-        }
+        let refused = match consumer {
+            Some(consumer) => match consumer.send(rpc).await {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(rpc)) => rpc,
+            },
+            None => rpc,
+        };
+        refused.respond(Err(RemoteError::new(
+            ErrorCode::UNAVAILABLE,
+            "no consumer takes RPCs: the node is closing or dropped its consumer",
+        )));
+        Err(Closed)
     }
 
     fn heartbeat_fast_path(&self, rpc: Rpc) -> Option<Rpc> {

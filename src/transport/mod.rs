@@ -1,6 +1,7 @@
 //! The Raft-facing API: the [`Transport`] trait, the receiving side, pipelines and snapshots.
 
 mod dispatch;
+mod limits;
 mod peer;
 mod pipeline;
 mod rpc;
@@ -11,6 +12,8 @@ use std::future::Future;
 use tokio::io::AsyncRead;
 
 pub(crate) use dispatch::Dispatcher;
+pub use limits::DEFAULT_MAX_MESSAGE_SIZE;
+pub(crate) use limits::{check_entries, check_request, encode_error};
 pub use peer::ServerAddressProvider;
 pub(crate) use peer::{AddressResolver, decode_peer};
 pub use pipeline::{
@@ -39,6 +42,46 @@ use crate::error::Error;
 /// All methods take `&self`: one transport serves every replication task at once. Unless
 /// stated otherwise, the RPC futures are cancel-safe in the sense that dropping one abandons
 /// that RPC only (the peer may or may not have seen it) and disturbs no other.
+///
+/// # The contract
+///
+/// Every implementation behaves as follows; `tests/conformance/` checks each point against
+/// each implementation.
+///
+/// - **Limits, before anything is sent.** An AppendEntries of more than
+///   [`MAX_ENTRIES_PER_APPEND`](crate::MAX_ENTRIES_PER_APPEND) entries, or a request whose
+///   encoded body exceeds the maximum message size (default [`DEFAULT_MAX_MESSAGE_SIZE`]),
+///   fails with [`Error::LimitExceeded`] naming the limit and the request's figure; nothing
+///   reaches the peer and no connection is dialled for it. On a pipeline the refused append
+///   takes no sequence number and the pipeline goes on.
+/// - **A peer that cannot be reached** is [`Error::Unreachable`]: a dial that never completed
+///   gives it whichever deadline (the dial's own or the call's) passes first, never
+///   [`Error::Timeout`].
+/// - **Deadlines.** A call has one deadline for all of it (the configured RPC timeout; for a
+///   snapshot, scaled by its size, [`snapshot_timeout`]). A peer that was reached but did not
+///   answer in time is [`Error::Timeout`].
+/// - **A consumer that never reads.** Calls to it fail with [`Error::Timeout`] at the caller's
+///   deadline, whether their RPC was queued for the consumer or waited for room in its queue.
+///   (Over QUIC the receiver waits twice its own RPC timeout for room before it answers
+///   `UNAVAILABLE`, so only a caller with a longer timeout than that sees the remote error.)
+/// - **A consumer that was dropped** (the transport still open): calls to the node fail with
+///   [`Error::Remote`] [`ErrorCode::UNAVAILABLE`](crate::ErrorCode::UNAVAILABLE): the node is
+///   reachable but takes no work, so an immediate retry does not help.
+/// - **An RPC dropped unanswered** by the receiving handler: [`Error::Remote`]
+///   [`ErrorCode::NO_RESPONSE`](crate::ErrorCode::NO_RESPONSE).
+/// - **Pipelines** deliver appends to the follower in send order and yield completions in
+///   that order. The first failed completion closes the pipeline: every request behind it
+///   completes with [`Error::PipelineClosed`] even if it was answered, as in hashicorp/raft
+///   (see [`AppendPipeline::next`], which is cancel-safe).
+/// - **Snapshots** send exactly the declared size. A source that ends early fails the call
+///   with [`Error::SnapshotSizeMismatch`] at once, and the receiver's [`SnapshotReader`] fails
+///   with [`std::io::ErrorKind::UnexpectedEof`] within about one round trip.
+/// - **A peer that closes** fails the calls under way to it with [`Error::ConnectionLost`];
+///   later calls find it unreachable.
+/// - **[`disconnect_peer`](Self::disconnect_peer)** fails what is under way to that peer with
+///   [`Error::ConnectionLost`], and the next call reaches the peer afresh.
+/// - **[`close`](Self::close)** fails what is under way here, and every later call, with
+///   [`Error::Shutdown`].
 pub trait Transport: Send + Sync + 'static {
     /// This node's address, as peers should dial it.
     fn local_addr(&self) -> ServerAddress;
@@ -106,6 +149,14 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Decodes what [`encode_peer`](Self::encode_peer) produced.
     fn decode_peer(&self, encoded: &[u8]) -> Result<ServerAddress, Error>;
+
+    /// Drops every connection to the peer `id` (hashicorp/raft's `CloseStreams`, for one
+    /// peer): what is under way to it fails with [`Error::ConnectionLost`], pipelines to it
+    /// included, and the transport forgets the peer, so the next call to it starts afresh (over
+    /// QUIC: dials a new connection, with no backoff left from earlier failures). For an
+    /// engine whose configuration no longer has the peer. Does nothing for a peer without
+    /// connections.
+    fn disconnect_peer(&self, id: &ServerId);
 
     /// Sets (or, with `None`, clears) the heartbeat fast-path handler.
     fn set_heartbeat_handler(&self, handler: Option<HeartbeatHandler>);

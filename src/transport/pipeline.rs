@@ -59,6 +59,13 @@ struct InFlight {
     response: ResponseFuture,
 }
 
+/// The receiving end of the in-flight queue, with the request `next` waits on.
+struct Completions {
+    queue: mpsc::UnboundedReceiver<InFlight>,
+    /// Taken off `queue` and not yet yielded: kept here so a cancelled `next` loses nothing.
+    head: Option<InFlight>,
+}
+
 /// Pipelined AppendEntries to one peer (hashicorp/raft's `AppendPipeline`).
 ///
 /// [`send`](Self::send) puts a request on its way and returns its sequence number;
@@ -67,14 +74,14 @@ struct InFlight {
 /// `send` waits, which is the pipeline's backpressure. The follower sees the requests in the
 /// order they were sent. Both methods take `&self`, so one task can `select!` over them or
 /// two tasks can share the pipeline. Closing (or dropping) the pipeline fails every
-/// outstanding request.
+/// outstanding request, and so does the first request that fails (see [`next`](Self::next)).
 pub struct AppendPipeline {
     sink: Box<dyn PipelineSink>,
     max_in_flight: usize,
     permits: Semaphore,
     next_seq: Mutex<u64>,
     queue_tx: mpsc::UnboundedSender<InFlight>,
-    queue_rx: Mutex<mpsc::UnboundedReceiver<InFlight>>,
+    completions: Mutex<Completions>,
     closed: CancellationToken,
     sink_closed: AtomicBool,
     shutdown: CancellationToken,
@@ -101,7 +108,10 @@ impl AppendPipeline {
             permits: Semaphore::new(max_in_flight),
             next_seq: Mutex::new(0),
             queue_tx,
-            queue_rx: Mutex::new(queue_rx),
+            completions: Mutex::new(Completions {
+                queue: queue_rx,
+                head: None,
+            }),
             closed: shutdown.child_token(),
             sink_closed: AtomicBool::new(false),
             shutdown: shutdown.clone(),
@@ -175,31 +185,37 @@ impl AppendPipeline {
     /// came (or failed). Yields `None` once the pipeline is closed and every outstanding
     /// request has been yielded, failed.
     ///
-    /// Cancel-safe only while nothing is outstanding; cancelling a wait for a response loses
-    /// that completion, so `select!` over it in a loop that polls it to the end.
+    /// The first failed completion (a timeout, a lost connection, an error the peer answered)
+    /// closes the pipeline, as in hashicorp/raft: the follower handles appends in order, so
+    /// those sent after a failed one cannot be trusted to have been applied. Every request
+    /// behind it completes with [`Error::PipelineClosed`] (or [`Error::Shutdown`]), even one
+    /// whose answer had already arrived, and `send` fails from then on.
+    ///
+    /// Cancel-safe: the request being waited on stays at the head of the pipeline, so a
+    /// cancelled call (say, the losing branch of a `select!`) loses no completion; the next
+    /// call yields it.
     pub async fn next(&self) -> Option<AppendCompletion> {
-        let mut queue = self.queue_rx.lock().await;
-        let in_flight = if self.closed.is_cancelled() {
-            queue.try_recv().ok()?
-        } else {
-            tokio::select! {
-                biased;
-                item = queue.recv() => item?,
-                _ = self.closed.cancelled() => queue.try_recv().ok()?,
-            }
-        };
-        let InFlight {
-            seq,
-            request,
-            started,
-            response,
-        } = in_flight;
+        let mut completions = self.completions.lock().await;
+        let completions = &mut *completions;
+        if completions.head.is_none() {
+            completions.head = if self.closed.is_cancelled() {
+                completions.queue.try_recv().ok()
+            } else {
+                tokio::select! {
+                    biased;
+                    item = completions.queue.recv() => item,
+                    _ = self.closed.cancelled() => completions.queue.try_recv().ok(),
+                }
+            };
+        }
+        let head = completions.head.as_mut()?;
         let response = if self.closed.is_cancelled() {
             Err(self.closed_error())
         } else {
+            let deadline = head.started + self.timeout;
             tokio::select! {
                 biased;
-                result = tokio::time::timeout_at(started + self.timeout, response) => {
+                result = tokio::time::timeout_at(deadline, &mut head.response) => {
                     result.unwrap_or(Err(Error::Timeout {
                         rpc: RpcKind::AppendEntries,
                         after: self.timeout,
@@ -208,6 +224,19 @@ impl AppendPipeline {
                 _ = self.closed.cancelled() => Err(self.closed_error()),
             }
         };
+        // From here on nothing awaits: the completion is taken and returned as one step.
+        let InFlight {
+            seq,
+            request,
+            started,
+            response: _,
+        } = completions.head.take()?;
+        if let Err(error) = &response
+            && !self.closed.is_cancelled()
+        {
+            tracing::debug!(seq, %error, "pipelined append failed: closing the pipeline");
+            self.close();
+        }
         self.permits.add_permits(1);
         Some(AppendCompletion {
             seq,

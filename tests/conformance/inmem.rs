@@ -19,6 +19,15 @@ impl Harness for InmemHarness {
         if let Some(provider) = options.address_provider {
             config = config.address_provider(provider);
         }
+        if let Some(timeout) = options.timeout {
+            config = config.timeout(timeout);
+        }
+        if let Some(capacity) = options.consumer_capacity {
+            config = config.consumer_capacity(capacity);
+        }
+        if let Some(max) = options.max_message_size {
+            config = config.max_message_size(max);
+        }
         let (transport, incoming) = InmemTransport::with_config(name.as_str(), config);
         TestNode {
             transport,

@@ -23,6 +23,15 @@ impl Harness for QuicHarness {
         if let Some(provider) = options.address_provider {
             config = config.address_provider(provider);
         }
+        if let Some(timeout) = options.timeout {
+            config = config.rpc_timeout(timeout).connect_timeout(timeout);
+        }
+        if let Some(capacity) = options.consumer_capacity {
+            config = config.consumer_capacity(capacity);
+        }
+        if let Some(max) = options.max_message_size {
+            config = config.max_message_size(max);
+        }
         let (transport, incoming) = QuicTransport::bind(config).await.expect("bind");
         let addr = transport.local_addr();
         TestNode {

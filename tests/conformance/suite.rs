@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quicraft::{
-    AppendEntriesRequest, AppendEntriesResponse, Command, DEFAULT_MAX_IN_FLIGHT, Error, ErrorCode,
-    Incoming, InstallSnapshotRequest, InstallSnapshotResponse, Log, RemoteError,
+    AppendEntriesRequest, AppendEntriesResponse, Command, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_MESSAGE_SIZE, Error, ErrorCode, Incoming, InstallSnapshotRequest,
+    InstallSnapshotResponse, Limit, Log, MAX_ENTRIES_PER_APPEND, RemoteError,
     RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse,
-    Response, Rpc, RpcHeader, ServerAddress, ServerAddressProvider, ServerId, TimeoutNowRequest,
-    TimeoutNowResponse, Transport,
+    Response, Rpc, RpcHeader, RpcKind, ServerAddress, ServerAddressProvider, ServerId,
+    TimeoutNowRequest, TimeoutNowResponse, Transport,
 };
 use tokio::io::AsyncReadExt;
 
@@ -29,6 +30,13 @@ pub struct NodeOptions {
     pub max_in_flight: usize,
     /// Address provider consulted on every dial.
     pub address_provider: Option<Arc<dyn ServerAddressProvider>>,
+    /// The RPC timeout (over QUIC also the connect timeout: the two are equal, the case where
+    /// a dial and an RPC deadline could race); `None` for the harness's default.
+    pub timeout: Option<Duration>,
+    /// RPCs the consumer queue holds; `None` for the default.
+    pub consumer_capacity: Option<usize>,
+    /// The maximum message size; `None` for the default.
+    pub max_message_size: Option<usize>,
 }
 
 /// A node under test.
@@ -119,9 +127,18 @@ fn append_response(from: &RpcHeader, last_log: u64) -> AppendEntriesResponse {
 
 /// Answers every AppendEntries with `last_log = prev_log_entry`, checking they arrive in
 /// order, until the consumer ends.
-fn spawn_append_echo(mut incoming: Incoming, header: RpcHeader) -> tokio::task::JoinHandle<u64> {
+fn spawn_append_echo(incoming: Incoming, header: RpcHeader) -> tokio::task::JoinHandle<u64> {
+    spawn_append_echo_from(incoming, header, 0)
+}
+
+/// [`spawn_append_echo`] for appends whose `prev_log_entry` starts at `first`.
+fn spawn_append_echo_from(
+    mut incoming: Incoming,
+    header: RpcHeader,
+    first: u64,
+) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
-        let mut next = 0u64;
+        let mut next = first;
         while let Some(rpc) = incoming.recv().await {
             let Command::AppendEntries(req) = rpc.command() else {
                 panic!("not an append")
@@ -397,45 +414,76 @@ pub async fn snapshot_reader_dropped_half_read<H: Harness>(h: &H) {
     guarded("server", server).await.unwrap();
 }
 
-pub async fn snapshot_short_source_fails_both_sides<H: Harness>(h: &H) {
-    let (a, b) = pair(h, NodeOptions::default()).await;
+/// A snapshot whose source ends after `given` of its `declared` bytes: the sender fails with
+/// `SnapshotSizeMismatch`, and the receiver's reader fails (`UnexpectedEof`, never a short
+/// snapshot taken as complete) within about a round trip of that, not after the RPC timeout.
+async fn snapshot_source_ends_early<H: Harness>(h: &H, declared: u64, given: u64) {
+    let timeout = Duration::from_secs(5);
+    let options = NodeOptions {
+        timeout: Some(timeout),
+        ..NodeOptions::default()
+    };
+    let a = h.node(options.clone()).await;
+    let b = h.node(options).await;
+    h.link(&a, &b);
     let TestNode {
         mut incoming,
         id: b_id,
         addr: b_addr,
         ..
     } = b;
-    let declared = 1024 * 1024u64;
     let request = snapshot_request(&a.header(), declared);
     let server = tokio::spawn(async move {
         let mut rpc = incoming.recv().await.expect("consumer ended");
         let mut reader = rpc.take_snapshot().expect("reader");
         let mut got = Vec::new();
         let read = reader.read_to_end(&mut got).await;
-        (read.map(|_| got.len()), incoming)
+        (
+            read.map(|_| got.len()),
+            tokio::time::Instant::now(),
+            incoming,
+        )
     });
-    let short = snapshot_bytes(declared as usize / 2);
+    let short = snapshot_bytes(given as usize);
     let got = guarded(
         "install_snapshot",
         a.transport
             .install_snapshot(&b_id, &b_addr, request, std::io::Cursor::new(short)),
     )
     .await;
+    let sender_failed = tokio::time::Instant::now();
     match got {
         Err(Error::SnapshotSizeMismatch {
             declared: d,
             actual,
         }) => {
             assert_eq!(d, declared);
-            assert_eq!(actual, declared / 2);
+            assert_eq!(actual, given);
         }
         other => panic!("expected a size mismatch, got {other:?}"),
     }
-    let (read, _incoming) = guarded("server", server).await.unwrap();
+    let (read, reader_failed, _incoming) = guarded("server", server).await.unwrap();
+    match read {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}"),
+        Ok(n) => panic!("the receiver took a short snapshot of {n} bytes as complete"),
+    }
+    let late = reader_failed.saturating_duration_since(sender_failed);
     assert!(
-        read.is_err(),
-        "the receiver took a short snapshot as complete: {read:?}"
+        late < Duration::from_secs(1),
+        "the reader learned of the short source {late:?} after the sender (RPC timeout {timeout:?})"
     );
+}
+
+pub async fn snapshot_short_source_fails_both_sides<H: Harness>(h: &H) {
+    snapshot_source_ends_early(h, 1024 * 1024, 512 * 1024).await;
+}
+
+pub async fn snapshot_source_ends_early_small<H: Harness>(h: &H) {
+    snapshot_source_ends_early(h, 100, 50).await;
+}
+
+pub async fn snapshot_source_ends_early_large<H: Harness>(h: &H) {
+    snapshot_source_ends_early(h, 16 * 1024 * 1024, 1024 * 1024).await;
 }
 
 async fn run_pipeline<H: Harness>(h: &H, n: u64) {
@@ -770,6 +818,522 @@ pub async fn absent_peer_is_unreachable<H: Harness>(h: &H) {
     assert!(matches!(got, Err(Error::Unreachable { .. })), "{got:?}");
 }
 
+/// Nodes whose RPC timeout (and, over QUIC, connect timeout) is `timeout`.
+fn timed(timeout: Duration) -> NodeOptions {
+    NodeOptions {
+        timeout: Some(timeout),
+        ..NodeOptions::default()
+    }
+}
+
+/// A dial that never completes is `Unreachable`, for every kind of call, even with the
+/// connect timeout equal to the RPC timeout (the dial's deadline and the call's then fall
+/// together): never `Timeout`, which would tell the engine the peer was reached.
+pub async fn dial_that_never_completes_is_unreachable<H: Harness>(h: &H) {
+    let a = h.node(timed(Duration::from_millis(400))).await;
+    let mut peers = Vec::new();
+    for _ in 0..5 {
+        peers.push(h.absent_peer().await);
+    }
+    let header = a.header();
+    let t = &a.transport;
+    let (vote, pre_vote, append, snapshot, pipeline) = guarded("calls", async {
+        tokio::join!(
+            t.request_vote(
+                &peers[0].0,
+                &peers[0].1,
+                RequestVoteRequest {
+                    header: header.clone(),
+                    term: 1,
+                    last_log_index: 0,
+                    last_log_term: 0,
+                    leadership_transfer: false,
+                },
+            ),
+            t.request_pre_vote(
+                &peers[1].0,
+                &peers[1].1,
+                RequestPreVoteRequest {
+                    header: header.clone(),
+                    term: 1,
+                    last_log_index: 0,
+                    last_log_term: 0,
+                },
+            ),
+            t.append_entries(&peers[2].0, &peers[2].1, append_request(&header, 1)),
+            t.install_snapshot(
+                &peers[3].0,
+                &peers[3].1,
+                snapshot_request(&header, 3),
+                std::io::Cursor::new(vec![1u8; 3]),
+            ),
+            t.append_entries_pipeline(&peers[4].0, &peers[4].1),
+        )
+    })
+    .await;
+    assert!(
+        matches!(vote, Err(Error::Unreachable { .. })),
+        "vote: {vote:?}"
+    );
+    assert!(
+        matches!(pre_vote, Err(Error::Unreachable { .. })),
+        "pre-vote: {pre_vote:?}"
+    );
+    assert!(
+        matches!(append, Err(Error::Unreachable { .. })),
+        "append: {append:?}"
+    );
+    assert!(
+        matches!(snapshot, Err(Error::Unreachable { .. })),
+        "snapshot: {snapshot:?}"
+    );
+    assert!(
+        matches!(pipeline, Err(Error::Unreachable { .. })),
+        "pipeline: {:?}",
+        pipeline.err()
+    );
+}
+
+/// A consumer that never reads: every call to it fails with `Timeout` at the caller's
+/// deadline, both the one queued for the consumer and those waiting for room in its queue
+/// (the receiver waits for its consumer longer than a caller with the same timeout waits for
+/// the answer, so no `Remote(UNAVAILABLE)` races the deadline).
+pub async fn consumer_that_never_reads_gives_timeout<H: Harness>(h: &H) {
+    let timeout = Duration::from_millis(600);
+    let a = h.node(timed(timeout)).await;
+    let b = h
+        .node(NodeOptions {
+            consumer_capacity: Some(1),
+            ..timed(timeout)
+        })
+        .await;
+    h.link(&a, &b);
+    let calls = (0..4).map(|seq| {
+        let (t, id, addr, header) = (
+            a.transport.clone(),
+            b.id.clone(),
+            b.addr.clone(),
+            a.header(),
+        );
+        tokio::spawn(async move {
+            t.append_entries(&id, &addr, append_request(&header, seq))
+                .await
+        })
+    });
+    let calls: Vec<_> = calls.collect();
+    for call in calls {
+        let got = guarded("call", call).await.unwrap();
+        assert!(
+            matches!(
+                got,
+                Err(Error::Timeout {
+                    rpc: RpcKind::AppendEntries,
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
+    }
+    drop(b);
+}
+
+fn limit_exceeded(got: &Result<impl std::fmt::Debug, Error>, which: Limit, max: u64) -> u64 {
+    match got {
+        Err(Error::LimitExceeded {
+            limit,
+            max: m,
+            actual,
+            ..
+        }) if *limit == which && *m == max => *actual,
+        other => panic!("expected {which:?} of {max} exceeded, got {other:?}"),
+    }
+}
+
+/// The same limits on every transport, refused before anything is sent (not even a dial: the
+/// peer is absent) with one typed error naming the limit and the request's figure:
+/// `MAX_ENTRIES_PER_APPEND` entries per AppendEntries, and the message size (default 16 MiB).
+pub async fn limits_are_enforced_before_sending<H: Harness>(h: &H) {
+    let a = h.node(NodeOptions::default()).await;
+    let (id, addr) = h.absent_peer().await;
+    let header = a.header();
+    let too_many = AppendEntriesRequest {
+        entries: (1..=MAX_ENTRIES_PER_APPEND as u64 + 1)
+            .map(|i| Log::command(i, 3, Bytes::new()))
+            .collect(),
+        ..append_request(&header, 1)
+    };
+    let got = guarded(
+        "too many entries",
+        a.transport.append_entries(&id, &addr, too_many.clone()),
+    )
+    .await;
+    let actual = limit_exceeded(&got, Limit::EntriesPerAppend, MAX_ENTRIES_PER_APPEND as u64);
+    assert_eq!(actual, MAX_ENTRIES_PER_APPEND as u64 + 1);
+
+    let default_max = DEFAULT_MAX_MESSAGE_SIZE as u64;
+    let too_large = AppendEntriesRequest {
+        entries: vec![Log::command(
+            1,
+            3,
+            Bytes::from(vec![7u8; DEFAULT_MAX_MESSAGE_SIZE]),
+        )],
+        ..append_request(&header, 1)
+    };
+    let got = guarded(
+        "oversize append",
+        a.transport.append_entries(&id, &addr, too_large),
+    )
+    .await;
+    assert!(limit_exceeded(&got, Limit::MessageSize, default_max) > default_max);
+
+    // A configured limit, on every kind of request, and on a pipeline.
+    let max = 64 * 1024;
+    let a = h
+        .node(NodeOptions {
+            max_message_size: Some(max),
+            ..NodeOptions::default()
+        })
+        .await;
+    let header = a.header();
+    let big = Bytes::from(vec![7u8; max]);
+    let got = guarded(
+        "oversize vote",
+        a.transport.request_vote(
+            &id,
+            &addr,
+            RequestVoteRequest {
+                header: RpcHeader {
+                    extensions: big.clone(),
+                    ..header.clone()
+                },
+                term: 1,
+                last_log_index: 0,
+                last_log_term: 0,
+                leadership_transfer: false,
+            },
+        ),
+    )
+    .await;
+    assert!(limit_exceeded(&got, Limit::MessageSize, max as u64) > max as u64);
+    let got = guarded(
+        "oversize snapshot request",
+        a.transport.install_snapshot(
+            &id,
+            &addr,
+            InstallSnapshotRequest {
+                configuration: big.clone(),
+                ..snapshot_request(&header, 3)
+            },
+            std::io::Cursor::new(vec![1u8; 3]),
+        ),
+    )
+    .await;
+    assert!(limit_exceeded(&got, Limit::MessageSize, max as u64) > max as u64);
+
+    // On a pipeline: the oversize append is refused, and the pipeline goes on.
+    let (a, mut b) = pair(
+        h,
+        NodeOptions {
+            max_message_size: Some(max),
+            ..NodeOptions::default()
+        },
+    )
+    .await;
+    let header = a.header();
+    let pipeline = guarded(
+        "pipeline",
+        a.transport.append_entries_pipeline(&b.id, &b.addr),
+    )
+    .await
+    .unwrap();
+    let oversize = AppendEntriesRequest {
+        entries: vec![Log::command(1, 3, big)],
+        ..append_request(&header, 0)
+    };
+    let got = guarded("pipelined oversize", pipeline.send(oversize)).await;
+    assert!(limit_exceeded(&got, Limit::MessageSize, max as u64) > max as u64);
+    let got = guarded("pipelined too many", pipeline.send(too_many)).await;
+    limit_exceeded(&got, Limit::EntriesPerAppend, MAX_ENTRIES_PER_APPEND as u64);
+    let seq = guarded("pipelined", pipeline.send(append_request(&header, 0)))
+        .await
+        .unwrap();
+    assert_eq!(seq, 0, "a refused append took a sequence number");
+    let rpc = guarded("RPC", b.incoming.recv()).await.unwrap();
+    assert_eq!(
+        rpc.command(),
+        &Command::AppendEntries(append_request(&header, 0)),
+        "the consumer saw a refused request"
+    );
+    rpc.respond(Ok(append_response(&b.header(), 0).into()));
+    let done = guarded("completion", pipeline.next()).await.unwrap();
+    assert_eq!(done.response.unwrap().last_log, 0);
+}
+
+/// A peer whose consumer was dropped (its transport still open) answers every call with
+/// `Remote(UNAVAILABLE)`: the peer is reachable but takes no work, so retrying at once does
+/// not help (not `ConnectionLost`).
+pub async fn consumer_dropped_gives_unavailable<H: Harness>(h: &H) {
+    let (a, b) = pair(h, NodeOptions::default()).await;
+    let TestNode {
+        transport: _b_transport,
+        incoming,
+        id: b_id,
+        addr: b_addr,
+    } = b;
+    drop(incoming);
+    let header = a.header();
+    let got = guarded(
+        "call",
+        a.transport
+            .append_entries(&b_id, &b_addr, append_request(&header, 1)),
+    )
+    .await;
+    assert!(
+        matches!(&got, Err(Error::Remote(e)) if e.code == ErrorCode::UNAVAILABLE),
+        "{got:?}"
+    );
+    let got = guarded(
+        "vote",
+        a.transport.timeout_now(
+            &b_id,
+            &b_addr,
+            TimeoutNowRequest {
+                header: header.clone(),
+            },
+        ),
+    )
+    .await;
+    assert!(
+        matches!(&got, Err(Error::Remote(e)) if e.code == ErrorCode::UNAVAILABLE),
+        "{got:?}"
+    );
+    let pipeline = guarded(
+        "pipeline",
+        a.transport.append_entries_pipeline(&b_id, &b_addr),
+    )
+    .await
+    .unwrap();
+    guarded("send", pipeline.send(append_request(&header, 1)))
+        .await
+        .unwrap();
+    let done = guarded("completion", pipeline.next()).await.unwrap();
+    assert!(
+        matches!(&done.response, Err(Error::Remote(e)) if e.code == ErrorCode::UNAVAILABLE),
+        "{:?}",
+        done.response
+    );
+}
+
+/// A pipelined request the follower never answers fails with `Timeout`, and every request
+/// sent after it fails with `PipelineClosed`, even those the follower answered: it handles
+/// appends in order, so nothing behind a stuck one can be trusted (hashicorp/raft's rule).
+pub async fn unanswered_pipelined_request_fails_everything_behind_it<H: Harness>(h: &H) {
+    let timeout = Duration::from_millis(600);
+    let (a, mut b) = pair(h, timed(timeout)).await;
+    let header = a.header();
+    let pipeline = guarded(
+        "pipeline",
+        a.transport.append_entries_pipeline(&b.id, &b.addr),
+    )
+    .await
+    .unwrap();
+    for seq in 0..4 {
+        guarded("send", pipeline.send(append_request(&header, seq)))
+            .await
+            .unwrap();
+    }
+    let stuck = guarded("first RPC", b.incoming.recv()).await.unwrap();
+    for seq in 1..4 {
+        let rpc = guarded("RPC", b.incoming.recv()).await.unwrap();
+        rpc.respond(Ok(append_response(&b.header(), seq).into()));
+    }
+    let done = guarded("first completion", pipeline.next()).await.unwrap();
+    assert_eq!(done.seq, 0);
+    assert!(
+        matches!(
+            done.response,
+            Err(Error::Timeout {
+                rpc: RpcKind::AppendEntries,
+                ..
+            })
+        ),
+        "{:?}",
+        done.response
+    );
+    for seq in 1..4 {
+        let done = guarded("completion", pipeline.next()).await.unwrap();
+        assert_eq!(done.seq, seq);
+        assert!(
+            matches!(done.response, Err(Error::PipelineClosed)),
+            "request {seq} behind the stuck one: {:?}",
+            done.response
+        );
+    }
+    assert!(guarded("end", pipeline.next()).await.is_none());
+    assert!(pipeline.is_closed());
+    let got = pipeline.send(append_request(&header, 9)).await;
+    assert!(matches!(got, Err(Error::PipelineClosed)), "{got:?}");
+    drop(stuck);
+}
+
+/// `AppendPipeline::next` is cancel-safe: a `next` dropped while it waits for a response (the
+/// losing branch of a `select!`) loses no completion.
+pub async fn pipeline_next_is_cancel_safe<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, NodeOptions::default()).await;
+    let header = a.header();
+    let pipeline = guarded(
+        "pipeline",
+        a.transport.append_entries_pipeline(&b.id, &b.addr),
+    )
+    .await
+    .unwrap();
+    guarded("send", pipeline.send(append_request(&header, 0)))
+        .await
+        .unwrap();
+    let rpc = guarded("RPC", b.incoming.recv()).await.unwrap();
+    {
+        let mut waiting = pin!(pipeline.next());
+        assert!(
+            is_pending(&mut waiting).await,
+            "a completion before the answer"
+        );
+        // Dropped here, while it holds the request it waits on.
+    }
+    rpc.respond(Ok(append_response(&b.header(), 0).into()));
+    let done = guarded("completion after a cancelled next", pipeline.next())
+        .await
+        .expect("the completion was lost");
+    assert_eq!(done.seq, 0);
+    assert_eq!(done.response.unwrap().last_log, 0);
+
+    // The natural port of a Go select: `next` raced against a ticker that often wins.
+    let n = 20u64;
+    let b_header = b.header();
+    let echo = spawn_append_echo_from(b.incoming, b_header, 1);
+    let mut ticks = tokio::time::interval(Duration::from_micros(200));
+    let mut seen = Vec::new();
+    guarded("select loop", async {
+        for seq in 1..=n {
+            pipeline.send(append_request(&header, seq)).await.unwrap();
+        }
+        while seen.len() < n as usize {
+            tokio::select! {
+                done = pipeline.next() => {
+                    let done = done.expect("pipeline ended");
+                    assert_eq!(done.response.unwrap().last_log, done.seq);
+                    seen.push(done.seq);
+                }
+                _ = ticks.tick() => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(seen, (1..=n).collect::<Vec<_>>());
+    pipeline.close();
+    a.transport.close().await;
+    b.transport.close().await;
+    guarded("echo", echo).await.unwrap();
+}
+
+/// `disconnect_peer` drops what is under way to that peer (`ConnectionLost`), pipelines
+/// included, and forgets it: the next call reaches the peer afresh.
+pub async fn disconnect_peer_fails_calls_under_way_and_next_call_succeeds<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, NodeOptions::default()).await;
+    let header = a.header();
+    let pipeline = guarded(
+        "pipeline",
+        a.transport.append_entries_pipeline(&b.id, &b.addr),
+    )
+    .await
+    .unwrap();
+    guarded("send", pipeline.send(append_request(&header, 0)))
+        .await
+        .unwrap();
+    let call = {
+        let (t, id, addr, header) = (
+            a.transport.clone(),
+            b.id.clone(),
+            b.addr.clone(),
+            header.clone(),
+        );
+        tokio::spawn(async move {
+            t.append_entries(&id, &addr, append_request(&header, 1))
+                .await
+        })
+    };
+    let _held = (
+        guarded("RPC", b.incoming.recv()).await.unwrap(),
+        guarded("RPC", b.incoming.recv()).await.unwrap(),
+    );
+    a.transport.disconnect_peer(&b.id);
+    let got = guarded("call under way", call).await.unwrap();
+    assert!(matches!(got, Err(Error::ConnectionLost { .. })), "{got:?}");
+    let done = guarded("completion", pipeline.next()).await.unwrap();
+    assert!(
+        matches!(done.response, Err(Error::ConnectionLost { .. })),
+        "{:?}",
+        done.response
+    );
+    // Disconnecting a peer with nothing open does nothing.
+    a.transport.disconnect_peer(&ServerId::from("never-called"));
+
+    let request = append_request(&header, 2);
+    let response = append_response(&b.header(), 2);
+    let server = answer_one(
+        &mut b.incoming,
+        request.clone().into(),
+        response.clone().into(),
+    );
+    let client = a.transport.append_entries(&b.id, &b.addr, request);
+    let (got, ()) = guarded("call after", async { tokio::join!(client, server) }).await;
+    assert_eq!(got.unwrap(), response);
+
+    // And a new pipeline works (hashicorp/raft's AppendEntriesPipeline_CloseStreams).
+    assert!(pipeline.is_closed(), "the broken pipeline is still open");
+    let pipeline = guarded(
+        "new pipeline",
+        a.transport.append_entries_pipeline(&b.id, &b.addr),
+    )
+    .await
+    .unwrap();
+    guarded("send", pipeline.send(append_request(&header, 3)))
+        .await
+        .unwrap();
+    let rpc = guarded("RPC", b.incoming.recv()).await.unwrap();
+    rpc.respond(Ok(append_response(&b.header(), 3).into()));
+    let done = guarded("completion", pipeline.next()).await.unwrap();
+    assert_eq!(done.response.unwrap().last_log, 3);
+}
+
+/// A peer that closes fails the calls under way to it with `ConnectionLost` (a retry may go
+/// elsewhere at once), and later calls find it `Unreachable`.
+pub async fn peer_close_fails_calls_under_way_with_connection_lost<H: Harness>(h: &H) {
+    let (a, mut b) = pair(h, timed(Duration::from_millis(500))).await;
+    let call = {
+        let (t, id, addr, header) = (
+            a.transport.clone(),
+            b.id.clone(),
+            b.addr.clone(),
+            a.header(),
+        );
+        tokio::spawn(async move {
+            t.append_entries(&id, &addr, append_request(&header, 1))
+                .await
+        })
+    };
+    let _held = guarded("RPC", b.incoming.recv()).await.unwrap();
+    guarded("peer close", b.transport.close()).await;
+    let got = guarded("call under way", call).await.unwrap();
+    assert!(matches!(got, Err(Error::ConnectionLost { .. })), "{got:?}");
+    let got = guarded(
+        "call after",
+        a.transport
+            .timeout_now(&b.id, &b.addr, TimeoutNowRequest { header: a.header() }),
+    )
+    .await;
+    assert!(matches!(got, Err(Error::Unreachable { .. })), "{got:?}");
+}
+
 /// Instantiates every conformance test for the harness expression `$harness`.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -784,6 +1348,8 @@ macro_rules! conformance_suite {
             install_snapshot_round_trip,
             snapshot_reader_dropped_half_read,
             snapshot_short_source_fails_both_sides,
+            snapshot_source_ends_early_small,
+            snapshot_source_ends_early_large,
             pipeline_10_in_order,
             pipeline_100_in_order,
             pipeline_max_in_flight_0,
@@ -798,6 +1364,14 @@ macro_rules! conformance_suite {
             wrong_response_kind_is_an_error,
             calls_after_close_fail_with_shutdown,
             absent_peer_is_unreachable,
+            dial_that_never_completes_is_unreachable,
+            consumer_that_never_reads_gives_timeout,
+            limits_are_enforced_before_sending,
+            consumer_dropped_gives_unavailable,
+            unanswered_pipelined_request_fails_everything_behind_it,
+            pipeline_next_is_cancel_safe,
+            disconnect_peer_fails_calls_under_way_and_next_call_succeeds,
+            peer_close_fails_calls_under_way_with_connection_lost,
         );
     };
 }
