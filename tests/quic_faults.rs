@@ -1037,16 +1037,17 @@ async fn consumer_that_stops_reading_gives_backpressure_then_timeouts_with_bound
     let fx = Fixture::new("stuck-consumer");
     let (a, _a_in) = bind(fx.config("n1").rpc_timeout(caller_timeout)).await;
     // The largest append body of the test (the warm-up's: varints grow with the sequence
-    // number), and a budget of four of them, which is also the follower's frame limit.
+    // number); frames of four of them at most. The peer's budget holds the queued requests
+    // (at their decoded size, about a kilobyte each here) and the frames under way.
     let frame_max = postcard::to_stdvec(&append(&a, 999)).unwrap().len();
-    let budget = 4 * frame_max;
+    let budget = CAPACITY * 2048 + MAX_STREAMS as usize * 4 * frame_max;
     let (b, mut b_in) = bind(
         fx.config("n2")
             .rpc_timeout(follower_timeout)
             .consumer_capacity(CAPACITY)
             .max_streams(MAX_STREAMS)
-            .max_message_size(budget)
-            .max_buffered_bytes_per_connection(budget),
+            .max_message_size(4 * frame_max)
+            .max_buffered_bytes_per_peer(budget),
     )
     .await;
     let (id, addr) = (b.local_id().clone(), b.local_addr());
@@ -1144,11 +1145,13 @@ async fn consumer_that_stops_reading_gives_backpressure_then_timeouts_with_bound
         "the follower held {} bytes of frames from one connection (budget {budget})",
         stats.frame_bytes_buffered_high_water
     );
+    // What is still held is exactly what the queued requests hold, until the consumer takes
+    // them.
+    let queued_hold = stats.frame_bytes_buffered;
     assert!(
-        stats.frame_bytes_buffered_high_water > budget - frame_max,
-        "the budget never filled: the waves did not test it ({stats:?})"
+        queued_hold >= CAPACITY * frame_max,
+        "the queued requests hold their share of the budget ({stats:?})"
     );
-    assert_eq!(stats.frame_bytes_buffered, 0, "{stats:?}");
     assert_eq!(stats.request_streams, 0, "{stats:?}");
     assert_eq!(stats.consumer_queued, CAPACITY, "{stats:?}");
 
@@ -1163,6 +1166,11 @@ async fn consumer_that_stops_reading_gives_backpressure_then_timeouts_with_bound
     }
     assert!(b_in.is_empty());
     assert_eq!(b.stats().consumer_queued, 0);
+    assert_eq!(
+        b.stats().frame_bytes_buffered,
+        0,
+        "taken by the consumer, the requests no longer count"
+    );
     drained.sort_unstable();
     let mut queued = timeouts.clone();
     queued.sort_unstable();

@@ -139,6 +139,27 @@ macro_rules! message_kinds {
     };
 }
 
+impl Command {
+    /// About how many bytes this request holds once decoded: the value itself, its header's
+    /// strings and buffers, and for AppendEntries every entry's own size and buffers. A
+    /// receiver counts this, not the encoded length, against what a peer may make it hold: an
+    /// entry of a few bytes on the wire takes about a hundred once decoded.
+    pub(crate) fn decoded_size(&self) -> usize {
+        let header = self.header();
+        let header = header.id.as_str().len() + header.addr.as_str().len() + header.extensions.len();
+        let body = match self {
+            Self::AppendEntries(request) => request
+                .entries
+                .iter()
+                .map(|entry| size_of::<Log>() + entry.data.len() + entry.extensions.len())
+                .sum(),
+            Self::InstallSnapshot(request) => request.configuration.len(),
+            Self::RequestVote(_) | Self::RequestPreVote(_) | Self::TimeoutNow(_) => 0,
+        };
+        size_of::<Self>() + header + body
+    }
+}
+
 message_kinds! {
     AppendEntries: AppendEntriesRequest => AppendEntriesResponse,
     RequestVote: RequestVoteRequest => RequestVoteResponse,

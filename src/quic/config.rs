@@ -57,7 +57,7 @@ pub struct QuicConfig {
     pub(super) backoff_max: Duration,
     pub(super) address_provider: Option<Arc<dyn ServerAddressProvider>>,
     /// `None`: [`DEFAULT_FRAME_BUDGET_FRAMES`] frames of `max_message_size`.
-    pub(super) max_buffered_bytes_per_connection: Option<usize>,
+    pub(super) max_buffered_bytes_per_peer: Option<usize>,
     /// `None`: derived from the node's private key.
     pub(super) reset_secret: Option<Arc<[u8]>>,
 }
@@ -99,7 +99,7 @@ impl QuicConfig {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             address_provider: None,
-            max_buffered_bytes_per_connection: None,
+            max_buffered_bytes_per_peer: None,
             reset_secret: None,
         }
     }
@@ -351,9 +351,12 @@ impl QuicConfig {
         self
     }
 
-    /// Bytes the incoming frames of one connection may hold at once: frames being received
-    /// (each counted at its declared length from its header on) and frames received whole
-    /// but not yet taken by the consumer or the heartbeat handler. Default four frames of
+    /// Bytes the incoming requests of one peer may hold at once, over all of its connections
+    /// (closing ones included): frames being received (each counted at its declared length
+    /// from its header on) and requests received whole but not yet taken by the consumer or
+    /// the heartbeat handler (counted at their decoded size, which for many small entries is
+    /// several times their encoded size). What a connection holds is given back the moment
+    /// it closes, requests waiting for the consumer included. Default four frames of
     /// [`max_message_size`](Self::max_message_size): 64 MiB with its default of 16 MiB. Must
     /// be at least `max_message_size` (else `QuicTransport::bind` fails with
     /// [`Error::Config`](crate::Error::Config)).
@@ -370,8 +373,8 @@ impl QuicConfig {
     /// and when many more of them are in flight than the budget admits, their unread bytes
     /// can fill the receive window and stall the admitted ones until their timeouts.
     /// Requests of ordinary size are a small share of it.
-    pub fn max_buffered_bytes_per_connection(mut self, bytes: usize) -> Self {
-        self.max_buffered_bytes_per_connection = Some(bytes);
+    pub fn max_buffered_bytes_per_peer(mut self, bytes: usize) -> Self {
+        self.max_buffered_bytes_per_peer = Some(bytes);
         self
     }
 
@@ -392,7 +395,7 @@ impl QuicConfig {
 
     /// The per-connection frame budget in effect.
     pub(super) fn frame_budget(&self) -> usize {
-        self.max_buffered_bytes_per_connection.unwrap_or_else(|| {
+        self.max_buffered_bytes_per_peer.unwrap_or_else(|| {
             self.max_message_size
                 .saturating_mul(DEFAULT_FRAME_BUDGET_FRAMES)
         })
@@ -403,7 +406,7 @@ impl QuicConfig {
         let budget = self.frame_budget();
         if budget < self.max_message_size {
             return Err(crate::Error::Config(format!(
-                "max_buffered_bytes_per_connection ({budget}) is smaller than max_message_size ({})",
+                "max_buffered_bytes_per_peer ({budget}) is smaller than max_message_size ({})",
                 self.max_message_size
             )));
         }
@@ -448,7 +451,7 @@ impl fmt::Debug for QuicConfig {
                 "stateless_reset_secret",
                 &self.reset_secret.as_ref().map(|_| "set"),
             )
-            .field("max_buffered_bytes_per_connection", &self.frame_budget())
+            .field("max_buffered_bytes_per_peer", &self.frame_budget())
             .finish_non_exhaustive()
     }
 }

@@ -1,7 +1,8 @@
 //! Frames on QUIC streams: reading with a size limit and a per-connection byte budget,
 //! writing without extra copies.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 
 use bytes::BytesMut;
 use quinn::{ReadError, RecvStream, SendStream, WriteError};
@@ -9,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::stats::Counters;
 use crate::codec::{self, CodecError, Frame, FrameAssembler, Need};
+use crate::command::ServerId;
 
 /// Why no frame could be read.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +27,7 @@ pub(crate) enum ReadFrameError {
 }
 
 /// The bytes the incoming frames of one connection may hold at once
-/// (`QuicConfig::max_buffered_bytes_per_connection`), shared by its request streams and
+/// (`QuicConfig::max_buffered_bytes_per_peer`), shared by its request streams and
 /// pipelines. Cheap to clone: clones share the budget.
 ///
 /// Bytes that quinn holds unread count against QUIC flow control (the receive window);
@@ -94,10 +96,45 @@ impl FrameBudget {
     }
 }
 
+/// The frame budgets of a node's peers: one per peer, shared by all of the peer's connections
+/// (including those being retired or closing), so a peer cannot multiply its budget by
+/// opening connections, and gone when the last of them is.
+#[derive(Default)]
+pub(crate) struct PeerBudgets(std::sync::Mutex<HashMap<ServerId, Weak<BudgetShared>>>);
+
+impl PeerBudgets {
+    /// The budget of `peer`, made with `total` bytes if it has none now.
+    pub(crate) fn of(&self, peer: &ServerId, total: usize, counters: &Arc<Counters>) -> FrameBudget {
+        // Each critical section is one map operation: a poisoned lock is still sound.
+        let mut budgets = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = budgets.get(peer).and_then(Weak::upgrade) {
+            return FrameBudget(shared);
+        }
+        // Forget the budgets of peers with no connection left (bounded by the peers known).
+        budgets.retain(|_, budget| budget.strong_count() > 0);
+        let budget = FrameBudget::new(total, counters.clone());
+        budgets.insert(peer.clone(), Arc::downgrade(&budget.0));
+        budget
+    }
+}
+
 /// Bytes of a [`FrameBudget`] held by one frame; given back when dropped.
 pub(crate) struct Reservation {
     budget: Arc<BudgetShared>,
     bytes: usize,
+}
+
+impl Reservation {
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Holds `other`'s bytes too (both come from the same budget), as one reservation.
+    pub(crate) fn absorb(&mut self, mut other: Reservation) {
+        debug_assert!(Arc::ptr_eq(&self.budget, &other.budget));
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
 }
 
 impl Drop for Reservation {

@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     pool: Pool,
     /// What the node's connections hold (`QuicTransport::stats`), shared by their streams.
     stats: Arc<stats::Counters>,
+    /// What each peer's requests may hold, shared by the peer's connections.
+    budgets: io::PeerBudgets,
     dispatcher: Dispatcher,
     resolver: AddressResolver,
     shutdown: CancellationToken,
@@ -126,6 +128,7 @@ impl QuicTransport {
             ),
             resolver: AddressResolver::new(config.address_provider.clone()),
             stats: Arc::default(),
+            budgets: io::PeerBudgets::default(),
             local_id,
             local_addr,
             socket_addr,

@@ -105,6 +105,19 @@ impl Rendezvous {
         }
     }
 
+    /// Drops what expired (see `prune`); called on a timer, so that unclaimed data streams
+    /// give their stream credit back even when no other data stream arrives.
+    pub(crate) fn expire(&self) {
+        let mut slots = self.slots();
+        self.prune(&mut slots);
+    }
+
+    /// How often [`expire`](Self::expire) should run: an unclaimed stream then lives at most
+    /// one and a half times `max_age`.
+    pub(crate) fn expiry_interval(&self) -> Duration {
+        (self.max_age / 2).max(Duration::from_millis(10))
+    }
+
     /// Drops data nobody claimed within `max_age` (stopping its stream), stale abandon
     /// marks, and waits that were given up.
     fn prune(&self, slots: &mut HashMap<u64, Slot>) {

@@ -18,7 +18,7 @@ use crate::codec::Frame;
 use crate::command::{Command, ServerId};
 use crate::error::{ErrorCode, RemoteError};
 use crate::tls::peer_spiffe_id;
-use crate::transport::{Responder, Rpc, RpcResult, SnapshotReader};
+use crate::transport::{Delivered, Held, Responder, Rpc, RpcResult, SnapshotReader};
 
 /// How many RPC timeouts a request waits for the consumer to take it before it is answered
 /// `UNAVAILABLE` (see `Stream::dispatch`).
@@ -80,17 +80,24 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: Pe
         inner.config.max_snapshot_streams as usize,
         inner.config.rpc_timeout,
     ));
-    // What the frames arriving on this connection's streams may hold at once.
-    let budget = FrameBudget::new(inner.config.frame_budget(), inner.stats.clone());
+    // What the peer's requests may hold at once, over all of its connections.
+    let budget = inner
+        .budgets
+        .of(&peer, inner.config.frame_budget(), &inner.stats);
+    let parked = Parked::default();
+    let mut expiry = tokio::time::interval(rendezvous.expiry_interval());
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
+            _ = expiry.tick() => rendezvous.expire(),
             bi = conn.conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
                     let stream = Stream {
                         inner: inner.clone(),
                         peer: peer.clone(),
                         conn: conn.clone(),
+                        parked: parked.clone(),
                         budget: budget.clone(),
                     };
                     inner.tasks.spawn(stream.serve_bi(send, recv, rendezvous.clone()));
@@ -118,11 +125,29 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: Pe
     }
 }
 
+/// Requests of one connection whose callers gave up while they waited for the consumer:
+/// they stay queued (what reaches the consumer does not depend on timing) but go, with what
+/// they hold, when the connection closes and this is dropped.
+#[derive(Clone, Default)]
+struct Parked(Arc<std::sync::Mutex<Vec<crate::transport::Queued>>>);
+
+impl Parked {
+    fn park(&self, queued: crate::transport::Queued) {
+        // Each critical section is one push or prune: a poisoned lock is still sound.
+        let mut parked = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded by the peer's queue: handles whose RPC the consumer took are let go.
+        parked.retain(crate::transport::Queued::is_queued);
+        parked.push(queued);
+    }
+}
+
 /// One incoming stream and where it came from.
 struct Stream {
     inner: Arc<Inner>,
     peer: ServerId,
     conn: PeerConn,
+    /// The connection's requests whose callers gave up.
+    parked: Parked,
     /// The connection's budget for frames being received.
     budget: FrameBudget,
 }
@@ -258,20 +283,74 @@ impl Stream {
         } else {
             priority::APPEND
         });
-        let answer = self.dispatch(command, None, &send, held).await;
+        let held = match self.hold_decoded(held, &command).await {
+            Ok(held) => held,
+            Err(error) => return self.refuse(&mut send, &mut recv, error).await,
+        };
+        let answer = self.dispatch(command, None, &send, held, None).await;
         self.write_answer(&mut send, answer).await;
     }
 
+    /// Grows what `held` counts of the peer's budget to the request's decoded size (a request
+    /// of many small entries holds several times its encoded size once decoded). An error
+    /// answer when the budget cannot hold it: never, if the request alone is larger than the
+    /// whole budget; not within `rpc_timeout`, if the peer's other requests hold it.
+    ///
+    /// Cancel-safe: a cancelled wait adds nothing to `held` (which is dropped).
+    async fn hold_decoded(
+        &self,
+        held: Option<Reservation>,
+        command: &Command,
+    ) -> Result<Option<Reservation>, RemoteError> {
+        let decoded = command.decoded_size();
+        let have = held.as_ref().map_or(0, Reservation::bytes);
+        let Some(extra) = decoded.checked_sub(have).filter(|extra| *extra > 0) else {
+            return Ok(held);
+        };
+        let timeout = self.inner.config.rpc_timeout;
+        let more = match tokio::time::timeout(timeout, self.budget.reserve(extra)).await {
+            Ok(Ok(more)) => more,
+            Ok(Err(_)) => {
+                let what = format!(
+                    "the request holds {decoded} bytes once decoded, more than the {} this node \
+                     allows a peer",
+                    self.budget.total()
+                );
+                tracing::warn!(peer = %self.peer, why = %what, "request refused");
+                return Err(RemoteError::new(ErrorCode::BAD_REQUEST, what));
+            }
+            Err(_) => {
+                let what = format!(
+                    "the {} bytes this node allows the peer's requests stayed in use for {timeout:?}",
+                    self.budget.total()
+                );
+                tracing::warn!(peer = %self.peer, why = %what, "request refused");
+                return Err(RemoteError::new(ErrorCode::UNAVAILABLE, what));
+            }
+        };
+        Ok(Some(match held {
+            Some(mut held) => {
+                held.absorb(more);
+                held
+            }
+            None => more,
+        }))
+    }
+
     /// Hands a request to the heartbeat handler or the consumer and waits for its answer.
-    /// Every request that arrived whole is delivered, even if its caller has given up, so
-    /// what reaches the consumer does not depend on timing. The request's share of the
-    /// connection's budget, `held`, is given back once it is handed on (or refused).
+    /// Every request that arrived whole is delivered, even if its caller has given up (then
+    /// `caller_gone` is cancelled, and no answer is returned), so what reaches the consumer
+    /// does not depend on timing. The request keeps its share of the peer's budget, `held`,
+    /// until the consumer takes it; if the connection closes first, the request is withdrawn
+    /// from the consumer's queue and its share given back at once (by this task, or, once
+    /// its caller gave up, by the connection's [`Parked`]).
     async fn dispatch(
         &self,
         command: Command,
         snapshot: Option<SnapshotReader>,
         send: &SendStream,
         held: Option<Reservation>,
+        caller_gone: Option<&CancellationToken>,
     ) -> Option<RpcResult> {
         let (responder, rx) = Responder::new(command.kind());
         let rpc = Rpc::new(command, snapshot, responder);
@@ -283,20 +362,40 @@ impl Stream {
             .config
             .rpc_timeout
             .saturating_mul(CONSUMER_WAIT_FACTOR);
-        let dispatched = tokio::time::timeout(wait, self.inner.dispatcher.dispatch(rpc)).await;
-        drop(held);
-        // Refused (`Ok(Err(_))`): the dispatcher answered `UNAVAILABLE` through `rx`.
-        if dispatched.is_err() {
-            let why = format!("consumer did not take the request within {wait:?}");
-            return Some(Err(RemoteError::new(ErrorCode::UNAVAILABLE, why)));
-        }
+        let held = held.map(|held| Box::new(held) as Held);
+        let dispatched = tokio::select! {
+            dispatched = tokio::time::timeout(wait, self.inner.dispatcher.dispatch_held(rpc, held)) => dispatched,
+            // Nobody to answer: dropping the wait drops the request and what it held.
+            _ = self.conn.conn.closed() => return None,
+        };
+        // Kept until the answer: dropped early (the connection closed), it withdraws the
+        // request from the consumer's queue if the consumer has not taken it.
+        let mut queued = match dispatched {
+            Ok(Ok(Delivered::Queued(queued))) => Some(queued),
+            Ok(Ok(Delivered::Handled)) => None,
+            // Refused: the dispatcher answered `UNAVAILABLE` through `rx`.
+            Ok(Err(_)) => None,
+            Err(_) => {
+                let why = format!("consumer did not take the request within {wait:?}");
+                return Some(Err(RemoteError::new(ErrorCode::UNAVAILABLE, why)));
+            }
+        };
         tokio::select! {
             biased;
             answer = rx => Some(answer.unwrap_or_else(|_| {
                 Err(RemoteError::new(ErrorCode::NO_RESPONSE, "the RPC was dropped without an answer"))
             })),
-            // The caller gave up (timeout or cancel): nobody is waiting for the answer.
-            _ = send.stopped() => None,
+            // The caller gave up (timeout or cancel): nobody waits for the answer, but the
+            // request stays delivered, until its connection closes.
+            _ = send.stopped() => {
+                if let Some(caller_gone) = caller_gone {
+                    caller_gone.cancel();
+                }
+                if let Some(queued) = queued.take() {
+                    self.parked.park(queued);
+                }
+                None
+            }
         }
     }
 
@@ -331,8 +430,17 @@ impl Stream {
         let size = request.size;
         let command = Command::InstallSnapshot(request);
         if let Some(error) = self.identity_error(&command) {
+            // Its data stream will never be claimed: free it now, not when it expires.
+            rendezvous.abandon(transfer_id);
             return self.refuse(&mut send, &mut recv, error).await;
         }
+        let held = match self.hold_decoded(held, &command).await {
+            Ok(held) => held,
+            Err(error) => {
+                rendezvous.abandon(transfer_id);
+                return self.refuse(&mut send, &mut recv, error).await;
+            }
+        };
         let claimed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sender_gone = CancellationToken::new();
         let data = snapshot_data(
@@ -343,13 +451,12 @@ impl Stream {
             FrameReader::with_budget(self.max(), self.budget.clone()),
         );
         let reader = SnapshotReader::new(data, size);
-        let answer = self.dispatch(command, Some(reader), &send, held).await;
-        if answer.is_none() {
-            // The sender stopped waiting for the answer (its source failed, its deadline
-            // passed): a data stream it reset before any of it was sent may never show up
-            // here, so a reader still waiting for it must not wait out its timeout.
-            sender_gone.cancel();
-        }
+        // When the sender stops waiting for the answer (its source failed, its deadline
+        // passed), a data stream it reset before any of it was sent may never show up here,
+        // so a reader still waiting for it must not wait out its timeout: `sender_gone`.
+        let answer = self
+            .dispatch(command, Some(reader), &send, held, Some(&sender_gone))
+            .await;
         self.write_answer(&mut send, answer).await;
         if !claimed.load(std::sync::atomic::Ordering::Acquire) {
             // Answered without reading the data (e.g. a stale term): free its stream.
@@ -367,7 +474,8 @@ impl Stream {
     ) {
         // Answers in request order: either waiting on the consumer, or known at once.
         enum Queued {
-            Pending(oneshot::Receiver<RpcResult>),
+            // With its place in the consumer's queue: dropped, it withdraws the request.
+            Pending(oneshot::Receiver<RpcResult>, Option<crate::transport::Queued>),
             Ready(RpcResult),
         }
         let (tx, mut rx) = mpsc::channel::<Queued>(self.inner.config.max_in_flight.max(1));
@@ -396,34 +504,48 @@ impl Stream {
                         return;
                     }
                 };
-                // Counted until handed on; the next request is read only after that, so a
-                // pipeline holds at most one frame of the budget.
+                // Counted until the consumer takes it; the next request is read only once this
+                // one is queued, so a pipeline waits on its own peer's budget and queue.
                 let held = reader.take_reservation();
                 let command = Command::AppendEntries(request);
                 if let Some(error) = self.identity_error(&command) {
                     let _ = tx.send(Queued::Ready(Err(error))).await;
                     continue;
                 }
+                let held = match self.hold_decoded(held, &command).await {
+                    Ok(held) => held.map(|held| Box::new(held) as Held),
+                    Err(error) => {
+                        let _ = recv.stop(stream::BAD_FRAME);
+                        let _ = tx.send(Queued::Ready(Err(error))).await;
+                        return;
+                    }
+                };
                 let (responder, answer) = Responder::new(command.kind());
                 // Dispatch in order here; the answer is awaited on its own, so the next
                 // request does not wait for this one's handler.
                 let rpc = Rpc::new(command, None, responder);
-                let dispatched = self.inner.dispatcher.dispatch(rpc).await;
-                drop(held);
-                if dispatched.is_err() {
-                    let unavailable =
-                        RemoteError::new(ErrorCode::UNAVAILABLE, "node is shutting down");
-                    let _ = tx.send(Queued::Ready(Err(unavailable))).await;
-                    return;
+                match self.inner.dispatcher.dispatch_held(rpc, held).await {
+                    Ok(delivered) => {
+                        let queued = match delivered {
+                            Delivered::Queued(queued) => Some(queued),
+                            Delivered::Handled => None,
+                        };
+                        let _ = tx.send(Queued::Pending(answer, queued)).await;
+                    }
+                    Err(_) => {
+                        let unavailable =
+                            RemoteError::new(ErrorCode::UNAVAILABLE, "node is shutting down");
+                        let _ = tx.send(Queued::Ready(Err(unavailable))).await;
+                        return;
+                    }
                 }
-                let _ = tx.send(Queued::Pending(answer)).await;
             }
         };
         let write_answers = async {
             while let Some(queued) = rx.recv().await {
                 let answer = match queued {
                     Queued::Ready(answer) => answer,
-                    Queued::Pending(answer) => answer.await.unwrap_or_else(|_| {
+                    Queued::Pending(answer, _queued) => answer.await.unwrap_or_else(|_| {
                         Err(RemoteError::new(
                             ErrorCode::NO_RESPONSE,
                             "the RPC was dropped without an answer",
@@ -444,6 +566,9 @@ impl Stream {
         let _active = self.conn.active();
         tokio::select! {
             _ = self.inner.shutdown.cancelled() => {}
+            // What the pipeline holds, read or queued for the consumer, goes with its
+            // connection (dropping the two halves withdraws their queued requests).
+            _ = self.conn.conn.closed() => {}
             _ = async { tokio::join!(read_requests, write_answers) } => {}
         }
     }

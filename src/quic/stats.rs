@@ -16,7 +16,7 @@ pub struct TransportStats {
     /// (counted at their declared body length from the moment their header arrived and the
     /// connection's budget granted it, which is also what is allocated for them) and frames
     /// received whole but not yet handed to the consumer or the heartbeat handler. Each
-    /// connection's share is at most `QuicConfig::max_buffered_bytes_per_connection`.
+    /// connection's share is at most `QuicConfig::max_buffered_bytes_per_peer`.
     ///
     /// Not counted: bytes QUIC still holds unread (bounded by `QuicConfig::receive_window`
     /// per connection), the at most 5 header bytes of each stream, RPCs already queued for

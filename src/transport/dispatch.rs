@@ -1,33 +1,40 @@
-//! Where an incoming RPC goes: the heartbeat handler or the consumer queue.
+//! Where an incoming RPC goes: the heartbeat handler or the consumer's queue.
 
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
-use tokio::sync::mpsc;
-
+use super::queue::{ConsumerQueue, Held, Queued, Refused, unavailable};
 use super::{HeartbeatHandler, Incoming, Rpc};
 use crate::command::Command;
-use crate::error::{ErrorCode, RemoteError};
 
 /// The receiving end every transport shares: routes heartbeats to the fast-path handler and
-/// everything else to the consumer.
+/// everything else to the consumer's queue (one queue per peer, served in turn; see
+/// `transport::queue`).
 pub(crate) struct Dispatcher {
-    consumer: Mutex<Option<mpsc::Sender<Rpc>>>,
+    queue: Arc<ConsumerQueue>,
     heartbeat: RwLock<Option<HeartbeatHandler>>,
 }
 
-/// The consumer is gone: the transport was closed.
+/// The consumer is gone: the transport was closed, or its [`Incoming`] dropped.
 #[derive(Debug)]
 pub(crate) struct Closed;
 
+/// Where [`Dispatcher::dispatch_held`] put an RPC.
+pub(crate) enum Delivered {
+    /// The heartbeat handler took it.
+    Handled,
+    /// It waits in the consumer's queue; dropping this withdraws it.
+    Queued(Queued),
+}
+
 impl Dispatcher {
-    /// A dispatcher and the consumer it feeds, which queues up to `capacity` RPCs.
-    pub(crate) fn new(capacity: usize) -> (Self, Incoming) {
-        let (tx, incoming) = Incoming::channel(capacity);
+    /// A dispatcher and the consumer it feeds, which queues up to `per_peer` RPCs of each peer.
+    pub(crate) fn new(per_peer: usize) -> (Self, Incoming) {
+        let queue = ConsumerQueue::new(per_peer);
         let dispatcher = Self {
-            consumer: Mutex::new(Some(tx)),
+            queue: queue.clone(),
             heartbeat: RwLock::new(None),
         };
-        (dispatcher, incoming)
+        (dispatcher, Incoming::new(queue))
     }
 
     pub(crate) fn set_heartbeat_handler(&self, handler: Option<HeartbeatHandler>) {
@@ -36,33 +43,40 @@ impl Dispatcher {
     }
 
     /// Hands `rpc` to the heartbeat handler when it is a heartbeat and a handler is set;
-    /// otherwise queues it for the consumer, waiting while the queue is full. When no
-    /// consumer takes RPCs any more (the node is closing, or its [`Incoming`] was dropped),
-    /// the RPC is answered with [`ErrorCode::UNAVAILABLE`] and `Closed` returned.
+    /// otherwise queues it for the consumer, waiting while its peer's queue is full, and
+    /// leaves it queued whatever happens to its caller. When no consumer takes RPCs any more
+    /// (the node is closing, or its [`Incoming`] was dropped), the RPC is answered with
+    /// `UNAVAILABLE` and `Closed` returned.
     ///
     /// Cancel-safe: cancelled while waiting, the RPC is dropped (its caller sees no answer).
     pub(crate) async fn dispatch(&self, rpc: Rpc) -> Result<(), Closed> {
+        match self.dispatch_held(rpc, None).await? {
+            Delivered::Handled => {}
+            Delivered::Queued(queued) => queued.detach(),
+        }
+        Ok(())
+    }
+
+    /// As [`dispatch`](Self::dispatch), with `held` kept until the consumer takes the RPC,
+    /// and the RPC withdrawn (`held` given back) if the returned [`Queued`] is dropped first.
+    ///
+    /// Cancel-safe: cancelled while waiting, the RPC and `held` are dropped.
+    pub(crate) async fn dispatch_held(
+        &self,
+        rpc: Rpc,
+        held: Option<Held>,
+    ) -> Result<Delivered, Closed> {
         let rpc = match self.heartbeat_fast_path(rpc) {
-            None => return Ok(()),
+            None => return Ok(Delivered::Handled),
             Some(rpc) => rpc,
         };
-        let consumer = self
-            .consumer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let refused = match consumer {
-            Some(consumer) => match consumer.send(rpc).await {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::SendError(rpc)) => rpc,
-            },
-            None => rpc,
-        };
-        refused.respond(Err(RemoteError::new(
-            ErrorCode::UNAVAILABLE,
-            "no consumer takes RPCs: the node is closing or dropped its consumer",
-        )));
-        Err(Closed)
+        match self.queue.push(rpc, held).await {
+            Ok(queued) => Ok(Delivered::Queued(queued)),
+            Err(Refused(rpc)) => {
+                rpc.respond(Err(unavailable()));
+                Err(Closed)
+            }
+        }
     }
 
     fn heartbeat_fast_path(&self, rpc: Rpc) -> Option<Rpc> {
@@ -85,22 +99,14 @@ impl Dispatcher {
         }
     }
 
-    /// RPCs queued for the consumer and not yet received; 0 once closed.
+    /// RPCs queued for the consumer and not yet received.
     pub(crate) fn queued(&self) -> usize {
-        self.consumer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            // Sends take their slot and fill it at once, so the slots in use are the queue.
-            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+        self.queue.len()
     }
 
     /// Ends the consumer (once it has drained what is queued) and drops the handler.
     pub(crate) fn close(&self) {
-        self.consumer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.queue.close();
         self.heartbeat
             .write()
             .unwrap_or_else(|e| e.into_inner())

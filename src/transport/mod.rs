@@ -4,6 +4,7 @@ mod dispatch;
 mod limits;
 mod peer;
 mod pipeline;
+mod queue;
 mod rpc;
 mod snapshot;
 
@@ -11,7 +12,8 @@ use std::future::Future;
 
 use tokio::io::AsyncRead;
 
-pub(crate) use dispatch::Dispatcher;
+pub(crate) use dispatch::{Delivered, Dispatcher};
+pub(crate) use queue::{Held, Queued};
 pub use limits::DEFAULT_MAX_MESSAGE_SIZE;
 pub(crate) use limits::{check_entries, check_request, encode_error};
 pub use peer::ServerAddressProvider;

@@ -3,9 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::SnapshotReader;
+use super::queue::ConsumerQueue;
 use crate::command::{Command, Response, RpcKind};
 use crate::error::{ErrorCode, RemoteError};
 
@@ -127,43 +128,50 @@ impl fmt::Debug for Responder {
 /// instead, when one is set. While the consumer is not read, its queue fills and callers see
 /// backpressure, then timeouts.
 pub struct Incoming {
-    rx: mpsc::Receiver<Rpc>,
+    queue: Arc<ConsumerQueue>,
 }
 
 impl Incoming {
-    /// A consumer and the sender a transport feeds, holding up to `capacity` queued RPCs.
-    pub fn channel(capacity: usize) -> (mpsc::Sender<Rpc>, Self) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        (tx, Self { rx })
+    pub(crate) fn new(queue: Arc<ConsumerQueue>) -> Self {
+        Self { queue }
     }
 
-    /// The next RPC, or `None` once the transport is closed and the queue is drained.
+    /// The next RPC, or `None` once the transport is closed and the queue is drained. Peers
+    /// are served in turn, votes and heartbeats before appends and snapshots (see
+    /// `docs/PROTOCOL.md` §9.2).
     ///
     /// Cancel-safe: a cancelled call loses no RPC.
     pub async fn recv(&mut self) -> Option<Rpc> {
-        self.rx.recv().await
+        self.queue.pop().await
     }
 
     /// The next RPC if one is queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Rpc> {
-        self.rx.try_recv().ok()
+        self.queue.try_pop().flatten()
     }
 
     /// RPCs queued and not yet received.
     pub fn len(&self) -> usize {
-        self.rx.len()
+        self.queue.len()
     }
 
     /// True when no RPC is queued.
     pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.len() == 0
+    }
+}
+
+impl Drop for Incoming {
+    /// What is queued, and what arrives from now on, is answered `UNAVAILABLE`.
+    fn drop(&mut self) {
+        self.queue.consumer_gone();
     }
 }
 
 impl fmt::Debug for Incoming {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Incoming")
-            .field("queued", &self.rx.len())
+            .field("queued", &self.queue.len())
             .finish()
     }
 }
