@@ -146,7 +146,8 @@ impl Command {
     /// entry of a few bytes on the wire takes about a hundred once decoded.
     pub(crate) fn decoded_size(&self) -> usize {
         let header = self.header();
-        let header = header.id.as_str().len() + header.addr.as_str().len() + header.extensions.len();
+        let header =
+            header.id.as_str().len() + header.addr.as_str().len() + header.extensions.len();
         let body = match self {
             Self::AppendEntries(request) => request
                 .entries

@@ -52,7 +52,8 @@ impl InmemConfig {
         self
     }
 
-    /// RPCs the consumer queue holds before callers wait. Default 16.
+    /// RPCs of one peer the consumer queue holds before that peer's callers wait (each peer
+    /// has its own share, served in turn, as with the QUIC transport). Default 16.
     pub fn consumer_capacity(mut self, capacity: usize) -> Self {
         self.consumer_capacity = capacity.max(1);
         self

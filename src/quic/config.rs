@@ -331,7 +331,10 @@ impl QuicConfig {
         self
     }
 
-    /// RPCs queued for the consumer before senders wait. Default 64.
+    /// RPCs of one peer queued for the consumer before that peer's streams wait (each peer has
+    /// its own share, and peers are served in turn: `docs/PROTOCOL.md` §9.2). Default 64.
+    /// More absorbs longer bursts from one peer while the engine is busy; what the queued
+    /// requests hold stays within the peer's budget (`max_buffered_bytes_per_peer`) either way.
     pub fn consumer_capacity(mut self, capacity: usize) -> Self {
         self.consumer_capacity = capacity.max(1);
         self

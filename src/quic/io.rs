@@ -104,7 +104,12 @@ pub(crate) struct PeerBudgets(std::sync::Mutex<HashMap<ServerId, Weak<BudgetShar
 
 impl PeerBudgets {
     /// The budget of `peer`, made with `total` bytes if it has none now.
-    pub(crate) fn of(&self, peer: &ServerId, total: usize, counters: &Arc<Counters>) -> FrameBudget {
+    pub(crate) fn of(
+        &self,
+        peer: &ServerId,
+        total: usize,
+        counters: &Arc<Counters>,
+    ) -> FrameBudget {
         // Each critical section is one map operation: a poisoned lock is still sound.
         let mut budgets = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(shared) = budgets.get(peer).and_then(Weak::upgrade) {

@@ -226,7 +226,7 @@ impl Stream {
             Err(_) if reader.waiting_for_budget() => {
                 // Not bad input: the peer's other frames hold this connection's budget.
                 let what = format!(
-                    "the connection's {} bytes for frames being received stayed in use for {timeout:?}",
+                    "the {} bytes this node allows the peer's requests stayed in use for {timeout:?}",
                     self.budget.total()
                 );
                 tracing::warn!(peer = %self.peer, why = %what, "request refused");
@@ -475,7 +475,10 @@ impl Stream {
         // Answers in request order: either waiting on the consumer, or known at once.
         enum Queued {
             // With its place in the consumer's queue: dropped, it withdraws the request.
-            Pending(oneshot::Receiver<RpcResult>, Option<crate::transport::Queued>),
+            Pending(
+                oneshot::Receiver<RpcResult>,
+                Option<crate::transport::Queued>,
+            ),
             Ready(RpcResult),
         }
         let (tx, mut rx) = mpsc::channel::<Queued>(self.inner.config.max_in_flight.max(1));

@@ -12,22 +12,22 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TransportStats {
-    /// Bytes held for incoming request frames, over all connections: frames being received
-    /// (counted at their declared body length from the moment their header arrived and the
-    /// connection's budget granted it, which is also what is allocated for them) and frames
-    /// received whole but not yet handed to the consumer or the heartbeat handler. Each
-    /// connection's share is at most `QuicConfig::max_buffered_bytes_per_peer`.
+    /// Bytes held for incoming requests, over all peers: frames being received (counted at
+    /// their declared body length from the moment their header arrived and the peer's budget
+    /// granted it, which is also what is allocated for them) and requests received whole but
+    /// not yet taken by the consumer or the heartbeat handler, queued ones included (counted
+    /// at their decoded size). Each peer's share, over all of its connections, is at most
+    /// `QuicConfig::max_buffered_bytes_per_peer`.
     ///
     /// Not counted: bytes QUIC still holds unread (bounded by `QuicConfig::receive_window`
-    /// per connection), the at most 5 header bytes of each stream, RPCs already queued for
-    /// the consumer (see [`consumer_queued`](Self::consumer_queued)), answers this node reads
+    /// per connection), the at most 5 header bytes of each stream, answers this node reads
     /// for its own calls, and snapshot data (streamed to the consumer's reader as it is read).
     pub frame_bytes_buffered: usize,
     /// The largest [`frame_bytes_buffered`](Self::frame_bytes_buffered) seen since the
     /// transport was bound.
     pub frame_bytes_buffered_high_water: usize,
     /// RPCs queued for the consumer ([`Incoming`](crate::Incoming)) and not yet received by
-    /// it; at most `QuicConfig::consumer_capacity`. Zero once the transport is closed.
+    /// it; at most `QuicConfig::consumer_capacity` per peer.
     pub consumer_queued: usize,
     /// Request streams peers opened to this node that are being served now (unary RPCs,
     /// InstallSnapshot requests and pipelines), over all connections; per connection at most

@@ -13,7 +13,6 @@ use std::future::Future;
 use tokio::io::AsyncRead;
 
 pub(crate) use dispatch::{Delivered, Dispatcher};
-pub(crate) use queue::{Held, Queued};
 pub use limits::DEFAULT_MAX_MESSAGE_SIZE;
 pub(crate) use limits::{check_entries, check_request, encode_error};
 pub use peer::ServerAddressProvider;
@@ -22,6 +21,7 @@ pub use pipeline::{
     AppendCompletion, AppendPipeline, BoxFuture, DEFAULT_MAX_IN_FLIGHT, PipelineSink,
     ResponseFuture,
 };
+pub(crate) use queue::{Held, Queued};
 pub use rpc::{HeartbeatHandler, Incoming, Responder, Rpc, RpcResult};
 pub(crate) use snapshot::{CopyError, copy_exact, stream_until_answer};
 pub use snapshot::{SNAPSHOT_TIMEOUT_UNIT, SnapshotReader, snapshot_timeout};

@@ -323,11 +323,10 @@ impl Queued {
             return false;
         };
         let mut state = queue.state();
-        state.peers.get_mut(&self.peer).is_some_and(|peer| {
-            peer.class(self.class)
-                .iter()
-                .any(|item| item.id == self.id)
-        })
+        state
+            .peers
+            .get_mut(&self.peer)
+            .is_some_and(|peer| peer.class(self.class).iter().any(|item| item.id == self.id))
     }
 }
 
@@ -347,9 +346,7 @@ impl Drop for Queued {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{
-        AppendEntriesRequest, Log, RequestVoteRequest, RpcHeader, RpcKind,
-    };
+    use crate::command::{AppendEntriesRequest, Log, RequestVoteRequest, RpcHeader, RpcKind};
     use crate::transport::Responder;
 
     fn rpc(command: Command) -> Rpc {
@@ -369,7 +366,9 @@ mod tests {
 
     fn append(peer: &str) -> Rpc {
         let mut request = AppendEntriesRequest::heartbeat(RpcHeader::new(peer, peer), 1);
-        request.entries.push(Log::command(1, 1, bytes::Bytes::new()));
+        request
+            .entries
+            .push(Log::command(1, 1, bytes::Bytes::new()));
         rpc(Command::AppendEntries(request))
     }
 

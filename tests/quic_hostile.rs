@@ -1,0 +1,450 @@
+//! A hostile member (a raw quinn client holding a valid certificate) against a node whose
+//! consumer is stalled or slow, while a well-behaved member keeps working: what the member can
+//! make the node hold is bounded per peer, at its decoded size, and given back when its
+//! connections close; its traffic does not push another member's votes behind it; refused
+//! snapshot requests do not leak their data streams. Bounds are asserted from the node's own
+//! stats (`QuicTransport::stats`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quicraft::{
+    AppendEntriesRequest, AppendEntriesResponse, Command, Incoming, InstallSnapshotRequest, Log,
+    MAX_ENTRIES_PER_APPEND, QuicConfig, QuicTransport, RequestVoteRequest, RpcHeader, ServerId,
+    TlsContext, Transport, TransportStats,
+};
+use quinn::{Endpoint, RecvStream, SendStream};
+
+use common::Fixture;
+
+const GUARD: Duration = Duration::from_secs(20);
+const NODE: &str = "node";
+const HOSTILE: &str = "hostile";
+const HONEST: &str = "honest";
+
+const APPEND_ENTRIES: u8 = 0x01;
+const REQUEST_VOTE: u8 = 0x02;
+const INSTALL_SNAPSHOT: u8 = 0x04;
+const PIPELINE_OPEN: u8 = 0x06;
+const SNAPSHOT_DATA: u8 = 0x07;
+const RESPONSE: u8 = 0x80;
+const ERROR: u8 = 0x81;
+
+async fn guarded<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(GUARD, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what} did not finish within {GUARD:?}"),
+    }
+}
+
+/// `kind | len u32 BE | body`.
+fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn vote(id: &str, term: u64) -> RequestVoteRequest {
+    RequestVoteRequest {
+        header: RpcHeader::new(id, "127.0.0.1:1"),
+        term,
+        last_log_index: 1,
+        last_log_term: 1,
+        leadership_transfer: false,
+    }
+}
+
+/// An AppendEntries of `MAX_ENTRIES_PER_APPEND` empty entries: a few bytes each on the wire,
+/// about a hundred each once decoded.
+fn empty_entries_append(id: &str) -> Vec<u8> {
+    let request = AppendEntriesRequest {
+        header: RpcHeader::new(id, "127.0.0.1:1"),
+        term: 1,
+        prev_log_entry: 0,
+        prev_log_term: 0,
+        entries: (0..MAX_ENTRIES_PER_APPEND as u64)
+            .map(|i| Log::command(i + 1, 1, Bytes::new()))
+            .collect(),
+        leader_commit_index: 0,
+    };
+    postcard::to_stdvec(&request).unwrap()
+}
+
+/// Polls the node's stats until `cond` holds (they have no change notification).
+async fn stats_until(
+    node: &QuicTransport,
+    what: &str,
+    cond: impl Fn(&TransportStats) -> bool,
+) -> TransportStats {
+    guarded(what, async {
+        loop {
+            let stats = node.stats();
+            if cond(&stats) {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+/// A member speaking the wire protocol by hand over its own quinn endpoint.
+struct RawMember {
+    _endpoint: Endpoint,
+    conn: quinn::Connection,
+}
+
+impl RawMember {
+    async fn connect(fixture: &Fixture, id: &str, node: &QuicTransport) -> Self {
+        let tls =
+            TlsContext::new(fixture.cluster(), fixture.identity(id), fixture.ca.roots()).unwrap();
+        let endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connecting = endpoint
+            .connect_with(
+                tls.client_config(NODE).unwrap(),
+                node.local_socket_addr(),
+                "quicraft",
+            )
+            .unwrap();
+        let conn = guarded("the raw handshake", connecting).await.unwrap();
+        Self {
+            _endpoint: endpoint,
+            conn,
+        }
+    }
+
+    /// A request stream carrying `bytes`, finished.
+    async fn send(&self, bytes: &[u8]) -> (SendStream, RecvStream) {
+        let (mut send, recv) = self.conn.open_bi().await.unwrap();
+        let _ = send.write_all(bytes).await;
+        let _ = send.finish();
+        (send, recv)
+    }
+}
+
+/// The first frame of an answer: its kind.
+async fn answer_kind(mut recv: RecvStream) -> Option<u8> {
+    let bytes = recv.read_to_end(1 << 20).await.ok()?;
+    bytes.first().copied()
+}
+
+/// The node under attack: tiny limits so the attacks are cheap, heartbeats answered by the
+/// fast path (so a well-behaved member's heartbeats work while the consumer is stalled).
+async fn node(
+    fixture: &Fixture,
+    tune: impl FnOnce(QuicConfig) -> QuicConfig,
+) -> (QuicTransport, Incoming) {
+    let (node, incoming) = QuicTransport::bind(tune(fixture.config(NODE)))
+        .await
+        .unwrap();
+    let me = RpcHeader::new(NODE, node.local_addr());
+    node.set_heartbeat_handler(Some(Arc::new(move |rpc: quicraft::Rpc| {
+        let term = match rpc.command() {
+            Command::AppendEntries(request) => request.term,
+            _ => 0,
+        };
+        let response = AppendEntriesResponse {
+            header: me.clone(),
+            term,
+            last_log: 0,
+            success: true,
+            no_retry_backoff: false,
+        };
+        rpc.respond(Ok(response.into()));
+    })));
+    (node, incoming)
+}
+
+/// The well-behaved member's heartbeat to the node succeeds.
+async fn honest_heartbeat(honest: &QuicTransport, node: &QuicTransport, term: u64) {
+    let request =
+        AppendEntriesRequest::heartbeat(RpcHeader::new(HONEST, honest.local_addr()), term);
+    let id = ServerId::from(NODE);
+    let response = guarded(
+        "the honest member's heartbeat",
+        honest.append_entries(&id, &node.local_addr(), request),
+    )
+    .await
+    .expect("the honest member's heartbeat fails while another member attacks");
+    assert!(response.success);
+}
+
+/// Requests of many empty entries hold about 15 times their encoded size once decoded. With
+/// the consumer stalled, a member sending them on every stream it may open gets at most what
+/// its budget allows queued, counted at their decoded size, and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_entries_are_held_to_the_peer_budget_at_their_decoded_size() {
+    common::init_tracing();
+    const BUDGET: usize = 8 << 20;
+    let fixture = Fixture::new("prod");
+    let (node, _stalled) = node(&fixture, |config| {
+        config
+            .max_message_size(1 << 20)
+            .max_buffered_bytes_per_peer(BUDGET)
+            .rpc_timeout(Duration::from_secs(2))
+    })
+    .await;
+    let (honest, _) = fixture.node(HONEST).await;
+    let hostile = RawMember::connect(&fixture, HOSTILE, &node).await;
+
+    let body = empty_entries_append(HOSTILE);
+    let decoded_at_least = MAX_ENTRIES_PER_APPEND * std::mem::size_of::<Log>();
+    assert!(body.len() * 8 < decoded_at_least, "the attack amplifies");
+    let mut streams = Vec::new();
+    for _ in 0..64 {
+        streams.push(hostile.send(&frame(APPEND_ENTRIES, &body)).await);
+    }
+    // Some are queued for the consumer, the rest wait for budget.
+    let stats = stats_until(&node, "the attack's requests queued", |stats| {
+        stats.consumer_queued > 0 && stats.request_streams == 64
+    })
+    .await;
+    honest_heartbeat(&honest, &node, 1).await;
+    let _ = stats;
+    let stats = node.stats();
+    assert!(
+        stats.consumer_queued * decoded_at_least <= BUDGET,
+        "{} requests of {decoded_at_least} decoded bytes each queued against a budget of \
+         {BUDGET}: {stats:?}",
+        stats.consumer_queued
+    );
+    assert!(
+        stats.frame_bytes_buffered_high_water <= BUDGET,
+        "the node held more than the peer's budget: {stats:?}"
+    );
+    assert!(
+        stats.frame_bytes_buffered >= stats.consumer_queued * decoded_at_least,
+        "queued requests are counted at their decoded size: {stats:?}"
+    );
+
+    // Closing the connection gives everything back at once: queued requests are withdrawn.
+    hostile.conn.close(0u32.into(), b"done");
+    drop(streams);
+    stats_until(&node, "everything given back", |stats| {
+        stats.frame_bytes_buffered == 0 && stats.consumer_queued == 0 && stats.request_streams == 0
+    })
+    .await;
+    honest_heartbeat(&honest, &node, 2).await;
+}
+
+/// With the consumer stalled, a member opens pipelines each holding a large append, closes its
+/// connection and dials again, over and over. Each connection's share is given back the
+/// moment it closes (pipelines and queued requests included), and what the member holds over
+/// all of its connections never passes its one budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_redialling_cannot_escape_its_budget() {
+    common::init_tracing();
+    const MAX: usize = 1 << 20;
+    const BUDGET: usize = 4 * MAX;
+    let fixture = Fixture::new("prod");
+    let (node, _stalled) = node(&fixture, |config| {
+        config
+            .max_message_size(MAX)
+            .max_buffered_bytes_per_peer(BUDGET)
+            .rpc_timeout(Duration::from_secs(5))
+    })
+    .await;
+    let (honest, _) = fixture.node(HONEST).await;
+    let request = AppendEntriesRequest {
+        header: RpcHeader::new(HOSTILE, "127.0.0.1:1"),
+        term: 1,
+        prev_log_entry: 0,
+        prev_log_term: 0,
+        entries: vec![Log::command(1, 1, vec![7u8; MAX - 1024])],
+        leader_commit_index: 0,
+    };
+    let append = frame(APPEND_ENTRIES, &postcard::to_stdvec(&request).unwrap());
+    for round in 0..6u64 {
+        let hostile = RawMember::connect(&fixture, HOSTILE, &node).await;
+        let mut pipelines = Vec::new();
+        for _ in 0..4 {
+            let (mut send, recv) = hostile.conn.open_bi().await.unwrap();
+            send.write_all(&frame(PIPELINE_OPEN, &[])).await.unwrap();
+            // Not awaited whole: the node reads it only while the budget allows.
+            let pending = append.clone();
+            pipelines.push(tokio::spawn(async move {
+                let _ = send.write_all(&pending).await;
+                (send, recv)
+            }));
+        }
+        let held = stats_until(&node, "the pipelines' appends held", |stats| {
+            stats.frame_bytes_buffered >= 3 * MAX
+        })
+        .await;
+        assert!(
+            held.frame_bytes_buffered <= BUDGET,
+            "round {round}: {held:?}"
+        );
+        honest_heartbeat(&honest, &node, round + 1).await;
+        hostile.conn.close(0u32.into(), b"again");
+        stats_until(&node, "the closed connection's share given back", |stats| {
+            stats.frame_bytes_buffered == 0 && stats.consumer_queued == 0
+        })
+        .await;
+        for pipeline in pipelines {
+            pipeline.abort();
+        }
+    }
+    let stats = node.stats();
+    assert!(
+        stats.frame_bytes_buffered_high_water <= BUDGET,
+        "over all of its connections the member held more than its budget: {stats:?}"
+    );
+}
+
+/// A member fills its share of the consumer's queue with votes while the consumer is stalled.
+/// Another member's vote is then queued anyway (its own share), and the consumer takes it
+/// after at most one of the flood's votes: peers are served in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_flood_from_one_member_does_not_push_back_another_members_vote() {
+    common::init_tracing();
+    const PER_PEER: usize = 16;
+    let fixture = Fixture::new("prod");
+    let (node, mut incoming) = node(&fixture, |config| config.consumer_capacity(PER_PEER)).await;
+    let (honest, _) = fixture.node(HONEST).await;
+    let hostile = RawMember::connect(&fixture, HOSTILE, &node).await;
+
+    let mut flood = Vec::new();
+    for term in 0..(2 * PER_PEER) as u64 {
+        let body = postcard::to_stdvec(&vote(HOSTILE, term + 1)).unwrap();
+        flood.push(hostile.send(&frame(REQUEST_VOTE, &body)).await);
+    }
+    stats_until(&node, "the flood filling its share", |stats| {
+        stats.consumer_queued == PER_PEER
+    })
+    .await;
+
+    let honest_vote = {
+        let (honest, node_addr) = (honest.clone(), node.local_addr());
+        tokio::spawn(async move {
+            let mut request = vote(HONEST, 1);
+            request.header = RpcHeader::new(HONEST, honest.local_addr());
+            honest
+                .request_vote(&ServerId::from(NODE), &node_addr, request)
+                .await
+        })
+    };
+    stats_until(&node, "the honest vote queued beside the flood", |stats| {
+        stats.consumer_queued == PER_PEER + 1
+    })
+    .await;
+
+    // The consumer wakes up: the honest vote comes first or second, not after the flood.
+    let mut position = None;
+    for taken in 0..3 {
+        let rpc = guarded("the consumer", incoming.recv()).await.unwrap();
+        let from = rpc.command().header().id.to_string();
+        let me = RpcHeader::new(NODE, node.local_addr());
+        let term = match rpc.command() {
+            Command::RequestVote(r) => r.term,
+            other => panic!("unexpected {other:?}"),
+        };
+        rpc.respond(Ok(quicraft::RequestVoteResponse {
+            header: me,
+            term,
+            granted: false,
+        }
+        .into()));
+        if from == HONEST {
+            position = Some(taken);
+            break;
+        }
+    }
+    assert!(
+        matches!(position, Some(0 | 1)),
+        "the honest vote was taken at position {position:?}, behind the flood"
+    );
+    guarded("the honest vote's answer", honest_vote)
+        .await
+        .unwrap()
+        .expect("the honest vote is answered");
+    drop(flood);
+}
+
+/// Snapshot requests the node refuses (the header names another node) release the data
+/// stream they name at once, and data streams nobody claims expire on a timer: a correct
+/// snapshot still gets through afterwards, although the refused ones were more than the
+/// connection's snapshot streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_and_unclaimed_snapshot_streams_do_not_block_later_snapshots() {
+    common::init_tracing();
+    let fixture = Fixture::new("prod");
+    let (node, mut incoming) = node(&fixture, |config| {
+        config
+            .max_snapshot_streams(4)
+            .rpc_timeout(Duration::from_millis(500))
+    })
+    .await;
+    let consumer = tokio::spawn(async move {
+        let mut installed = 0u32;
+        while let Some(mut rpc) = incoming.recv().await {
+            let Command::InstallSnapshot(request) = rpc.command().clone() else {
+                continue;
+            };
+            let mut reader = rpc.take_snapshot().unwrap();
+            let mut data = Vec::new();
+            let read = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut data).await;
+            let success = read.is_ok() && data.len() as u64 == request.size;
+            installed += u32::from(success);
+            rpc.respond(Ok(quicraft::InstallSnapshotResponse {
+                header: RpcHeader::new(NODE, "127.0.0.1:1"),
+                term: request.term,
+                success,
+            }
+            .into()));
+            if success {
+                return installed;
+            }
+        }
+        installed
+    });
+    let hostile = RawMember::connect(&fixture, HOSTILE, &node).await;
+    let offer = |claimed: &'static str| {
+        let conn = hostile.conn.clone();
+        async move {
+            let mut uni = conn.open_uni().await.unwrap();
+            let transfer_id = u64::from(uni.id());
+            let header = frame(SNAPSHOT_DATA, &postcard::to_stdvec(&transfer_id).unwrap());
+            uni.write_all(&header).await.unwrap();
+            uni.write_all(b"snapshot").await.unwrap();
+            let _ = uni.finish();
+            let request = InstallSnapshotRequest {
+                header: RpcHeader::new(claimed, "127.0.0.1:1"),
+                snapshot_version: 1,
+                term: 3,
+                last_log_index: 10,
+                last_log_term: 2,
+                configuration: Bytes::new(),
+                configuration_index: 1,
+                size: 8,
+            };
+            let body = postcard::to_stdvec(&(transfer_id, request)).unwrap();
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            send.write_all(&frame(INSTALL_SNAPSHOT, &body))
+                .await
+                .unwrap();
+            let _ = send.finish();
+            guarded("a snapshot answer", answer_kind(recv)).await
+        }
+    };
+    // Twice as many refused requests as the connection has snapshot streams.
+    for _ in 0..8 {
+        assert_eq!(offer("someone-else").await, Some(ERROR));
+    }
+    // Data streams with no request at all, filling every stream the connection allows.
+    for _ in 0..4 {
+        let mut uni = hostile.conn.open_uni().await.unwrap();
+        let transfer_id = u64::from(uni.id());
+        let header = frame(SNAPSHOT_DATA, &postcard::to_stdvec(&transfer_id).unwrap());
+        uni.write_all(&header).await.unwrap();
+    }
+    // Once they expire, a correct snapshot passes.
+    assert_eq!(offer(HOSTILE).await, Some(RESPONSE));
+    assert_eq!(guarded("the consumer", consumer).await.unwrap(), 1);
+}
