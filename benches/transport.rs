@@ -18,7 +18,8 @@
 //! microseconds; MB are 10^6 bytes.
 //!
 //! Scenarios (`--scenario NAME`, repeatable; all by default), each run against every
-//! implementation (`--impl quicraft|inmem`, repeatable; both by default):
+//! implementation (`--impl quicraft|inmem|raw-quinn`, repeatable; all by default; `raw-quinn`
+//! is quinn alone on the same threads and mTLS, and runs `rtt` and `concurrency` only):
 //! - `rtt`: 20,000 sequential heartbeats (AppendEntries without entries).
 //! - `throughput`: 10,000 AppendEntries of 64 entries of 1 KiB, through a pipeline with 128 in
 //!   flight, then one at a time; MB/s of entry payload.
@@ -166,21 +167,43 @@ impl Scenario {
 enum Impl {
     Quicraft,
     Inmem,
+    /// quinn alone, on the same threads and mutual TLS: the reference quicraft's `rtt` and
+    /// `concurrency` compare against (`support/raw_quinn.rs`).
+    RawQuinn,
 }
 
 impl Impl {
-    const ALL: [Self; 2] = [Self::Quicraft, Self::Inmem];
+    const ALL: [Self; 3] = [Self::Quicraft, Self::Inmem, Self::RawQuinn];
 
     fn name(self) -> &'static str {
         match self {
             Self::Quicraft => "quicraft",
             Self::Inmem => "inmem",
+            Self::RawQuinn => "raw-quinn",
         }
     }
 
     /// Runs `scenario` in this process against a fresh pair of this implementation's nodes.
     fn measure(self, scenario: Scenario, workload: Workload, options: &Options) -> Vec<Report> {
         let reports = match self {
+            Self::RawQuinn => match scenario {
+                Scenario::Rtt | Scenario::Concurrency => {
+                    let pair = support::raw_quinn::RawPair::start(options.runtime);
+                    let report = if scenario == Scenario::Rtt {
+                        pair.rtt(workload.warmup_heartbeats, workload.rtt_heartbeats)
+                    } else {
+                        pair.concurrency(
+                            workload.warmup_heartbeats,
+                            CONCURRENT_TASKS,
+                            workload.concurrency_for,
+                        )
+                    };
+                    pair.close();
+                    vec![report]
+                }
+                // The reference covers the exchange patterns quinn has on its own.
+                _ => return Vec::new(),
+            },
             // A restart is of a process and its QUIC endpoint: nothing to compare in memory.
             Self::Inmem if scenario == Scenario::Restart => return Vec::new(),
             Self::Quicraft if scenario == Scenario::Restart => {
@@ -207,7 +230,7 @@ impl Impl {
                             "max_udp_payload",
                             options.tuning.max_udp_payload.map(u64::from),
                         ),
-                    Self::Inmem => report,
+                    Self::Inmem | Self::RawQuinn => report,
                 }
             })
             .collect()
@@ -494,7 +517,7 @@ usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... 
   --quick            shrink every scenario (the whole run takes well under 20 s)
   --json             one JSON line per result instead of a table
   --scenario NAME    rtt, throughput, snapshot, hol, concurrency or restart (repeatable; default all)
-  --impl NAME        quicraft or inmem (repeatable; default both)
+  --impl NAME        quicraft, inmem or raw-quinn (repeatable; default all)
   --runtime KIND     each node's tokio runtime: current (one thread, the default) or multi
   --busy-poll US     QuicConfig::busy_poll window in microseconds (default 0: off, the
                      transport's default); reported as busy_poll_us
