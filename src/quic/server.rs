@@ -8,7 +8,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::codes::{self, stream};
+use super::codes::stream;
 use super::io::{FrameBudget, FrameReader, ReadFrameError, Reservation, write_frame};
 use super::pool::PeerConn;
 use super::rendezvous::Rendezvous;
@@ -17,62 +17,11 @@ use super::{Inner, priority};
 use crate::codec::Frame;
 use crate::command::{Command, ServerId};
 use crate::error::{ErrorCode, RemoteError};
-use crate::tls::peer_spiffe_id;
 use crate::transport::{Responder, Rpc, RpcResult, SnapshotReader};
 
 /// How many RPC timeouts a request waits for the consumer to take it before it is answered
 /// `UNAVAILABLE` (see `Stream::dispatch`).
 const CONSUMER_WAIT_FACTOR: u32 = 2;
-
-/// Accepts connections until shutdown, each handshake on its own task.
-pub(super) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
-    loop {
-        let incoming = tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            incoming = endpoint.accept() => incoming,
-        };
-        let Some(incoming) = incoming else { return };
-        inner.tasks.spawn(accept(inner.clone(), incoming));
-    }
-}
-
-async fn accept(inner: Arc<Inner>, incoming: quinn::Incoming) {
-    let remote = incoming.remote_address();
-    let timeout = inner.config.connect_timeout;
-    let handshake = tokio::select! {
-        _ = inner.shutdown.cancelled() => return,
-        handshake = tokio::time::timeout(timeout, incoming) => handshake,
-    };
-    let conn = match handshake {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            tracing::warn!(%remote, error = %e, "incoming handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%remote, "incoming handshake timed out");
-            return;
-        }
-    };
-    // The TLS verifier proved the chain and the cluster; the node id names the peer.
-    let peer = match peer_spiffe_id(conn.peer_identity()) {
-        Ok(id) if id.cluster() == inner.tls().cluster() => ServerId::from(id.node()),
-        Ok(id) => {
-            tracing::warn!(%remote, peer = %id, "refusing a peer of another cluster");
-            conn.close(codes::conn::IDENTITY, b"wrong cluster");
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(%remote, error = %e, "refusing a peer without a usable identity");
-            conn.close(codes::conn::IDENTITY, b"no identity");
-            return;
-        }
-    };
-    tracing::debug!(%remote, %peer, "accepted connection");
-    let conn = PeerConn::new(conn, peer.clone());
-    inner.pool.register(&inner, &peer, conn.clone()).await;
-    serve_connection(inner, peer, conn).await;
-}
 
 /// Serves the streams `peer` opens on `conn` until it closes or this node shuts down.
 pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: PeerConn) {
