@@ -27,6 +27,7 @@ use super::pool::PeerConn;
 use super::stats::Counters;
 use super::{Inner, server};
 use crate::command::ServerId;
+use crate::sanitize::untrusted;
 use crate::tls::peer_spiffe_id;
 
 /// The admission limits, from `QuicConfig`.
@@ -273,7 +274,7 @@ async fn accept(inner: Arc<Inner>, incoming: quinn::Incoming, in_progress: InPro
     let conn = match handshake {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            tracing::warn!(%remote, error = %e, "incoming handshake failed");
+            tracing::warn!(%remote, error = %untrusted(&e), "incoming handshake failed");
             return;
         }
         Err(_) => {

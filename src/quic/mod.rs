@@ -364,13 +364,16 @@ impl Inner {
                 Ok(PeerConn::new(conn, self.local_id.clone()))
             }
             Ok(Err(e)) if codes::is_authentication_failure(&e) => {
+                // The close reason is the peer's text.
+                let e = crate::sanitize::untrusted(e);
                 tracing::warn!(peer = %id, %addr, error = %e, "handshake refused");
                 Err(DialFailure::Authentication(format!(
                     "handshake with {id} at {addr} refused: {e}"
                 )))
             }
             Ok(Err(e)) => Err(DialFailure::Unreachable(format!(
-                "handshake with {addr} failed: {e}"
+                "handshake with {addr} failed: {}",
+                crate::sanitize::untrusted(e)
             ))),
             Err(_) => Err(DialFailure::Unreachable(format!(
                 "no handshake with {addr} within {timeout:?}"

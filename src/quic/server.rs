@@ -17,6 +17,7 @@ use super::{Inner, priority};
 use crate::codec::Frame;
 use crate::command::{Command, ServerId};
 use crate::error::{ErrorCode, RemoteError};
+use crate::sanitize::untrusted;
 use crate::transport::{Responder, Rpc, RpcResult, SnapshotReader};
 
 /// How many RPC timeouts a request waits for the consumer to take it before it is answered
@@ -45,7 +46,7 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: Pe
                     inner.tasks.spawn(stream.serve_bi(send, recv, rendezvous.clone()));
                 }
                 Err(e) => {
-                    tracing::debug!(%peer, error = %e, "connection ended");
+                    tracing::debug!(%peer, error = %untrusted(&e), "connection ended");
                     return;
                 }
             },
@@ -59,7 +60,7 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: Pe
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(%peer, error = %e, "connection ended");
+                    tracing::debug!(%peer, error = %untrusted(&e), "connection ended");
                     return;
                 }
             },
@@ -101,8 +102,10 @@ impl Stream {
 
     /// Checks that a request's header names the node whose certificate sent it.
     fn identity_error(&self, command: &Command) -> Option<RemoteError> {
-        let claimed = &command.header().id;
-        (claimed != &self.peer).then(|| {
+        let id = &command.header().id;
+        (id != &self.peer).then(|| {
+            // The peer's text: escaped and capped in the log line and the answer.
+            let claimed = untrusted(id);
             tracing::warn!(
                 peer = %self.peer,
                 claimed = %claimed,
@@ -144,7 +147,7 @@ impl Stream {
                     .await;
             }
             Ok(Err(ReadFrameError::Read(e))) => {
-                tracing::debug!(peer = %self.peer, error = %e, "request stream failed");
+                tracing::debug!(peer = %self.peer, error = %untrusted(&e), "request stream failed");
                 return;
             }
             Err(_) if reader.waiting_for_budget() => {
@@ -330,7 +333,7 @@ impl Stream {
                     Ok(Some(Frame::AppendEntries(request))) => request,
                     Ok(None) => return,
                     Err(ReadFrameError::Read(e)) => {
-                        tracing::debug!(peer = %self.peer, error = %e, "pipeline stream failed");
+                        tracing::debug!(peer = %self.peer, error = %untrusted(&e), "pipeline stream failed");
                         return;
                     }
                     Ok(Some(other)) => {

@@ -41,6 +41,7 @@ pub use config::{ALPN, TlsContext};
 pub(crate) use config::{SERVER_NAME, peer_spiffe_id};
 pub use crl::RevocationLists;
 pub use generate::{ClusterCa, GeneratedNode, NodeCertOptions};
+pub(crate) use identity::MAX_NODE_ID_LEN;
 pub use identity::{SpiffeId, validate_cluster_name, validate_node_id};
 pub use pem::{CaRoots, Identity};
 pub use verify::verify_node_chain;
