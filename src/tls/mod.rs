@@ -134,6 +134,14 @@ pub enum TlsError {
         reason: String,
     },
 
+    /// A leaf certificate lacks the usages of a node certificate: key usage
+    /// `digitalSignature` and extended key usages `serverAuth` and `clientAuth`.
+    #[error("not a node certificate: {reason}")]
+    NotANodeCertificate {
+        /// Which usage is missing.
+        reason: &'static str,
+    },
+
     /// A certificate carries no `spiffe:` URI SAN, so it names no node.
     #[error("certificate has no SPIFFE id (no spiffe:// URI subject alternative name)")]
     NoSpiffeId,
