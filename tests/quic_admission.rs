@@ -8,6 +8,8 @@
 //! `attack_figures` in a release build:
 //! `cargo test --release --test quic_admission -- --ignored --nocapture`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::net::SocketAddr;

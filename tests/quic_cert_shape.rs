@@ -3,6 +3,8 @@
 //! (`docs/PROTOCOL.md` §2.2). A leaf without them is refused on both sides of the handshake:
 //! by a dialler when the listener presents it, and by a listener when a dialler presents it.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

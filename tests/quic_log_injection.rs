@@ -5,6 +5,8 @@
 //! Each test runs on a current-thread runtime with a subscriber installed for that thread, so
 //! every line both nodes log (their tasks run on that thread) is captured.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Write;
