@@ -537,19 +537,63 @@ async fn attack_figures() {
         scene.stats()
     );
 
-    // A member re-dialling as fast as it can for 10 s.
+    // A member re-dialling as fast as it can for 10 s, from a process of its own (its own
+    // connection state would otherwise count as the node's).
     reset_peak_rss();
-    let client = member_client(&scene.fixture, "n3", "n2");
-    let ((opened, refused), record) = scene
-        .under_attack(redial_flood(client, target, Duration::from_secs(10)))
-        .await;
+    let n3 = scene.fixture.issue("n3");
+    let attacker = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "redial_attacker_process",
+            "--nocapture",
+        ])
+        .env("QUICRAFT_REDIAL", format!("{target} 10"))
+        .env("QUICRAFT_REDIAL_CERT", &n3.cert_pem)
+        .env("QUICRAFT_REDIAL_KEY", &n3.key_pem)
+        .env("QUICRAFT_REDIAL_CA", scene.fixture.ca.cert_pem())
+        .output();
+    let (output, record) = scene.under_attack(attacker).await;
+    let output = String::from_utf8_lossy(&output.unwrap().stdout).into_owned();
+    let counts = output
+        .lines()
+        .find_map(|l| l.strip_prefix("REDIAL "))
+        .unwrap_or("? ?")
+        .to_owned();
+    let (opened, refused) = counts.split_once(' ').unwrap();
     println!(
-        "re-dial flood (10 s): {opened} admitted, {refused} refused; {} calls, {} failed, \
-         heartbeat p99 {:?}, peak RSS {} MiB; {:?}",
+        "re-dial flood (10 s, attacker in its own process): {opened} admitted, {refused} \
+         refused; {} calls, {} failed, heartbeat p99 {:?}, node process peak RSS {} MiB; {:?}",
         record.rtts.len(),
         record.failures.len(),
         record.p99(),
         peak_rss_mib(),
         scene.stats()
     );
+}
+
+/// The re-dialling member of `attack_figures`, run as a process of its own; does nothing
+/// unless `QUICRAFT_REDIAL` ("<address> <seconds>") and the PEM variables are set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+#[ignore = "the attacker process of attack_figures"]
+async fn redial_attacker_process() {
+    let Ok(spec) = std::env::var("QUICRAFT_REDIAL") else {
+        return;
+    };
+    let (target, secs) = spec.split_once(' ').unwrap();
+    let pem = |name: &str| std::env::var(name).unwrap().into_bytes();
+    let context = quicraft::TlsContext::new(
+        "admission",
+        quicraft::Identity::from_pem(&pem("QUICRAFT_REDIAL_CERT"), &pem("QUICRAFT_REDIAL_KEY"))
+            .unwrap(),
+        quicraft::CaRoots::from_pem(&pem("QUICRAFT_REDIAL_CA")).unwrap(),
+    )
+    .unwrap();
+    let (opened, refused) = redial_flood(
+        context.client_config("n2").unwrap(),
+        target.parse().unwrap(),
+        Duration::from_secs(secs.parse().unwrap()),
+    )
+    .await;
+    println!("REDIAL {opened} {refused}");
 }
