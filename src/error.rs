@@ -158,7 +158,7 @@ impl fmt::Display for ErrorCode {
 
 /// An error answered by the peer instead of a response: a code and a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-#[error("remote error {code}: {message}")]
+#[error("remote error {code}: {}", crate::sanitize::untrusted(.message))]
 pub struct RemoteError {
     /// What kind of failure.
     pub code: ErrorCode,

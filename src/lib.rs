@@ -60,15 +60,17 @@ mod inmem;
 #[cfg(feature = "openraft")]
 pub mod openraft_adapter;
 mod quic;
+mod sanitize;
 mod tls;
 mod transport;
 
 pub use codec::CodecError;
 pub use command::{
     AppendEntriesRequest, AppendEntriesResponse, Command, InstallSnapshotRequest,
-    InstallSnapshotResponse, Log, LogType, MAX_ENTRIES_PER_APPEND, PROTOCOL_VERSION,
-    RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse,
-    Response, RpcHeader, RpcKind, ServerAddress, ServerId, TimeoutNowRequest, TimeoutNowResponse,
+    InstallSnapshotResponse, Log, LogType, MAX_ENTRIES_PER_APPEND, MAX_HEADER_ID_LEN,
+    PROTOCOL_VERSION, RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest,
+    RequestVoteResponse, Response, RpcHeader, RpcKind, ServerAddress, ServerId, TimeoutNowRequest,
+    TimeoutNowResponse,
 };
 pub use error::{Error, ErrorCode, Limit, RemoteError};
 pub use inmem::{Faults, InmemConfig, InmemTransport};

@@ -234,7 +234,16 @@ fn decode_body<'a, T: Deserialize<'a>>(kind: FrameKind, body: &'a [u8]) -> Resul
         kind: kind.name(),
         reason,
     };
-    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| malformed(e.to_string()))?;
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| {
+        malformed(match e {
+            // postcard keeps no text of the types' own refusals; these are the ones.
+            postcard::Error::SerdeDeCustom => format!(
+                "a value out of range (an unknown variant, or a header id over {} bytes)",
+                crate::command::MAX_HEADER_ID_LEN
+            ),
+            e => e.to_string(),
+        })
+    })?;
     if !rest.is_empty() {
         return Err(malformed(format!("{} bytes left over", rest.len())));
     }
@@ -476,6 +485,36 @@ mod tests {
                 "{:?}",
                 command.kind()
             );
+        }
+    }
+
+    /// A header id up to the node-id limit decodes; one byte more is refused at decode, and
+    /// the refusal carries none of the id.
+    #[test]
+    fn header_ids_over_the_node_id_limit_are_refused_at_decode() {
+        use crate::command::{MAX_HEADER_ID_LEN, RequestVoteRequest};
+        let vote = |id: &str| {
+            let mut header = header();
+            header.id = id.into();
+            Frame::RequestVote(RequestVoteRequest {
+                header,
+                term: 1,
+                last_log_index: 0,
+                last_log_term: 0,
+                leadership_transfer: false,
+            })
+        };
+        let longest = "n".repeat(MAX_HEADER_ID_LEN);
+        let mut buf = BytesMut::new();
+        encode(&vote(&longest), &mut buf, MAX).unwrap();
+        assert_eq!(decode(&mut buf, MAX).unwrap(), Some(vote(&longest)));
+        for id in ["x".repeat(MAX_HEADER_ID_LEN + 1), "x".repeat(8 << 20)] {
+            let mut buf = BytesMut::new();
+            encode(&vote(&id), &mut buf, 16 << 20).unwrap();
+            let error = decode(&mut buf, 16 << 20).unwrap_err();
+            assert!(matches!(error, CodecError::Malformed { .. }), "{error}");
+            assert!(error.to_string().len() < 200, "{error}");
+            assert!(!error.to_string().contains("xxx"), "{error}");
         }
     }
 

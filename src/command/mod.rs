@@ -16,7 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use append::{AppendEntriesRequest, AppendEntriesResponse, MAX_ENTRIES_PER_APPEND};
-pub use header::{PROTOCOL_VERSION, RpcHeader};
+pub use header::{MAX_HEADER_ID_LEN, PROTOCOL_VERSION, RpcHeader};
 pub use ids::{ServerAddress, ServerId};
 pub use log::{Log, LogType};
 pub use snapshot::{InstallSnapshotRequest, InstallSnapshotResponse};

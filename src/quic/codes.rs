@@ -4,6 +4,7 @@ use quinn::{ConnectionError, ReadError, VarInt, WriteError};
 
 use crate::command::ServerAddress;
 use crate::error::Error;
+use crate::sanitize::untrusted;
 
 /// Stream error codes (RESET_STREAM / STOP_SENDING), as `docs/PROTOCOL.md` lists them.
 pub(crate) mod stream {
@@ -57,7 +58,10 @@ pub(crate) fn is_authentication_failure(error: &ConnectionError) -> bool {
 /// The caller-facing error for a connection that failed under an RPC.
 pub(crate) fn connection_error(peer: &ServerAddress, error: &ConnectionError) -> Error {
     if is_authentication_failure(error) {
-        return Error::Authentication(format!("TLS handshake with {peer} refused: {error}"));
+        return Error::Authentication(format!(
+            "TLS handshake with {peer} refused: {}",
+            untrusted(error)
+        ));
     }
     let reason = match error {
         ConnectionError::ApplicationClosed(close) if close.error_code == conn::SHUTDOWN => {
@@ -67,7 +71,8 @@ pub(crate) fn connection_error(peer: &ServerAddress, error: &ConnectionError) ->
         // peer): the call may be retried. On shutdown, callers see `Error::Shutdown` from
         // their guard (`Inner::guarded`, the pipeline's closed token) instead.
         ConnectionError::LocallyClosed => "closed by this node".to_owned(),
-        other => other.to_string(),
+        // The peer chose the close reason: sanitized.
+        other => untrusted(other).to_string(),
     };
     Error::ConnectionLost {
         peer: peer.clone(),

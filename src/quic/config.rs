@@ -60,6 +60,11 @@ pub struct QuicConfig {
     pub(super) max_buffered_bytes_per_peer: Option<usize>,
     /// `None`: derived from the node's private key.
     pub(super) reset_secret: Option<Arc<[u8]>>,
+    // Handshake admission (src/quic/admission.rs).
+    pub(super) max_handshakes: usize,
+    pub(super) max_handshakes_per_address: usize,
+    pub(super) handshake_retry_threshold: usize,
+    pub(super) handshake_rate_per_address: (u32, u32),
 }
 
 /// The default per-connection frame budget, in frames of `max_message_size`.
@@ -101,6 +106,10 @@ impl QuicConfig {
             address_provider: None,
             max_buffered_bytes_per_peer: None,
             reset_secret: None,
+            max_handshakes: 64,
+            max_handshakes_per_address: 4,
+            handshake_retry_threshold: 16,
+            handshake_rate_per_address: (8, 16),
         }
     }
 
@@ -396,6 +405,64 @@ impl QuicConfig {
         self
     }
 
+    /// Incoming handshakes this node runs at once: `total` over all source addresses and
+    /// `per_address` from one source address (IP address and UDP port). Default 64 and 4.
+    ///
+    /// An attempt beyond either is refused before any crypto work (a QUIC CONNECTION_REFUSED
+    /// close; the dialler sees `Error::Unreachable` and backs off). Every half-open handshake
+    /// holds a connection's state (tens of KiB) until it completes or `connect_timeout`
+    /// passes, so `total` bounds what a handshake flood can make this node hold, and
+    /// `per_address` keeps one socket from taking all of it. A node dials each peer once at a
+    /// time, so honest peers need 1 or 2 per address; `total` should exceed the cluster's size
+    /// so that a whole cluster restarting at once is not refused. Values below 1 count as 1.
+    pub fn max_incoming_handshakes(mut self, total: usize, per_address: usize) -> Self {
+        self.max_handshakes = total.max(1);
+        self.max_handshakes_per_address = per_address.max(1);
+        self
+    }
+
+    /// Handshakes in progress from which an attempt whose source address is not yet
+    /// validated gets a QUIC Retry instead of a handshake. Default 16.
+    ///
+    /// A Retry is a stateless packet carrying a token the client must send back from the same
+    /// address (quinn's clients, quicraft's included, do so): it proves the address is real
+    /// before this node spends crypto work or memory on it, so spoofed or fire-and-forget
+    /// floods hold nothing. The price is one round trip more on every handshake while the
+    /// threshold is passed. 0 asks every new attempt to validate its address (one round trip
+    /// more on every dial, always); `usize::MAX` never does (floods are then bounded only by
+    /// [`max_incoming_handshakes`](Self::max_incoming_handshakes)). Tokens are valid 15 s.
+    pub fn handshake_retry_threshold(mut self, in_progress: usize) -> Self {
+        self.handshake_retry_threshold = in_progress;
+        self
+    }
+
+    /// Handshakes one source address (IP address and UDP port) may start: `per_second` on
+    /// average, `burst` at once after a quiet spell. Default 8 per second, burst 16.
+    ///
+    /// An attempt beyond it is refused before any crypto work. It slows down a peer that
+    /// re-dials in a loop (a member's valid certificate cannot be refused before its handshake,
+    /// but every handshake it completes costs CPU and a connection that the pool then closes).
+    /// An honest node re-dials a peer only after its backoff (`reconnect_backoff`, 100 ms
+    /// doubling), far below the default. Lower bounds a re-dialling peer more tightly; too low
+    /// refuses honest reconnections after a burst of failures (they retry after their
+    /// backoff). Values below 1 count as 1.
+    pub fn handshake_rate_per_address(mut self, per_second: u32, burst: u32) -> Self {
+        self.handshake_rate_per_address = (per_second.max(1), burst.max(1));
+        self
+    }
+
+    /// The handshake admission limits in effect.
+    pub(super) fn admission_limits(&self) -> super::admission::Limits {
+        let (rate, burst) = self.handshake_rate_per_address;
+        super::admission::Limits {
+            retry_threshold: self.handshake_retry_threshold,
+            max_total: self.max_handshakes,
+            max_per_address: self.max_handshakes_per_address,
+            rate_per_second: f64::from(rate),
+            burst: f64::from(burst),
+        }
+    }
+
     /// The per-connection frame budget in effect.
     pub(super) fn frame_budget(&self) -> usize {
         self.max_buffered_bytes_per_peer.unwrap_or_else(|| {
@@ -455,6 +522,15 @@ impl fmt::Debug for QuicConfig {
                 &self.reset_secret.as_ref().map(|_| "set"),
             )
             .field("max_buffered_bytes_per_peer", &self.frame_budget())
+            .field(
+                "max_incoming_handshakes",
+                &(self.max_handshakes, self.max_handshakes_per_address),
+            )
+            .field("handshake_retry_threshold", &self.handshake_retry_threshold)
+            .field(
+                "handshake_rate_per_address",
+                &self.handshake_rate_per_address,
+            )
             .finish_non_exhaustive()
     }
 }

@@ -1,6 +1,7 @@
 //! The QUIC transport (layer 2, the RPC core): one connection per peer, a stream per RPC,
 //! snapshots on unidirectional streams, mutual TLS with identities checked on every request.
 
+mod admission;
 mod client;
 mod codes;
 mod config;
@@ -102,6 +103,7 @@ impl QuicTransport {
             .server_config()
             .map_err(|e| Error::Config(e.to_string()))?;
         server_config.transport_config(transport_config.clone());
+        admission::configure(&mut server_config);
         let socket = udp_socket(config.bind, config.udp_buffer_size)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| Error::Config("QuicTransport::bind needs a tokio runtime".to_owned()))?;
@@ -143,7 +145,7 @@ impl QuicTransport {
         });
         inner
             .tasks
-            .spawn(server::accept_loop(inner.clone(), endpoint));
+            .spawn(admission::accept_loop(inner.clone(), endpoint));
         if let Some((files, interval)) = inner.config.watch.clone() {
             inner
                 .tasks
@@ -365,13 +367,16 @@ impl Inner {
                 Ok(PeerConn::new(conn, self.local_id.clone()))
             }
             Ok(Err(e)) if codes::is_authentication_failure(&e) => {
+                // The close reason is the peer's text.
+                let e = crate::sanitize::untrusted(e);
                 tracing::warn!(peer = %id, %addr, error = %e, "handshake refused");
                 Err(DialFailure::Authentication(format!(
                     "handshake with {id} at {addr} refused: {e}"
                 )))
             }
             Ok(Err(e)) => Err(DialFailure::Unreachable(format!(
-                "handshake with {addr} failed: {e}"
+                "handshake with {addr} failed: {}",
+                crate::sanitize::untrusted(e)
             ))),
             Err(_) => Err(DialFailure::Unreachable(format!(
                 "no handshake with {addr} within {timeout:?}"

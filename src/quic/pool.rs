@@ -257,7 +257,8 @@ impl Pool {
                 && codes::is_authentication_failure(&reason)
             {
                 let failure = DialFailure::Authentication(format!(
-                    "{target} closed the connection after the handshake: {reason}"
+                    "{target} closed the connection after the handshake: {}",
+                    crate::sanitize::untrusted(&reason)
                 ));
                 self.record_failure(entry, failure);
             }

@@ -113,6 +113,7 @@ impl Inner {
             .with_revocation(revocation);
         let mut server_config = tls.server_config().map_err(config_error)?;
         server_config.transport_config(self.transport_config.clone());
+        super::admission::configure(&mut server_config);
         // Hold the lock across both swaps so dials and accepts see one setup or the other.
         let mut slot = self.tls.write().unwrap_or_else(|e| e.into_inner());
         if let Some(endpoint) = self.endpoint() {

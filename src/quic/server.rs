@@ -8,7 +8,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::codes::{self, stream};
+use super::codes::stream;
 use super::io::{FrameBudget, FrameReader, ReadFrameError, Reservation, write_frame};
 use super::pool::PeerConn;
 use super::rendezvous::Rendezvous;
@@ -17,62 +17,12 @@ use super::{Inner, priority};
 use crate::codec::Frame;
 use crate::command::{Command, ServerId};
 use crate::error::{ErrorCode, RemoteError};
-use crate::tls::peer_spiffe_id;
+use crate::sanitize::untrusted;
 use crate::transport::{Delivered, Held, Responder, Rpc, RpcResult, SnapshotReader};
 
 /// How many RPC timeouts a request waits for the consumer to take it before it is answered
 /// `UNAVAILABLE` (see `Stream::dispatch`).
 const CONSUMER_WAIT_FACTOR: u32 = 2;
-
-/// Accepts connections until shutdown, each handshake on its own task.
-pub(super) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
-    loop {
-        let incoming = tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            incoming = endpoint.accept() => incoming,
-        };
-        let Some(incoming) = incoming else { return };
-        inner.tasks.spawn(accept(inner.clone(), incoming));
-    }
-}
-
-async fn accept(inner: Arc<Inner>, incoming: quinn::Incoming) {
-    let remote = incoming.remote_address();
-    let timeout = inner.config.connect_timeout;
-    let handshake = tokio::select! {
-        _ = inner.shutdown.cancelled() => return,
-        handshake = tokio::time::timeout(timeout, incoming) => handshake,
-    };
-    let conn = match handshake {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            tracing::warn!(%remote, error = %e, "incoming handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%remote, "incoming handshake timed out");
-            return;
-        }
-    };
-    // The TLS verifier proved the chain and the cluster; the node id names the peer.
-    let peer = match peer_spiffe_id(conn.peer_identity()) {
-        Ok(id) if id.cluster() == inner.tls().cluster() => ServerId::from(id.node()),
-        Ok(id) => {
-            tracing::warn!(%remote, peer = %id, "refusing a peer of another cluster");
-            conn.close(codes::conn::IDENTITY, b"wrong cluster");
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(%remote, error = %e, "refusing a peer without a usable identity");
-            conn.close(codes::conn::IDENTITY, b"no identity");
-            return;
-        }
-    };
-    tracing::debug!(%remote, %peer, "accepted connection");
-    let conn = PeerConn::new(conn, peer.clone());
-    inner.pool.register(&inner, &peer, conn.clone()).await;
-    serve_connection(inner, peer, conn).await;
-}
 
 /// Serves the streams `peer` opens on `conn` until it closes or this node shuts down.
 pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: PeerConn) {
@@ -103,7 +53,7 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: Pe
                     inner.tasks.spawn(stream.serve_bi(send, recv, rendezvous.clone()));
                 }
                 Err(e) => {
-                    tracing::debug!(%peer, error = %e, "connection ended");
+                    tracing::debug!(%peer, error = %untrusted(&e), "connection ended");
                     return;
                 }
             },
@@ -117,7 +67,7 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: Pe
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(%peer, error = %e, "connection ended");
+                    tracing::debug!(%peer, error = %untrusted(&e), "connection ended");
                     return;
                 }
             },
@@ -177,8 +127,10 @@ impl Stream {
 
     /// Checks that a request's header names the node whose certificate sent it.
     fn identity_error(&self, command: &Command) -> Option<RemoteError> {
-        let claimed = &command.header().id;
-        (claimed != &self.peer).then(|| {
+        let id = &command.header().id;
+        (id != &self.peer).then(|| {
+            // The peer's text: escaped and capped in the log line and the answer.
+            let claimed = untrusted(id);
             tracing::warn!(
                 peer = %self.peer,
                 claimed = %claimed,
@@ -220,7 +172,7 @@ impl Stream {
                     .await;
             }
             Ok(Err(ReadFrameError::Read(e))) => {
-                tracing::debug!(peer = %self.peer, error = %e, "request stream failed");
+                tracing::debug!(peer = %self.peer, error = %untrusted(&e), "request stream failed");
                 return;
             }
             Err(_) if reader.waiting_for_budget() => {
@@ -492,7 +444,7 @@ impl Stream {
                     Ok(Some(Frame::AppendEntries(request))) => request,
                     Ok(None) => return,
                     Err(ReadFrameError::Read(e)) => {
-                        tracing::debug!(peer = %self.peer, error = %e, "pipeline stream failed");
+                        tracing::debug!(peer = %self.peer, error = %untrusted(&e), "pipeline stream failed");
                         return;
                     }
                     Ok(Some(other)) => {

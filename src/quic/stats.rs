@@ -39,6 +39,21 @@ pub struct TransportStats {
     /// Of those, the heartbeats whose copy was answered first: each is a heartbeat that
     /// would otherwise have waited for loss recovery (or a slow first stream).
     pub heartbeat_copies_won: u64,
+    // Handshake admission (`QuicConfig::max_incoming_handshakes` and its neighbours).
+    /// Incoming handshakes in progress now: admitted, neither finished nor failed.
+    pub handshakes_in_progress: usize,
+    /// The largest [`handshakes_in_progress`](Self::handshakes_in_progress) seen since the
+    /// transport was bound.
+    pub handshakes_in_progress_high_water: usize,
+    /// Incoming handshakes admitted (crypto work done) since the transport was bound.
+    pub handshakes_accepted: u64,
+    /// Incoming connection attempts answered with a QUIC Retry (address validation, no state
+    /// kept) since the transport was bound.
+    pub handshakes_retried: u64,
+    /// Incoming connection attempts refused before any crypto work since the transport was
+    /// bound: too many in progress overall or from their address, or their address dialling
+    /// too often.
+    pub handshakes_refused: u64,
 }
 
 /// The node-wide counters behind [`TransportStats`].
@@ -49,6 +64,12 @@ pub(crate) struct Counters {
     request_streams: AtomicUsize,
     heartbeat_copies: AtomicU64,
     heartbeat_copies_won: AtomicU64,
+    // Handshake admission.
+    handshakes_in_progress: AtomicUsize,
+    handshakes_in_progress_high_water: AtomicUsize,
+    handshakes_accepted: AtomicU64,
+    handshakes_retried: AtomicU64,
+    handshakes_refused: AtomicU64,
 }
 
 impl Counters {
@@ -77,6 +98,29 @@ impl Counters {
         self.heartbeat_copies_won.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An incoming handshake was admitted.
+    pub(crate) fn handshake_started(&self) {
+        self.handshakes_accepted.fetch_add(1, Ordering::Relaxed);
+        let now = self.handshakes_in_progress.fetch_add(1, Ordering::Relaxed) + 1;
+        self.handshakes_in_progress_high_water
+            .fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// An admitted handshake finished or failed.
+    pub(crate) fn handshake_ended(&self) {
+        self.handshakes_in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// An incoming connection attempt was answered with a Retry.
+    pub(crate) fn handshake_retried(&self) {
+        self.handshakes_retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An incoming connection attempt was refused.
+    pub(crate) fn handshake_refused(&self) {
+        self.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one request stream being served until the guard drops.
     pub(crate) fn request_stream(&self) -> RequestStreamGuard<'_> {
         self.request_streams.fetch_add(1, Ordering::Relaxed);
@@ -92,6 +136,13 @@ impl Counters {
             request_streams: self.request_streams.load(Ordering::Relaxed),
             heartbeat_copies: self.heartbeat_copies.load(Ordering::Relaxed),
             heartbeat_copies_won: self.heartbeat_copies_won.load(Ordering::Relaxed),
+            handshakes_in_progress: self.handshakes_in_progress.load(Ordering::Relaxed),
+            handshakes_in_progress_high_water: self
+                .handshakes_in_progress_high_water
+                .load(Ordering::Relaxed),
+            handshakes_accepted: self.handshakes_accepted.load(Ordering::Relaxed),
+            handshakes_retried: self.handshakes_retried.load(Ordering::Relaxed),
+            handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
         }
     }
 }

@@ -26,6 +26,7 @@ use rustls::{
     RootCertStore, SignatureScheme,
 };
 
+use super::verify::check_node_usages;
 use super::{CaRoots, Identity, RevocationLists, SpiffeId, TlsError, validate_cluster_name};
 
 /// The ALPN protocol id of quicraft's wire protocol, version 1.
@@ -287,7 +288,7 @@ impl TrustPolicy {
     }
 
     /// Verifies that `leaf` (with `intermediates`) chains to the roots and is valid at `now`,
-    /// for TLS server use.
+    /// for TLS server use, and has the usages of a node certificate.
     fn verify_chain_at(
         &self,
         leaf: &CertificateDer<'_>,
@@ -302,6 +303,7 @@ impl TrustPolicy {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
+        check_usages(leaf)?;
         self.check_revocation(leaf, intermediates, now)
     }
 
@@ -390,6 +392,7 @@ impl ClientCertVerifier for ClusterClientVerifier {
             .inspect_err(|error| {
                 tracing::warn!(%error, "rejected a client certificate: chain verification failed");
             })?;
+        check_usages(end_entity)?;
         let id = SpiffeId::from_certificate(end_entity).map_err(|e| reject("client", e))?;
         self.policy
             .check_cluster(&id)
@@ -497,6 +500,20 @@ impl ServerCertVerifier for NodeServerVerifier {
 fn reject(peer: &'static str, error: TlsError) -> rustls::Error {
     tracing::warn!(peer, %error, "rejected a peer certificate: identity check failed");
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
+}
+
+/// Refuses a leaf without the usages of a node certificate: `digitalSignature`, `serverAuth`
+/// and `clientAuth` (TLS alert `unsupported_certificate`, or `bad_certificate` when an
+/// extension does not parse).
+fn check_usages(leaf: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+    check_node_usages(leaf).map_err(|error| {
+        tracing::warn!(%error, "rejected a certificate: not a node certificate");
+        let error = match error {
+            TlsError::NotANodeCertificate { .. } => CertificateError::InvalidPurpose,
+            _ => CertificateError::BadEncoding,
+        };
+        rustls::Error::InvalidCertificate(error)
+    })
 }
 
 /// A rustls-webpki verification error as rustls reports certificate errors.

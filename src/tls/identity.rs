@@ -243,15 +243,7 @@ fn has_spiffe_scheme(uri: &str) -> bool {
 /// A short, escaped copy of an untrusted string, safe to put into an error message or a log
 /// line (bounded length, no control characters).
 pub(crate) fn excerpt(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(EXCERPT_LEN)
-        .flat_map(char::escape_debug)
-        .collect();
-    if s.chars().nth(EXCERPT_LEN).is_some() {
-        out.push_str("...");
-    }
-    out
+    crate::sanitize::excerpt(s, EXCERPT_LEN)
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ pub use config::{ALPN, TlsContext};
 pub(crate) use config::{SERVER_NAME, peer_spiffe_id};
 pub use crl::RevocationLists;
 pub use generate::{ClusterCa, GeneratedNode, NodeCertOptions};
+pub(crate) use identity::MAX_NODE_ID_LEN;
 pub use identity::{SpiffeId, validate_cluster_name, validate_node_id};
 pub use pem::{CaRoots, Identity};
 pub use verify::verify_node_chain;
@@ -131,6 +132,14 @@ pub enum TlsError {
     MalformedCertificate {
         /// What the parser reported.
         reason: String,
+    },
+
+    /// A leaf certificate lacks the usages of a node certificate: key usage
+    /// `digitalSignature` and extended key usages `serverAuth` and `clientAuth`.
+    #[error("not a node certificate: {reason}")]
+    NotANodeCertificate {
+        /// Which usage is missing.
+        reason: &'static str,
     },
 
     /// A certificate carries no `spiffe:` URI SAN, so it names no node.

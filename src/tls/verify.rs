@@ -14,14 +14,44 @@ use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 
 use super::{CaRoots, SpiffeId, TlsError};
 
+/// Checks that a leaf certificate has the usages of a node certificate (`docs/PROTOCOL.md`
+/// §2.2): a key usage extension with `digitalSignature`, and an extended key usage extension
+/// with both `serverAuth` and `clientAuth`. WebPKI checks the one extended key usage each side
+/// of a handshake needs, and only when the extension is present; it does not check key usage
+/// at all. Both verifiers run this after the chain verified.
+///
+/// # Errors
+/// [`TlsError::NotANodeCertificate`] naming the missing usage;
+/// [`TlsError::MalformedCertificate`] if the certificate or an extension does not parse (or
+/// an extension appears twice).
+pub(crate) fn check_node_usages(leaf: &CertificateDer<'_>) -> Result<(), TlsError> {
+    let malformed = |e: &dyn std::fmt::Display| TlsError::MalformedCertificate {
+        reason: super::identity::excerpt(&e.to_string()),
+    };
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| malformed(&e))?;
+    let refuse = |reason| Err(TlsError::NotANodeCertificate { reason });
+    match cert.key_usage().map_err(|e| malformed(&e))? {
+        Some(usage) if usage.value.digital_signature() => {}
+        Some(_) => return refuse("key usage lacks digitalSignature"),
+        None => return refuse("no key usage extension (digitalSignature is required)"),
+    }
+    match cert.extended_key_usage().map_err(|e| malformed(&e))? {
+        Some(usage) if usage.value.server_auth && usage.value.client_auth => Ok(()),
+        Some(_) => refuse("extended key usage lacks serverAuth or clientAuth"),
+        None => refuse("no extended key usage extension (serverAuth and clientAuth are required)"),
+    }
+}
+
 /// Verifies that `chain` (the leaf first, then any intermediates) is a node certificate
 /// chaining to `roots`, valid now for both TLS server and client use, and returns the SPIFFE
 /// id the leaf names.
 ///
 /// # Errors
 /// [`TlsError::NoCertificate`] if `chain` is empty; [`TlsError::Rustls`] if the chain does
-/// not verify (unknown issuer, bad signature, expired or not yet valid, wrong key usage, a CA
-/// certificate as leaf); [`TlsError::ClientVerifier`] if `roots` cannot be used; an error of
+/// not verify (unknown issuer, bad signature, expired or not yet valid, wrong extended key
+/// usage, a CA certificate as leaf); [`TlsError::NotANodeCertificate`] if the leaf lacks
+/// `digitalSignature`, `serverAuth` or `clientAuth` (`docs/PROTOCOL.md` §2.2); [`TlsError::ClientVerifier`] if `roots` cannot be used; an error of
 /// [`SpiffeId::from_certificate`] if the leaf names no node or several.
 pub fn verify_node_chain(
     chain: &[CertificateDer<'_>],
@@ -57,6 +87,7 @@ fn verify_node_chain_at(
         .build()?
         .verify_client_cert(leaf, intermediates, now)?;
 
+    check_node_usages(leaf)?;
     SpiffeId::from_certificate(leaf)
 }
 
@@ -64,7 +95,7 @@ fn verify_node_chain_at(
 mod tests {
     use std::time::Duration;
 
-    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType};
 
     use super::*;
     use crate::tls::NodeCertOptions;
@@ -113,22 +144,25 @@ mod tests {
     }
 
     #[test]
-    fn both_usages_and_a_spiffe_id_are_required() {
+    fn node_usages_and_a_spiffe_id_are_required() {
         let ca = ca("prod");
-        let issue = |eku: Vec<ExtendedKeyUsagePurpose>, uri: Option<&str>| {
-            let mut params = CertificateParams::default();
-            params.extended_key_usages = eku;
-            if let Some(uri) = uri {
-                params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("IA5"))];
-            }
-            let key = KeyPair::generate().expect("key");
-            let issuer = rcgen::Issuer::from_ca_cert_pem(ca.cert_pem(), {
-                KeyPair::from_pem(&ca.key_pem()).expect("CA key")
-            })
-            .expect("issuer");
-            let cert = params.signed_by(&key, &issuer).expect("signed");
-            vec![cert.der().clone()]
-        };
+        let issue_with =
+            |ku: Vec<KeyUsagePurpose>, eku: Vec<ExtendedKeyUsagePurpose>, uri: Option<&str>| {
+                let mut params = CertificateParams::default();
+                params.key_usages = ku;
+                params.extended_key_usages = eku;
+                if let Some(uri) = uri {
+                    params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("IA5"))];
+                }
+                let key = KeyPair::generate().expect("key");
+                let issuer = rcgen::Issuer::from_ca_cert_pem(ca.cert_pem(), {
+                    KeyPair::from_pem(&ca.key_pem()).expect("CA key")
+                })
+                .expect("issuer");
+                let cert = params.signed_by(&key, &issuer).expect("signed");
+                vec![cert.der().clone()]
+            };
+        let issue = |eku, uri| issue_with(vec![KeyUsagePurpose::DigitalSignature], eku, uri);
         let uri = Some("spiffe://prod/node/n1");
         let server_only = issue(vec![ExtendedKeyUsagePurpose::ServerAuth], uri);
         assert!(verify_node_chain(&server_only, &ca.roots()).is_err());
@@ -139,6 +173,26 @@ mod tests {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         assert!(verify_node_chain(&issue(both.clone(), uri), &ca.roots()).is_ok());
+        // WebPKI alone accepts these; the node-certificate check does not.
+        let refused = |chain: Vec<CertificateDer<'static>>| {
+            matches!(
+                verify_node_chain(&chain, &ca.roots()),
+                Err(TlsError::NotANodeCertificate { .. })
+            )
+        };
+        assert!(refused(issue(vec![], uri)), "no extended key usage");
+        assert!(
+            refused(issue_with(vec![], both.clone(), uri)),
+            "no key usage"
+        );
+        assert!(
+            refused(issue_with(
+                vec![KeyUsagePurpose::KeyCertSign],
+                both.clone(),
+                uri
+            )),
+            "keyCertSign only"
+        );
         assert!(matches!(
             verify_node_chain(&issue(both, None), &ca.roots()),
             Err(TlsError::NoSpiffeId)
