@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::codes::{self, conn};
@@ -160,7 +160,7 @@ pub(crate) struct Pool {
 enum Contest {
     Decided(PeerConn),
     Wait(Settling),
-    Probe(PeerConn, Shared<BoxFuture<'static, bool>>),
+    Probe(PeerConn, BoxFuture<'static, bool>, oneshot::Sender<()>),
 }
 
 /// What a caller of [`Pool::get`] waits for, outside the lock.
@@ -349,19 +349,20 @@ impl Pool {
                 let entry = entries.entry(peer.clone()).or_default();
                 self.contest(dialer, peer, entry, &new)
             };
-            let (incumbent, probe) = match step {
+            let (incumbent, probe, done) = match step {
                 Contest::Decided(winner) => return winner,
                 // One contest at a time: wait for the other to settle, then decide.
                 Contest::Wait(settling) => {
                     settling.await;
                     continue;
                 }
-                Contest::Probe(incumbent, probe) => (incumbent, probe),
+                Contest::Probe(incumbent, probe, done) => (incumbent, probe, done),
             };
             let mut settled = Settled {
                 pool: self,
                 peer,
                 armed: true,
+                _done: done,
             };
             let answered = probe.await;
             settled.armed = false;
@@ -379,8 +380,9 @@ impl Pool {
                         remote = %incumbent.conn.remote_address(),
                         "the old connection did not answer a probe; the peer's new one replaces it"
                     );
-                    incumbent.conn.close(conn::STALE, b"no answer to a probe");
-                    self.install(dialer, peer, entry, new, None)
+                    // Retired, not closed: should the probe have been wrong (a peer too busy
+                    // to answer in time), what runs on it still finishes.
+                    self.install(dialer, peer, entry, new, Some(incumbent))
                 }
                 // The incumbent went away meanwhile: decide again against what is there now.
                 _ => {
@@ -417,9 +419,12 @@ impl Pool {
             return Contest::Decided(winner);
         }
         let timeout = self.probe_timeout(&incumbent);
-        let probe = probe(incumbent.conn.clone(), timeout).boxed().shared();
-        entry.settling = Some(probe.clone().map(|_| ()).boxed().shared());
-        Contest::Probe(incumbent, probe)
+        let probe = probe(incumbent.conn.clone(), timeout).boxed();
+        // Resolves when `done` is dropped, which happens only once `settling` is cleared (see
+        // `Settled`): a waiter woken by it never finds the mark still set, and never spins.
+        let (done, settled) = oneshot::channel::<()>();
+        entry.settling = Some(settled.map(|_| ()).boxed().shared());
+        Contest::Probe(incumbent, probe, done)
     }
 
     /// Makes `winner` the connection calls use, retiring `loser` if there is one.
@@ -528,8 +533,10 @@ pub(crate) async fn retire(loser: PeerConn, grace: Duration) {
 }
 
 /// Added to a probe's wait for an answer: the peer may delay its ACK by up to 25 ms (QUIC's
-/// default `max_ack_delay`), and a loaded peer takes a little longer.
-const PROBE_SLACK: Duration = Duration::from_millis(50);
+/// default `max_ack_delay`), and a loaded peer (or a loaded machine) takes longer. A live peer
+/// answers within a round trip and the probe ends then; a restarted one resets the connection
+/// at once; only a peer gone silent costs the whole wait.
+const PROBE_SLACK: Duration = Duration::from_millis(250);
 
 /// Whether the peer still answers on `conn` within `timeout`. Sends an empty DATAGRAM frame
 /// (ack-eliciting, ignored by the peer's application; sent again halfway in case one is
@@ -605,10 +612,13 @@ impl Drop for Watchdog {
 
 /// Clears an entry's `settling` mark if the register that set it is cancelled mid-probe
 /// (otherwise the register clears it when it decides, under the same lock).
+/// Dropped after the mark is cleared (fields drop after `drop` runs), `_done` then wakes the
+/// calls and registrations waiting for the contest.
 struct Settled<'a> {
     pool: &'a Pool,
     peer: &'a ServerId,
     armed: bool,
+    _done: oneshot::Sender<()>,
 }
 
 impl Drop for Settled<'_> {
