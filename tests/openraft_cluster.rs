@@ -573,3 +573,85 @@ async fn durable_nodes_resume_after_restart_and_catch_up_by_snapshot() {
         node.stop().await;
     }
 }
+
+/// Snapshot data that does not follow the format (not one, a length over the limit, cut
+/// short, a wrong record count) is refused before anything is allocated for it, and the state
+/// machine is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_snapshot_is_refused_and_leaves_the_state_alone() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, LogId, SnapshotMeta};
+    use quicraft::openraft_adapter::durable::DurableStore;
+    use tokio::io::AsyncWriteExt;
+
+    let dir = TempDir::new("bad-snapshot");
+    let store = DurableStore::open(&dir.0, 1, "openraft-test").unwrap();
+    let mut state_machine = store.state_machine();
+    let record = |bytes: &[u8]| [&(bytes.len() as u32).to_le_bytes()[..], bytes].concat();
+    let end = |count: u64| [&u32::MAX.to_le_bytes()[..], &count.to_le_bytes()[..]].concat();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not a snapshot", b"NOTASNAP".to_vec()),
+        (
+            "a length over the limit",
+            [&b"QRKVSNP1"[..], &(u32::MAX - 1).to_le_bytes()[..]].concat(),
+        ),
+        (
+            "cut short",
+            [
+                &b"QRKVSNP1"[..],
+                &record(b"key")[..],
+                &7u32.to_le_bytes()[..],
+                b"va",
+            ]
+            .concat(),
+        ),
+        (
+            "a wrong count",
+            [
+                &b"QRKVSNP1"[..],
+                &record(b"key")[..],
+                &record(b"value")[..],
+                &end(2)[..],
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, data) in cases {
+        let mut file = state_machine.begin_receiving_snapshot().await.unwrap();
+        file.write_all(&data).await.unwrap();
+        file.shutdown().await.unwrap();
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 5)),
+            last_membership: Default::default(),
+            snapshot_id: "bad".into(),
+        };
+        assert!(
+            state_machine.install_snapshot(&meta, file).await.is_err(),
+            "{what}: installed"
+        );
+        assert_eq!(state_machine.last_applied().unwrap(), None, "{what}");
+        assert_eq!(state_machine.get("key").unwrap(), None, "{what}");
+    }
+
+    // A good one installs.
+    let mut file = state_machine.begin_receiving_snapshot().await.unwrap();
+    let good = [
+        &b"QRKVSNP1"[..],
+        &record(b"key")[..],
+        &record(b"value")[..],
+        &end(1)[..],
+    ]
+    .concat();
+    file.write_all(&good).await.unwrap();
+    file.shutdown().await.unwrap();
+    let meta = SnapshotMeta {
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 5)),
+        last_membership: Default::default(),
+        snapshot_id: "good".into(),
+    };
+    state_machine.install_snapshot(&meta, file).await.unwrap();
+    assert_eq!(state_machine.get("key").unwrap().as_deref(), Some("value"));
+    assert_eq!(state_machine.last_applied().unwrap().unwrap().index, 5);
+    let current = state_machine.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.snapshot_id, "good");
+}

@@ -136,8 +136,17 @@ enum GuardState {
     Refused,
 }
 
-/// Whether a node's Raft may answer its peers' RPCs (see the module documentation). Clones
-/// share the state.
+/// Whether a node's Raft may answer its peers' RPCs. Clones share the state.
+///
+/// The rules: before initializing a new cluster, the initializing node [probes](probe_peer)
+/// every other member and goes ahead only if every one answers and none has any Raft state
+/// (a peer with state means the cluster exists and the initializer lost its data). A node with
+/// fresh storage serves through [`serve_raft_guarded`] with [`JoinGuard::fresh`]: it answers
+/// probes and remembers being probed by the initializer (it is then a founding member); any
+/// other Raft RPC while it was never probed comes from a cluster founded without it, so it
+/// refuses the RPC and reports a [`Refusal`] (see [`refused`](Self::refused)). A node with data,
+/// or one started to join as a new member added by a membership change, uses
+/// [`JoinGuard::member`].
 #[derive(Debug, Clone)]
 pub struct JoinGuard {
     state: Arc<Mutex<GuardState>>,
