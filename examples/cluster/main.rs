@@ -262,7 +262,11 @@ async fn run_node(cli: &Cli, id: u64) -> Result<(), BoxError> {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("quicraft-data").join(format!("node-{id}")));
-    let store = DurableStore::open(&data_dir, id, &cli.cluster)?;
+    let store = {
+        let (dir, cluster) = (data_dir.clone(), cli.cluster.clone());
+        // Blocking: redb checks its files after an unclean stop.
+        tokio::task::spawn_blocking(move || DurableStore::open(&dir, id, &cluster)).await??
+    };
     let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
     let fresh = store.is_fresh();
     let initializer = *peers.keys().next().ok_or("no peers")?;
