@@ -15,7 +15,8 @@
 //! and print the figures recorded in BENCHMARKS.md (writes acknowledged and lost, failover
 //! time from a fault to the next acknowledged write, catch-up time of a restarted node,
 //! throughput before, during and after the faults). A node whose data is deleted is refused
-//! when it restarts (`a_node_with_lost_data_refuses_to_rejoin`).
+//! when it restarts, and comes back as a new member by the procedure its message gives
+//! (`a_node_with_lost_data_is_refused_and_comes_back_as_a_new_member`).
 
 #![cfg(feature = "openraft")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -102,13 +103,18 @@ fn signal(pid: u32, signal: &str) {
 struct NodeProc {
     udp: SocketAddr,
     client: SocketAddr,
+    /// Further arguments (`--join`).
+    extra: Vec<String>,
     child: Option<Child>,
     /// Every line the node printed, stdout and stderr, across restarts.
     output: Arc<Mutex<Vec<String>>>,
+    /// The tasks copying the current process's output into `output`.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// A cluster of example processes; every process is killed when it is dropped.
 struct Cluster {
+    ca: ClusterCa,
     binary: PathBuf,
     dir: PathBuf,
     peers: String,
@@ -152,8 +158,10 @@ impl Cluster {
                 NodeProc {
                     udp: free_udp(),
                     client: free_tcp(),
+                    extra: Vec::new(),
                     child: None,
                     output: Arc::default(),
+                    readers: Vec::new(),
                 },
             );
         }
@@ -163,11 +171,34 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         Self {
+            ca,
             binary: example_binary(),
             dir,
             peers,
             nodes,
         }
+    }
+
+    /// Adds node `id` at `udp` as a new member (started with `--join`), with a certificate.
+    fn add_joining(&mut self, id: u64, udp: SocketAddr) {
+        let node = self
+            .ca
+            .issue_node(&id.to_string(), &NodeCertOptions::default())
+            .unwrap();
+        std::fs::write(self.dir.join(format!("{id}.pem")), node.cert_pem).unwrap();
+        write_secret(&self.dir.join(format!("{id}.key")), &node.key_pem);
+        self.peers.push_str(&format!(",{id}={udp}"));
+        self.nodes.insert(
+            id,
+            NodeProc {
+                udp,
+                client: free_tcp(),
+                extra: vec!["--join".into()],
+                child: None,
+                output: Arc::default(),
+                readers: Vec::new(),
+            },
+        );
     }
 
     fn data_dir(&self, id: u64) -> PathBuf {
@@ -179,6 +210,7 @@ impl Cluster {
         let data_dir = self.data_dir(id);
         let node = self.nodes.get_mut(&id).unwrap();
         assert!(node.child.is_none(), "node {id} is already running");
+        node.readers.clear();
         let mut child = Command::new(&self.binary)
             .args(["--cluster", "crash", "--id", &id.to_string()])
             .args(["--listen", &node.udp.to_string(), "--peers", &self.peers])
@@ -188,6 +220,7 @@ impl Cluster {
             .arg(&data_dir)
             .args(["--client", &node.client.to_string()])
             .args(["--snapshot-bytes", SNAPSHOT_BYTES])
+            .args(&node.extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -200,12 +233,12 @@ impl Cluster {
             Box::new(err),
         ] {
             let output = node.output.clone();
-            tokio::spawn(async move {
+            node.readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     output.lock().unwrap().push(format!("node {id}: {line}"));
                 }
-            });
+            }));
         }
         node.child = Some(child);
     }
@@ -703,8 +736,12 @@ async fn long_crash_run_5_nodes() {
     assert_eq!(report.lost, 0);
 }
 
+/// A node whose data is deleted is refused when it restarts under its old id, with a message
+/// saying how to bring it back; the procedure it gives works: `remove` it, start a new id
+/// with `--join` on that host, `add` it. The founder is refused too (its probe finds the
+/// cluster), and the others keep serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_with_lost_data_refuses_to_rejoin() {
+async fn a_node_with_lost_data_is_refused_and_comes_back_as_a_new_member() {
     let mut cluster = Cluster::new("lost", 3);
     for id in 1..=3 {
         cluster.spawn(id);
@@ -718,23 +755,66 @@ async fn a_node_with_lost_data_refuses_to_rejoin() {
         .unwrap();
     assert!(answer.starts_with("OK "), "{answer}");
 
-    // Node 1, the founder, loses its data: it refuses (its probe finds the cluster), and the
-    // other two still serve the write.
-    lose_data_and_expect_refusal(&mut cluster, 1).await;
+    // A node other than the founder and the leader loses its data: refused on the leader's
+    // first RPC.
+    let lost = *cluster
+        .running()
+        .iter()
+        .find(|&&id| id != leader && id != 1)
+        .unwrap();
+    lose_data_and_expect_refusal(&mut cluster, lost).await;
+
+    // As the message says: remove it, start a new id with --join on that host, add it.
     let leader = cluster.leader(None).await;
-    let answer = call_once(cluster.nodes[&leader].client, "lget before")
+    let removed = call_once(cluster.nodes[&leader].client, &format!("remove {lost}"))
         .await
         .unwrap();
-    assert_eq!(answer, "OK loss");
+    assert!(removed.starts_with("OK voters "), "{removed}");
+    assert!(!removed.contains(&lost.to_string()), "{removed}");
+    let udp = cluster.nodes[&lost].udp;
+    cluster.add_joining(4, udp);
+    cluster.spawn(4);
+    cluster.wait_ready(4).await;
+    let added = call_once(cluster.nodes[&leader].client, &format!("add 4 {udp}"))
+        .await
+        .unwrap();
+    assert!(
+        added.starts_with("OK voters ") && added.contains('4'),
+        "{added}\n{}",
+        cluster.output()
+    );
+    let index = call_once(cluster.nodes[&leader].client, "put after rejoin")
+        .await
+        .unwrap();
+    let index = index
+        .strip_prefix("OK ")
+        .unwrap_or_else(|| panic!("{index}"));
+    let mut to_new = Conn::connect(cluster.nodes[&4].client).await.unwrap();
+    assert_eq!(to_new.call(&format!("wait {index}")).await.unwrap(), "OK");
+    assert_eq!(to_new.call("get before").await.unwrap(), "OK loss");
+    assert_eq!(to_new.call("get after").await.unwrap(), "OK rejoin");
 
-    // Then the follower of the remaining two: refused on the leader's first RPC.
-    let follower = *cluster.running().iter().find(|&&id| id != leader).unwrap();
-    lose_data_and_expect_refusal(&mut cluster, follower).await;
+    // The founder loses its data: refused (its probe finds the cluster); the rest serve on.
+    if cluster.nodes[&1].child.is_some() {
+        cluster.kill(1).await;
+    }
+    std::fs::remove_dir_all(cluster.data_dir(1)).unwrap();
+    expect_refusal(&mut cluster, 1).await;
+    let leader = cluster.leader(None).await;
+    let answer = call_once(cluster.nodes[&leader].client, "lget after")
+        .await
+        .unwrap();
+    assert_eq!(answer, "OK rejoin");
 }
 
 async fn lose_data_and_expect_refusal(cluster: &mut Cluster, id: u64) {
     cluster.kill(id).await;
     std::fs::remove_dir_all(cluster.data_dir(id)).unwrap();
+    expect_refusal(cluster, id).await;
+}
+
+/// Starts node `id` (whose data directory is gone) and expects it to exit with the message.
+async fn expect_refusal(cluster: &mut Cluster, id: u64) {
     cluster.spawn(id);
     let mut child = cluster.nodes.get_mut(&id).unwrap().child.take().unwrap();
     let status = tokio::time::timeout(GUARD, child.wait())
@@ -747,6 +827,10 @@ async fn lose_data_and_expect_refusal(cluster: &mut Cluster, id: u64) {
         })
         .unwrap();
     assert!(!status.success());
+    // Everything it printed, to the end of its output.
+    for reader in std::mem::take(&mut cluster.nodes.get_mut(&id).unwrap().readers) {
+        tokio::time::timeout(GUARD, reader).await.unwrap().unwrap();
+    }
     let output = cluster.nodes[&id].output.lock().unwrap().join("\n");
     assert!(
         output.contains("its cluster already exists") && output.contains("--join"),

@@ -313,6 +313,12 @@ async fn run_node(cli: &Cli, id: u64) -> Result<(), BoxError> {
         found(&node, peers, &data_dir).await?;
     } else {
         println!("node {id} has no data yet: waiting for node {initializer} to found the cluster");
+        tokio::spawn(watch_for_existing_cluster(
+            node.transport.clone(),
+            guard.clone(),
+            id,
+            peers.clone(),
+        ));
     }
 
     let node = Arc::new(node);
@@ -415,6 +421,35 @@ async fn found(
         peers.len()
     );
     Ok(())
+}
+
+/// While this fresh node waits to be founded, probes its peers: one with Raft state means the
+/// cluster exists without this node's data, and the guard refuses at once (rather than when a
+/// leader first reaches this node). Ends once the node is founded or refused.
+async fn watch_for_existing_cluster(
+    transport: quicraft::QuicTransport,
+    guard: JoinGuard,
+    id: u64,
+    peers: BTreeMap<u64, SocketAddr>,
+) {
+    let network = quicraft::openraft_adapter::QuicraftNetworkFactory::<
+        quicraft::openraft_adapter::durable::DurableKvConfig,
+        _,
+    >::new(transport.clone(), id);
+    let local = network.local_header();
+    while guard.is_undecided() {
+        for (&peer, addr) in peers.iter().filter(|(p, _)| **p != id) {
+            let server_id = ServerId::from(peer.to_string());
+            let server_addr = quicraft::ServerAddress::from(addr.to_string().as_str());
+            let probe = probe_peer(&transport, local.clone(), id, &server_id, &server_addr);
+            if let Ok(Ok(state)) = tokio::time::timeout(Duration::from_secs(1), probe).await
+                && guard.note_peer(&server_id, state)
+            {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn describe(state: &PeerState) -> String {
