@@ -225,15 +225,22 @@ impl JoinGuard {
         ) {
             return false;
         }
-        let refusal = Refusal {
-            from: from.clone(),
-            kind: format!("a probe answer ({state})"),
-            term: state.term,
-        };
-        tracing::error!(%refusal, "refusing to rejoin: this node's storage is empty but its cluster already exists");
-        *guard = GuardState::Refused;
-        self.refused.send_replace(Some(refusal));
+        self.refuse(
+            &mut guard,
+            Refusal {
+                from: from.clone(),
+                kind: format!("a probe answer ({state})"),
+                term: state.term,
+            },
+        );
         true
+    }
+
+    /// Refuses from now on, and tells [`refused`](Self::refused).
+    fn refuse(&self, state: &mut GuardState, refusal: Refusal) {
+        tracing::error!(%refusal, "refusing to rejoin: this node's storage is empty but its cluster already exists");
+        *state = GuardState::Refused;
+        self.refused.send_replace(Some(refusal));
     }
 
     /// Decides on a Raft RPC other than a probe: `true` to hand it to Raft.
@@ -251,14 +258,14 @@ impl JoinGuard {
                     Command::InstallSnapshot(r) => r.term,
                     _ => 0,
                 };
-                let refusal = Refusal {
-                    from: command.header().id.clone(),
-                    kind: command.kind().to_string(),
-                    term,
-                };
-                tracing::error!(%refusal, "refusing to rejoin: this node's storage is empty but its cluster already exists");
-                *state = GuardState::Refused;
-                self.refused.send_replace(Some(refusal));
+                self.refuse(
+                    &mut state,
+                    Refusal {
+                        from: command.header().id.clone(),
+                        kind: command.kind().to_string(),
+                        term,
+                    },
+                );
                 false
             }
         }
