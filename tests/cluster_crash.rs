@@ -502,6 +502,8 @@ struct Plan {
     leader_stops: usize,
     /// Steady writing before and after the faults, to measure throughput.
     steady: Duration,
+    /// Writing between one fault's recovery and the next fault.
+    pause: Duration,
 }
 
 #[derive(Default)]
@@ -600,6 +602,7 @@ async fn run(name: &str, plan: Plan) -> Report {
             report
                 .catch_ups
                 .push(restart_and_catch_up(&mut cluster, leader).await);
+            tokio::time::sleep(plan.pause).await;
         }
         if round < plan.follower_kills {
             let leader = cluster.leader(None).await;
@@ -610,6 +613,7 @@ async fn run(name: &str, plan: Plan) -> Report {
             report
                 .catch_ups
                 .push(restart_and_catch_up(&mut cluster, follower).await);
+            tokio::time::sleep(plan.pause).await;
         }
         if round < plan.leader_stops {
             let leader = cluster.leader(None).await;
@@ -628,6 +632,7 @@ async fn run(name: &str, plan: Plan) -> Report {
             report
                 .catch_ups
                 .push(cluster.caught_up(leader, target, Instant::now()).await);
+            tokio::time::sleep(plan.pause).await;
         }
     }
     let faults_end = Instant::now();
@@ -695,6 +700,7 @@ async fn short_crash_run_loses_no_acknowledged_write() {
             follower_kills: 1,
             leader_stops: 1,
             steady: Duration::from_secs(1),
+            pause: Duration::from_millis(300),
         },
     )
     .await;
@@ -703,7 +709,7 @@ async fn short_crash_run_loses_no_acknowledged_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long: about 3 minutes; run with --ignored --nocapture for the figures"]
+#[ignore = "long: 3 to 15 minutes; run with --ignored --nocapture for the figures"]
 async fn long_crash_run_3_nodes() {
     let report = run(
         "long3",
@@ -713,6 +719,7 @@ async fn long_crash_run_3_nodes() {
             follower_kills: 10,
             leader_stops: 5,
             steady: Duration::from_secs(5),
+            pause: Duration::from_secs(2),
         },
     )
     .await;
@@ -720,7 +727,7 @@ async fn long_crash_run_3_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long: about 3 minutes; run with --ignored --nocapture for the figures"]
+#[ignore = "long: 3 to 15 minutes; run with --ignored --nocapture for the figures"]
 async fn long_crash_run_5_nodes() {
     let report = run(
         "long5",
@@ -730,6 +737,7 @@ async fn long_crash_run_5_nodes() {
             follower_kills: 10,
             leader_stops: 5,
             steady: Duration::from_secs(5),
+            pause: Duration::from_secs(2),
         },
     )
     .await;
