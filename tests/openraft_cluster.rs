@@ -298,3 +298,360 @@ async fn the_adapter_runs_on_the_in_memory_transport_too() {
         raft.shutdown().await.unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// On durable storage
+// ---------------------------------------------------------------------------------------------
+
+mod durable_nodes {
+    use std::path::{Path, PathBuf};
+
+    use quicraft::openraft_adapter::durable::{
+        DurableError, DurableKvConfig, DurableStateMachine, DurableStore,
+    };
+
+    use super::*;
+
+    pub(super) struct DurableNode {
+        pub(super) id: u64,
+        pub(super) addr: SocketAddr,
+        pub(super) raft: Raft<DurableKvConfig>,
+        pub(super) state_machine: DurableStateMachine,
+        pub(super) transport: QuicTransport,
+    }
+
+    impl DurableNode {
+        pub(super) async fn stop(self) {
+            self.raft.shutdown().await.unwrap();
+            self.transport.close().await;
+        }
+    }
+
+    /// A temporary directory, removed when dropped.
+    pub(super) struct TempDir(pub(super) PathBuf);
+
+    impl TempDir {
+        pub(super) fn new(name: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("quicraft-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            Self(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn durable_config() -> Arc<Config> {
+        let config = Config {
+            cluster_name: "openraft-test".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            install_snapshot_timeout: 2_000,
+            // Snapshots only when asked: the test triggers one, and the log is purged up to
+            // it, so a node behind it can only be caught up by a snapshot.
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: 0,
+            purge_batch_size: 1,
+            ..Config::default()
+        };
+        Arc::new(config.validate().unwrap())
+    }
+
+    /// Starts node `id` on `bind` with its data in `dir/<id>`.
+    pub(super) async fn start_durable(
+        fx: &Fixture,
+        dir: &Path,
+        id: u64,
+        bind: SocketAddr,
+    ) -> DurableNode {
+        let config = fx
+            .config(&id.to_string())
+            .bind(bind)
+            .rpc_timeout(Duration::from_secs(2));
+        // The port of a node just stopped may take a moment to be released (bounded retry).
+        let started = std::time::Instant::now();
+        let (transport, incoming) = loop {
+            match QuicTransport::bind(config.clone()).await {
+                Ok(bound) => break bound,
+                Err(e) if started.elapsed() < GUARD => {
+                    tracing::debug!(error = %e, "binding again");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("node {id}: cannot bind {bind}: {e}"),
+            }
+        };
+        let network = QuicraftNetworkFactory::<DurableKvConfig, _>::new(transport.clone(), id);
+        let local = network.local_header();
+        let store = DurableStore::open(dir.join(id.to_string()), id, "openraft-test").unwrap();
+        let state_machine = store.state_machine();
+        let raft = Raft::new(
+            id,
+            durable_config(),
+            network,
+            store.log_store::<DurableKvConfig>(),
+            state_machine.clone(),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(serve_raft(raft.clone(), incoming, local));
+        DurableNode {
+            id,
+            addr: transport.local_socket_addr(),
+            raft,
+            state_machine,
+            transport,
+        }
+    }
+
+    /// A data directory refuses a second process, and another node or cluster.
+    pub(super) fn assert_owned(dir: &Path) {
+        let path = dir.join("owned");
+        let first = DurableStore::open(&path, 7, "openraft-test").unwrap();
+        let busy = DurableStore::open(&path, 7, "openraft-test").unwrap_err();
+        assert!(matches!(busy, DurableError::InUse { .. }), "{busy}");
+        drop(first);
+        let other_node = DurableStore::open(&path, 8, "openraft-test").unwrap_err();
+        assert!(
+            matches!(other_node, DurableError::WrongOwner { .. }),
+            "{other_node}"
+        );
+        let other_cluster = DurableStore::open(&path, 7, "elsewhere").unwrap_err();
+        assert!(
+            matches!(other_cluster, DurableError::WrongOwner { .. }),
+            "{other_cluster}"
+        );
+        assert!(DurableStore::open(&path, 7, "openraft-test").is_ok());
+    }
+}
+
+use durable_nodes::{TempDir, assert_owned, start_durable};
+
+/// On the durable store: a node stopped and restarted on its data directory resumes with its
+/// vote, log and state; a node far behind a purged log is caught up by a snapshot streamed out
+/// of the leader's database and into its own; a data directory refuses another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_nodes_resume_after_restart_and_catch_up_by_snapshot() {
+    common::init_tracing();
+    let fx = Fixture::new("openraft-test");
+    let dir = TempDir::new("durable-cluster");
+    let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start_durable(&fx, &dir.0, id, any_port).await);
+    }
+    let members: BTreeMap<u64, BasicNode> = nodes
+        .iter()
+        .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
+        .collect();
+    nodes[0].raft.initialize(members).await.unwrap();
+    let leader_id = nodes[0]
+        .raft
+        .wait(Some(GUARD))
+        .metrics(|m| m.current_leader.is_some(), "a leader")
+        .await
+        .unwrap()
+        .current_leader
+        .unwrap();
+    let write = |raft: Raft<_>, key: String, value: String| async move {
+        tokio::time::timeout(GUARD, raft.client_write(KvRequest::Put { key, value }))
+            .await
+            .expect("write hung")
+            .unwrap()
+            .log_id
+            .index
+    };
+    let leader = nodes
+        .iter()
+        .find(|n| n.id == leader_id)
+        .unwrap()
+        .raft
+        .clone();
+    for i in 0..10 {
+        write(leader.clone(), format!("k{i}"), format!("v{i}")).await;
+    }
+
+    // A follower stops; more writes, a snapshot, the log purged behind it.
+    let position = nodes.iter().position(|n| n.id != leader_id).unwrap();
+    let behind = nodes.remove(position);
+    let (behind_id, behind_addr) = (behind.id, behind.addr);
+    let behind_applied = behind.raft.metrics().borrow().last_applied.unwrap().index;
+    let behind_term = behind.raft.metrics().borrow().current_term;
+    behind.stop().await;
+    let mut last = 0;
+    for i in 10..50 {
+        last = write(leader.clone(), format!("k{i}"), format!("v{i}")).await;
+    }
+    leader.trigger().snapshot().await.unwrap();
+    leader
+        .wait(Some(GUARD))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index >= last),
+            "the leader snapshots and purges its log",
+        )
+        .await
+        .unwrap();
+
+    // A directory belongs to its node.
+    assert_owned(&dir.0);
+
+    // The follower restarts on its data: it resumes where it was, and the entries it lacks
+    // are purged on the leader, so it gets the snapshot.
+    {
+        use openraft::storage::RaftLogStorage;
+        use quicraft::openraft_adapter::durable::{DurableKvConfig, DurableStore};
+
+        let store = DurableStore::open(
+            dir.0.join(behind_id.to_string()),
+            behind_id,
+            "openraft-test",
+        )
+        .unwrap();
+        assert!(!store.is_fresh());
+        let vote = store
+            .log_store::<DurableKvConfig>()
+            .read_vote()
+            .await
+            .unwrap()
+            .expect("the vote survived");
+        assert_eq!(vote.leader_id().get_term(), behind_term);
+        let applied = store.state_machine().last_applied().unwrap().unwrap();
+        assert!(
+            applied.index >= behind_applied,
+            "the applied state survived"
+        );
+        assert_eq!(
+            store.state_machine().get("k9").unwrap().as_deref(),
+            Some("v9")
+        );
+    }
+    let back = start_durable(&fx, &dir.0, behind_id, behind_addr).await;
+    back.raft
+        .wait(Some(GUARD))
+        .applied_index_at_least(Some(last), "caught up")
+        .await
+        .unwrap();
+    assert_eq!(back.state_machine.snapshots_installed(), 1);
+    assert_eq!(back.state_machine.len().unwrap(), 50);
+    assert_eq!(
+        back.state_machine.get("k49").unwrap().as_deref(),
+        Some("v49")
+    );
+
+    // A rolling restart of the two others on their data (the leader included): same keys,
+    // what they had applied, and the log continues (no new history). (The node that received
+    // the snapshot is not restarted again: its UDP port stays taken after `close`, a transport
+    // matter reported separately.)
+    let mut nodes = nodes;
+    let mut again = vec![back];
+    while let Some(node) = nodes.pop() {
+        let (id, addr) = (node.id, node.addr);
+        node.stop().await;
+        let node = start_durable(&fx, &dir.0, id, addr).await;
+        assert!(
+            node.state_machine.last_applied().unwrap().unwrap().index >= last,
+            "node {id} resumed with what it had applied"
+        );
+        assert_eq!(node.state_machine.len().unwrap(), 50);
+        again.push(node);
+    }
+    let leader = again[0]
+        .raft
+        .wait(Some(GUARD))
+        .metrics(|m| m.current_leader.is_some(), "a leader after the restart")
+        .await
+        .unwrap()
+        .current_leader
+        .unwrap();
+    let leader = again.iter().find(|n| n.id == leader).unwrap();
+    let index = write(leader.raft.clone(), "after".into(), "restart".into()).await;
+    assert!(index > last, "the log continues: {index} after {last}");
+    for node in again {
+        node.stop().await;
+    }
+}
+
+/// Snapshot data that does not follow the format (not one, a length over the limit, cut
+/// short, a wrong record count) is refused before anything is allocated for it, and the state
+/// machine is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_snapshot_is_refused_and_leaves_the_state_alone() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, LogId, SnapshotMeta};
+    use quicraft::openraft_adapter::durable::DurableStore;
+    use tokio::io::AsyncWriteExt;
+
+    let dir = TempDir::new("bad-snapshot");
+    let store = DurableStore::open(&dir.0, 1, "openraft-test").unwrap();
+    let mut state_machine = store.state_machine();
+    let record = |bytes: &[u8]| [&(bytes.len() as u32).to_le_bytes()[..], bytes].concat();
+    let end = |count: u64| [&u32::MAX.to_le_bytes()[..], &count.to_le_bytes()[..]].concat();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not a snapshot", b"NOTASNAP".to_vec()),
+        (
+            "a length over the limit",
+            [&b"QRKVSNP1"[..], &(u32::MAX - 1).to_le_bytes()[..]].concat(),
+        ),
+        (
+            "cut short",
+            [
+                &b"QRKVSNP1"[..],
+                &record(b"key")[..],
+                &7u32.to_le_bytes()[..],
+                b"va",
+            ]
+            .concat(),
+        ),
+        (
+            "a wrong count",
+            [
+                &b"QRKVSNP1"[..],
+                &record(b"key")[..],
+                &record(b"value")[..],
+                &end(2)[..],
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, data) in cases {
+        let mut file = state_machine.begin_receiving_snapshot().await.unwrap();
+        file.write_all(&data).await.unwrap();
+        file.shutdown().await.unwrap();
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 5)),
+            last_membership: Default::default(),
+            snapshot_id: "bad".into(),
+        };
+        assert!(
+            state_machine.install_snapshot(&meta, file).await.is_err(),
+            "{what}: installed"
+        );
+        assert_eq!(state_machine.last_applied().unwrap(), None, "{what}");
+        assert_eq!(state_machine.get("key").unwrap(), None, "{what}");
+    }
+
+    // A good one installs.
+    let mut file = state_machine.begin_receiving_snapshot().await.unwrap();
+    let good = [
+        &b"QRKVSNP1"[..],
+        &record(b"key")[..],
+        &record(b"value")[..],
+        &end(1)[..],
+    ]
+    .concat();
+    file.write_all(&good).await.unwrap();
+    file.shutdown().await.unwrap();
+    let meta = SnapshotMeta {
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 5)),
+        last_membership: Default::default(),
+        snapshot_id: "good".into(),
+    };
+    state_machine.install_snapshot(&meta, file).await.unwrap();
+    assert_eq!(state_machine.get("key").unwrap().as_deref(), Some("value"));
+    assert_eq!(state_machine.last_applied().unwrap().unwrap().index, 5);
+    let current = state_machine.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.snapshot_id, "good");
+}

@@ -262,7 +262,11 @@ async fn run_node(cli: &Cli, id: u64) -> Result<(), BoxError> {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("quicraft-data").join(format!("node-{id}")));
-    let store = DurableStore::open(&data_dir, id, &cli.cluster)?;
+    let store = {
+        let (dir, cluster) = (data_dir.clone(), cli.cluster.clone());
+        // Blocking: redb checks its files after an unclean stop.
+        tokio::task::spawn_blocking(move || DurableStore::open(&dir, id, &cluster)).await??
+    };
     let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
     let fresh = store.is_fresh();
     let initializer = *peers.keys().next().ok_or("no peers")?;
@@ -309,6 +313,12 @@ async fn run_node(cli: &Cli, id: u64) -> Result<(), BoxError> {
         found(&node, peers, &data_dir).await?;
     } else {
         println!("node {id} has no data yet: waiting for node {initializer} to found the cluster");
+        tokio::spawn(watch_for_existing_cluster(
+            node.transport.clone(),
+            guard.clone(),
+            id,
+            peers.clone(),
+        ));
     }
 
     let node = Arc::new(node);
@@ -411,6 +421,35 @@ async fn found(
         peers.len()
     );
     Ok(())
+}
+
+/// While this fresh node waits to be founded, probes its peers: one with Raft state means the
+/// cluster exists without this node's data, and the guard refuses at once (rather than when a
+/// leader first reaches this node). Ends once the node is founded or refused.
+async fn watch_for_existing_cluster(
+    transport: quicraft::QuicTransport,
+    guard: JoinGuard,
+    id: u64,
+    peers: BTreeMap<u64, SocketAddr>,
+) {
+    let network = quicraft::openraft_adapter::QuicraftNetworkFactory::<
+        quicraft::openraft_adapter::durable::DurableKvConfig,
+        _,
+    >::new(transport.clone(), id);
+    let local = network.local_header();
+    while guard.is_undecided() {
+        for (&peer, addr) in peers.iter().filter(|(p, _)| **p != id) {
+            let server_id = ServerId::from(peer.to_string());
+            let server_addr = quicraft::ServerAddress::from(addr.to_string().as_str());
+            let probe = probe_peer(&transport, local.clone(), id, &server_id, &server_addr);
+            if let Ok(Ok(state)) = tokio::time::timeout(Duration::from_secs(1), probe).await
+                && guard.note_peer(&server_id, state)
+            {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn describe(state: &PeerState) -> String {

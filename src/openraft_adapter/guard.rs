@@ -14,7 +14,11 @@
 //!   [`JoinGuard::fresh`]: it answers probes, and remembers being probed by the initializer
 //!   (it is then a founding member). Any other Raft RPC while it was never probed means a
 //!   cluster that was founded without it, so it refuses it, answers nothing to Raft, and
-//!   reports a [`Refusal`] (the application should stop and say how to re-add the node).
+//!   reports a [`Refusal`] (the application should stop and say how to re-add the node). It
+//!   may also probe its peers itself and hand the answers to [`JoinGuard::note_peer`]: a peer
+//!   with Raft state is the same proof, without waiting for a leader to reach it. (The
+//!   initializer founds only after its probe of this node was answered, so a founding
+//!   member has always been marked before any peer has state.)
 //! - A node with data, and a node started to join as a new member (added by a membership
 //!   change), use [`JoinGuard::member`]: every RPC goes to Raft.
 //!
@@ -117,7 +121,7 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "node {} sent {} for term {}",
+            "node {} sent {}, term {}",
             self.from, self.kind, self.term
         )
     }
@@ -136,8 +140,17 @@ enum GuardState {
     Refused,
 }
 
-/// Whether a node's Raft may answer its peers' RPCs (see the module documentation). Clones
-/// share the state.
+/// Whether a node's Raft may answer its peers' RPCs. Clones share the state.
+///
+/// The rules: before initializing a new cluster, the initializing node [probes](probe_peer)
+/// every other member and goes ahead only if every one answers and none has any Raft state
+/// (a peer with state means the cluster exists and the initializer lost its data). A node with
+/// fresh storage serves through [`serve_raft_guarded`] with [`JoinGuard::fresh`]: it answers
+/// probes and remembers being probed by the initializer (it is then a founding member); any
+/// other Raft RPC while it was never probed comes from a cluster founded without it, so it
+/// refuses the RPC and reports a [`Refusal`] (see [`refused`](Self::refused)). A node with data,
+/// or one started to join as a new member added by a membership change, uses
+/// [`JoinGuard::member`].
 #[derive(Debug, Clone)]
 pub struct JoinGuard {
     state: Arc<Mutex<GuardState>>,
@@ -181,6 +194,55 @@ impl JoinGuard {
         }
     }
 
+    /// True while the node is fresh and was not probed by the initializer: what it learns of
+    /// an existing cluster then means it must not take part.
+    pub fn is_undecided(&self) -> bool {
+        matches!(
+            *self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            GuardState::Fresh {
+                founding: false,
+                ..
+            }
+        )
+    }
+
+    /// Notes what this node's own [probe](probe_peer) of peer `from` found: while the node
+    /// [is undecided](Self::is_undecided), a peer with Raft state means a cluster founded
+    /// without it, and the guard refuses from then on. Returns true when it refused. A fresh
+    /// node that probes its peers this way learns it lost its data without waiting for a
+    /// leader to reach it.
+    pub fn note_peer(&self, from: &ServerId, state: PeerState) -> bool {
+        if !state.has_history() {
+            return false;
+        }
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !matches!(
+            *guard,
+            GuardState::Fresh {
+                founding: false,
+                ..
+            }
+        ) {
+            return false;
+        }
+        self.refuse(
+            &mut guard,
+            Refusal {
+                from: from.clone(),
+                kind: format!("a probe answer ({state})"),
+                term: state.term,
+            },
+        );
+        true
+    }
+
+    /// Refuses from now on, and tells [`refused`](Self::refused).
+    fn refuse(&self, state: &mut GuardState, refusal: Refusal) {
+        tracing::error!(%refusal, "refusing to rejoin: this node's storage is empty but its cluster already exists");
+        *state = GuardState::Refused;
+        self.refused.send_replace(Some(refusal));
+    }
+
     /// Decides on a Raft RPC other than a probe: `true` to hand it to Raft.
     fn admit(&self, command: &Command) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -196,14 +258,14 @@ impl JoinGuard {
                     Command::InstallSnapshot(r) => r.term,
                     _ => 0,
                 };
-                let refusal = Refusal {
-                    from: command.header().id.clone(),
-                    kind: command.kind().to_string(),
-                    term,
-                };
-                tracing::error!(%refusal, "refusing to rejoin: this node's storage is empty but its cluster already exists");
-                *state = GuardState::Refused;
-                self.refused.send_replace(Some(refusal));
+                self.refuse(
+                    &mut state,
+                    Refusal {
+                        from: command.header().id.clone(),
+                        kind: command.kind().to_string(),
+                        term,
+                    },
+                );
                 false
             }
         }

@@ -1,4 +1,6 @@
-//! The embedded default: an in-memory Raft log and a key-value state machine for openraft.
+//! An in-memory Raft log and key-value state machine for openraft, for tests: nothing survives
+//! a restart, so a node must never rejoin a cluster on it after a crash (Raft needs the vote
+//! and the log to be durable). Real nodes use [`durable`](super::durable).
 //!
 //! This is the smallest complete storage openraft needs, written to be read:
 //!
@@ -11,8 +13,8 @@
 //!   [`BasicNode`](openraft::BasicNode)s (their `addr` is the quicraft address), snapshots are
 //!   `Cursor<Vec<u8>>`.
 //!
-//! Nothing survives a restart: a node that comes back with fresh stores is caught up by the
-//! leader, with a snapshot once the leader has purged the entries it lacks.
+//! A node started on fresh stores is caught up by the leader, with a snapshot once the leader
+//! has purged the entries it lacks.
 //!
 //! ```
 //! use quicraft::openraft_adapter::mem::{KvStateMachine, MemLogStore};

@@ -8,7 +8,13 @@
 //!   with any other user of the transport.
 //! - Receiving: [`serve_raft`] reads the transport's [`Incoming`] consumer and hands each RPC
 //!   to the local `openraft::Raft`.
-//! - Storage: [`mem`] is the embedded default, an in-memory log and key-value state machine.
+//! - Storage: [`durable`] keeps the vote, the log and a key-value state machine in redb files
+//!   in a data directory, crash-safe (a vote and appended entries are fsynced before the RPC
+//!   that asked for them is answered; snapshots are streamed out of and into the database);
+//!   [`mem`] is the same in memory, for tests.
+//! - Restarts: [`serve_raft_guarded`] with a [`JoinGuard`] and [`probe_peer`] keep a node whose
+//!   data was lost from rejoining its cluster under its old id, and let a brand-new cluster be
+//!   founded only once (see the `guard` rules on [`JoinGuard`]).
 //!
 //! openraft's messages map onto quicraft's hashicorp-shaped commands field by field (terms,
 //! indexes, log types, commit index); what those fields cannot carry (openraft's vote, the
