@@ -47,7 +47,6 @@ impl RawPair {
             addr
         });
 
-
         let client = NodeThread::start("raw-leader", runtime);
         let (conn, endpoint) = client.run(async move {
             let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr"))
@@ -111,7 +110,9 @@ impl RawPair {
             let mut latencies = latency_histogram();
             for sender in senders {
                 let sent = sender.await.expect("an exchange task panicked");
-                latencies.add(sent).expect("histograms with the same bounds");
+                latencies
+                    .add(sent)
+                    .expect("histograms with the same bounds");
             }
             let elapsed = started.elapsed();
             Report::default()
@@ -163,4 +164,3 @@ async fn exchange(conn: &quinn::Connection) {
     let answer = recv.read_to_end(1024).await.expect("read the answer");
     assert_eq!(answer.len(), ANSWER.len());
 }
-

@@ -273,6 +273,16 @@ async fn accept(inner: Arc<Inner>, incoming: quinn::Incoming, in_progress: InPro
     drop(in_progress);
     let conn = match handshake {
         Ok(Ok(conn)) => conn,
+        Ok(Err(e)) if codes::is_authentication_failure(&e) => {
+            match codes::refused_by_peer(&e) {
+                Some(why) => {
+                    tracing::warn!("the peer dialling from {remote} refused this node: {why}")
+                }
+                // Refused here: the verifier logged why, in one line.
+                None => tracing::debug!(%remote, "incoming handshake refused by this node"),
+            }
+            return;
+        }
         Ok(Err(e)) => {
             tracing::warn!(%remote, error = %untrusted(&e), "incoming handshake failed");
             return;

@@ -45,6 +45,29 @@ fn is_crypto_code(code: u64) -> bool {
     (0x100..0x200).contains(&code)
 }
 
+/// Why the peer refused this node, in plain words, when `error` says it did (a TLS alert it
+/// sent, or its `IDENTITY` close); `None` when this node refused the peer (its verifier has
+/// logged why) or the failure is not about identities.
+pub(crate) fn refused_by_peer(error: &ConnectionError) -> Option<String> {
+    match error {
+        ConnectionError::ConnectionClosed(close) if is_crypto_code(close.error_code.into()) => {
+            // In range, so the alert fits a byte.
+            let alert = (u64::from(close.error_code) - 0x100) as u8;
+            Some(crate::tls::peer_refusal(alert).map_or_else(
+                || format!("it ended the handshake with TLS alert {alert}"),
+                str::to_owned,
+            ))
+        }
+        ConnectionError::ApplicationClosed(close) if close.error_code == conn::IDENTITY => {
+            Some(format!(
+                "it refused this node's identity ({})",
+                crate::sanitize::untrusted(String::from_utf8_lossy(&close.reason))
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// True when the connection ended because a certificate was refused, by either side.
 pub(crate) fn is_authentication_failure(error: &ConnectionError) -> bool {
     match error {

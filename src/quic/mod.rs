@@ -367,9 +367,13 @@ impl Inner {
                 Ok(PeerConn::new(conn, self.local_id.clone()))
             }
             Ok(Err(e)) if codes::is_authentication_failure(&e) => {
+                match codes::refused_by_peer(&e) {
+                    Some(why) => tracing::warn!("node {id} at {addr} refused this node: {why}"),
+                    // Refused here: the verifier logged why, in one line.
+                    None => tracing::debug!(peer = %id, %addr, "handshake refused by this node"),
+                }
                 // The close reason is the peer's text.
                 let e = crate::sanitize::untrusted(e);
-                tracing::warn!(peer = %id, %addr, error = %e, "handshake refused");
                 Err(DialFailure::Authentication(format!(
                     "handshake with {id} at {addr} refused: {e}"
                 )))

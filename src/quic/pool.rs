@@ -256,6 +256,10 @@ impl Pool {
             if let Some(reason) = conn.conn.close_reason()
                 && codes::is_authentication_failure(&reason)
             {
+                // TLS 1.3: a dialler learns that its certificate was refused only now.
+                if let Some(why) = codes::refused_by_peer(&reason) {
+                    tracing::warn!("{target} refused this node: {why}");
+                }
                 let failure = DialFailure::Authentication(format!(
                     "{target} closed the connection after the handshake: {}",
                     crate::sanitize::untrusted(&reason)

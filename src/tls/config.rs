@@ -26,6 +26,7 @@ use rustls::{
     RootCertStore, SignatureScheme,
 };
 
+use super::explain;
 use super::verify::check_node_usages;
 use super::{CaRoots, Identity, RevocationLists, SpiffeId, TlsError, validate_cluster_name};
 
@@ -91,12 +92,23 @@ impl TlsContext {
         };
         // An `Identity` always has a leaf, so `[1..]` (the intermediates) is in bounds.
         if let Err(error) = policy.verify_chain(identity.leaf(), &identity.chain()[1..]) {
-            tracing::warn!(
-                local_id = %local_id,
-                %error,
-                "this node's own certificate does not verify against the CA roots; \
-                 peers will reject it"
+            let words = explain::refusal(&error, identity.leaf(), "this node's own certificate");
+            // Outside its validity period, the fault may be this host's clock: then peers
+            // with a correct clock accept the certificate, and saying they will not misleads.
+            let clock = matches!(
+                error,
+                rustls::Error::InvalidCertificate(
+                    CertificateError::Expired
+                        | CertificateError::ExpiredContext { .. }
+                        | CertificateError::NotValidYet
+                        | CertificateError::NotValidYetContext { .. }
+                )
             );
+            if clock {
+                tracing::warn!(local_id = %local_id, "{words}");
+            } else {
+                tracing::warn!(local_id = %local_id, "{words}; peers will refuse it");
+            }
         }
         Ok(Self {
             policy: Arc::new(policy),
@@ -390,7 +402,8 @@ impl ClientCertVerifier for ClusterClientVerifier {
         self.webpki
             .verify_client_cert(end_entity, intermediates, now)
             .inspect_err(|error| {
-                tracing::warn!(%error, "rejected a client certificate: chain verification failed");
+                let words = explain::refusal(error, end_entity, &explain::whose(end_entity));
+                tracing::warn!("refusing a peer that dialled this node: {words}");
             })?;
         check_usages(end_entity)?;
         let id = SpiffeId::from_certificate(end_entity).map_err(|e| reject("client", e))?;
@@ -444,10 +457,10 @@ impl ServerCertVerifier for NodeServerVerifier {
         self.policy
             .verify_chain_at(end_entity, intermediates, now)
             .inspect_err(|error| {
+                let words = explain::refusal(error, end_entity, &explain::whose(end_entity));
                 tracing::warn!(
-                    expected = %self.expected,
-                    %error,
-                    "rejected a server certificate: chain verification failed"
+                    "refusing node {} (dialled by this node): {words}",
+                    self.expected.node()
                 );
             })?;
         let id = SpiffeId::from_certificate(end_entity).map_err(|e| reject("server", e))?;
@@ -498,7 +511,9 @@ impl ServerCertVerifier for NodeServerVerifier {
 /// the handshake (sent to the peer as a `certificate_unknown` alert; the full reason stays
 /// in the local error).
 fn reject(peer: &'static str, error: TlsError) -> rustls::Error {
-    tracing::warn!(peer, %error, "rejected a peer certificate: identity check failed");
+    tracing::warn!(
+        "refusing a peer ({peer} side of the handshake): its certificate names the wrong node or cluster: {error}"
+    );
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
 }
 
@@ -507,7 +522,10 @@ fn reject(peer: &'static str, error: TlsError) -> rustls::Error {
 /// extension does not parse).
 fn check_usages(leaf: &CertificateDer<'_>) -> Result<(), rustls::Error> {
     check_node_usages(leaf).map_err(|error| {
-        tracing::warn!(%error, "rejected a certificate: not a node certificate");
+        tracing::warn!(
+            "refusing a peer: {} is not a node certificate: {error}",
+            explain::whose(leaf)
+        );
         let error = match error {
             TlsError::NotANodeCertificate { .. } => CertificateError::InvalidPurpose,
             _ => CertificateError::BadEncoding,

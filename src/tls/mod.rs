@@ -30,6 +30,7 @@
 
 mod config;
 mod crl;
+mod explain;
 mod generate;
 mod identity;
 mod pem;
@@ -40,6 +41,7 @@ use std::path::PathBuf;
 pub use config::{ALPN, TlsContext};
 pub(crate) use config::{SERVER_NAME, peer_spiffe_id};
 pub use crl::RevocationLists;
+pub(crate) use explain::peer_refusal;
 pub use generate::{ClusterCa, GeneratedNode, NodeCertOptions};
 pub(crate) use identity::MAX_NODE_ID_LEN;
 pub use identity::{SpiffeId, validate_cluster_name, validate_node_id};

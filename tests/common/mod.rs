@@ -2,6 +2,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod logs;
 pub mod pattern;
 
 use std::time::Duration;
