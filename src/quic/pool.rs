@@ -112,6 +112,10 @@ impl DialFailure {
 
 type Dial = Shared<BoxFuture<'static, Result<PeerConn, DialFailure>>>;
 
+/// Failed dials to a peer logged at debug level before they are warnings: about 0.7 s with the
+/// default backoff, time for the other nodes of a cluster that starts together to come up.
+const QUIET_DIAL_FAILURES: u32 = 3;
+
 /// Connections to one peer that lost the tie-break and still wait out their grace period
 /// (see [`retire`]). Each holds a frame budget of its own, so a peer that dialled again and
 /// again could otherwise multiply what it may make this node hold; beyond this many the
@@ -316,6 +320,22 @@ impl Pool {
                 let entry = entries.entry(id.clone()).or_default();
                 entry.dial = None;
                 self.record_failure(entry, failure.clone());
+                if let DialFailure::Unreachable(reason) = &failure {
+                    let next = entry
+                        .retry_at
+                        .map(|at| at.saturating_duration_since(Instant::now()))
+                        .unwrap_or_default();
+                    // One line per failed dial, so once per backoff period; the first few
+                    // are the peers a starting cluster has not started yet.
+                    if entry.failures > QUIET_DIAL_FAILURES {
+                        tracing::warn!(
+                            "node {id} unreachable ({} failed dials): {reason}; next dial in {next:?}",
+                            entry.failures
+                        );
+                    } else {
+                        tracing::debug!(peer = %id, %reason, ?next, "dial failed");
+                    }
+                }
                 Err(failure)
             }
         }

@@ -1,7 +1,9 @@
-//! A refused certificate is one warning line in plain words, naming the node and what to
-//! check: a certificate from another CA says so (not `UnknownIssuer`); one outside its
-//! validity gives its dates and points at this host's clock (not UNIX seconds, and without
-//! claiming that peers will refuse this node when the fault may be the local clock).
+//! What an operator reads at the default level. A refused certificate is one warning line in
+//! plain words, naming the node and what to check: a certificate from another CA says so (not
+//! `UnknownIssuer`); one outside its validity gives its dates and points at this host's clock
+//! (not UNIX seconds, and without claiming that peers will refuse this node when the fault may
+//! be the local clock). An unreachable peer is one line per failed dial (once per backoff
+//! period), not one per call.
 
 #![allow(clippy::unwrap_used)]
 
@@ -141,4 +143,58 @@ async fn a_certificate_outside_its_validity_gives_dates_and_the_clock() {
         .collect();
     assert_eq!(refusal.len(), 1, "{warned:#?}");
     assert!(refusal[0].contains(&day), "{}", refusal[0]);
+}
+
+#[tokio::test]
+async fn an_unreachable_peer_is_one_line_per_backoff_period_not_per_call() {
+    let (captured, _guard) = capture();
+    let fixture = Fixture::new("plain");
+    let (n1, _) = QuicTransport::bind(
+        fixture
+            .config("n1")
+            .connect_timeout(Duration::from_millis(100))
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(400)),
+    )
+    .await
+    .unwrap();
+    // A port nobody listens on.
+    let absent = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let request = RequestVoteRequest {
+        header: RpcHeader::new("n1", n1.local_addr()),
+        term: 1,
+        last_log_index: 0,
+        last_log_term: 0,
+        leadership_transfer: false,
+    };
+    let mut calls = 0;
+    // About 2 s of calls every 10 ms, as an engine's heartbeats would be: ~200 calls, a few
+    // dials (the rest fail at once during the backoff).
+    for _ in 0..200 {
+        let result = n1
+            .request_vote(&"n2".into(), &absent.to_string().into(), request.clone())
+            .await;
+        assert!(
+            matches!(result, Err(quicraft::Error::Unreachable { .. })),
+            "{result:?}"
+        );
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = captured.text();
+    let lines: Vec<_> = warnings(&text)
+        .into_iter()
+        .filter(|line| line.contains("node n2 unreachable"))
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.len() <= 8,
+        "{calls} failed calls gave {} warnings: {lines:#?}",
+        lines.len()
+    );
+    assert!(
+        lines.iter().all(|line| line.contains("next dial in")),
+        "{lines:#?}"
+    );
 }
