@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Fixture;
+use common::{Fixture, peak_rss_mib, reset_peak_rss};
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, Command, QuicConfig, QuicTransport,
     RequestVoteRequest, RequestVoteResponse, RpcHeader, Transport, TransportStats,
@@ -452,20 +452,6 @@ async fn without_the_rate_limit_the_re_dialling_member_is_admitted() {
 /// Resets the process's peak resident set (Linux `clear_refs` 5) and returns a closure
 /// reading it, in MiB. The node shares the process with its peer and the attacker, so this is
 /// an upper bound on the node's own.
-fn peak_rss_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(0, |kib| kib / 1024)
-}
-
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 /// Per attack: the process's peak RSS, the legitimate peer's heartbeat p99 and failures.
 /// Run with `cargo test --release --test quic_admission -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -455,3 +455,222 @@ async fn refused_and_unclaimed_snapshot_streams_do_not_block_later_snapshots() {
     );
     assert_eq!(guarded("the consumer", consumer).await.unwrap(), 1);
 }
+
+/// The honest member's calls made every 10 ms while `attack` runs: round trips and failures.
+async fn honest_calls_during<T>(
+    honest: &QuicTransport,
+    node: &QuicTransport,
+    heartbeat: bool,
+    attack: impl Future<Output = T>,
+) -> (T, Vec<Duration>, usize) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let calls = async {
+        let (mut rtts, mut failures) = (Vec::new(), 0);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let id = ServerId::from(NODE);
+        let mut term = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
+            term += 1;
+            let at = tokio::time::Instant::now();
+            let header = RpcHeader::new(HONEST, honest.local_addr());
+            let ok = if heartbeat {
+                let request = AppendEntriesRequest::heartbeat(header, term);
+                honest
+                    .append_entries(&id, &node.local_addr(), request)
+                    .await
+                    .is_ok()
+            } else {
+                let mut request = vote(HONEST, term);
+                request.header = header;
+                honest
+                    .request_vote(&id, &node.local_addr(), request)
+                    .await
+                    .is_ok()
+            };
+            if ok {
+                rtts.push(at.elapsed());
+            } else {
+                failures += 1;
+            }
+        }
+        (rtts, failures)
+    };
+    let attack = async {
+        let out = attack.await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        out
+    };
+    let (out, (rtts, failures)) = tokio::join!(attack, calls);
+    (out, rtts, failures)
+}
+
+fn p99(rtts: &[Duration]) -> Duration {
+    let mut rtts = rtts.to_vec();
+    rtts.sort();
+    rtts.get((rtts.len() * 99).div_ceil(100).saturating_sub(1))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Per attack of this file at full size with the default limits: the process's peak RSS (the
+/// attacker's few connections included), the node's own high-water mark, and the honest
+/// member's p99 and failures. The figures of SECURITY.md "Limits against a hostile peer".
+/// `cargo test --release --test quic_hostile -- --ignored --nocapture hostile_figures`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints the figures of SECURITY.md; run in a release build"]
+async fn hostile_figures() {
+    let fixture = Fixture::new("prod");
+
+    // 1. Decoded-size amplification: 1,000 AppendEntries of 8,192 empty entries on one
+    // connection, consumer stalled, heartbeats answered by the fast path.
+    common::reset_peak_rss();
+    let (node1, _stalled) = node(&fixture, |config| config).await;
+    let (honest, _) = fixture.node(HONEST).await;
+    let hostile = RawMember::connect(&fixture, HOSTILE, &node1).await;
+    let body = frame(APPEND_ENTRIES, &empty_entries_append(HOSTILE));
+    let (_, rtts, failures) = honest_calls_during(&honest, &node1, true, async {
+        let mut streams = Vec::new();
+        for _ in 0..1_000 {
+            let (mut send, recv) =
+                tokio::time::timeout(Duration::from_secs(30), hostile.conn.open_bi())
+                    .await
+                    .expect("stream credit")
+                    .unwrap();
+            let body = body.clone();
+            streams.push(tokio::spawn(async move {
+                let _ = send.write_all(&body).await;
+                let _ = send.finish();
+                (send, recv)
+            }));
+            if streams.len() >= 900 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        streams.len()
+    })
+    .await;
+    let stats = node1.stats();
+    println!(
+        "decoded-size amplification: honest heartbeats {} ok, {failures} failed, p99 {:?}; node \
+         held at most {} MiB ({} queued); peak RSS {} MiB",
+        rtts.len(),
+        p99(&rtts),
+        stats.frame_bytes_buffered_high_water >> 20,
+        stats.consumer_queued,
+        common::peak_rss_mib()
+    );
+    hostile.conn.close(0u32.into(), b"done");
+    drop(hostile);
+
+    // 2. Closing to escape: 14 rounds of 4 pipelines with a 16 MiB append each, then close
+    // and dial again, consumer stalled.
+    common::reset_peak_rss();
+    let (node2, _stalled2) = node(&fixture, |config| config).await;
+    let request = AppendEntriesRequest {
+        header: RpcHeader::new(HOSTILE, "127.0.0.1:1"),
+        term: 1,
+        prev_log_entry: 0,
+        prev_log_term: 0,
+        entries: vec![Log::command(1, 1, vec![7u8; (16 << 20) - 4096])],
+        leader_commit_index: 0,
+    };
+    let append = frame(APPEND_ENTRIES, &postcard::to_stdvec(&request).unwrap());
+    let (_, rtts, failures) = honest_calls_during(&honest, &node2, true, async {
+        for _ in 0..14 {
+            let hostile = RawMember::connect(&fixture, HOSTILE, &node2).await;
+            let mut pipelines = Vec::new();
+            for _ in 0..4 {
+                let (mut send, recv) = hostile.conn.open_bi().await.unwrap();
+                let append = append.clone();
+                pipelines.push(tokio::spawn(async move {
+                    let _ = send.write_all(&frame(PIPELINE_OPEN, &[])).await;
+                    let _ = send.write_all(&append).await;
+                    (send, recv)
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            hostile.conn.close(0u32.into(), b"again");
+            for pipeline in pipelines {
+                pipeline.abort();
+            }
+        }
+    })
+    .await;
+    let stats = node2.stats();
+    println!(
+        "re-dialling to escape the budget: honest heartbeats {} ok, {failures} failed, p99 {:?}; \
+         node held at most {} MiB, {} MiB now; peak RSS {} MiB",
+        rtts.len(),
+        p99(&rtts),
+        stats.frame_bytes_buffered_high_water >> 20,
+        stats.frame_bytes_buffered >> 20,
+        common::peak_rss_mib()
+    );
+
+    // 3. A vote flood: 1,000 concurrent RequestVote loops from one member, against a consumer
+    // that spends 100 us per RPC; the honest member's votes go through the same consumer.
+    let (node3, mut incoming) = node(&fixture, |config| config).await;
+    let me = RpcHeader::new(NODE, node3.local_addr());
+    tokio::spawn(async move {
+        while let Some(rpc) = incoming.recv().await {
+            let term = match rpc.command() {
+                Command::RequestVote(r) => r.term,
+                _ => 0,
+            };
+            std::thread::sleep(Duration::from_micros(100));
+            rpc.respond(Ok(quicraft::RequestVoteResponse {
+                header: me.clone(),
+                term,
+                granted: false,
+            }
+            .into()));
+        }
+    });
+    let (_, quiet, _) = honest_calls_during(
+        &honest,
+        &node3,
+        false,
+        tokio::time::sleep(Duration::from_secs(2)),
+    )
+    .await;
+    let hostile = RawMember::connect(&fixture, HOSTILE, &node3).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = (0..1_000u64)
+        .map(|i| {
+            let (conn, stop) = (hostile.conn.clone(), stop.clone());
+            tokio::spawn(async move {
+                let body = frame(
+                    REQUEST_VOTE,
+                    &postcard::to_stdvec(&vote(HOSTILE, i + 1)).unwrap(),
+                );
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok((mut send, recv)) = conn.open_bi().await else {
+                        return;
+                    };
+                    let _ = send.write_all(&body).await;
+                    let _ = send.finish();
+                    let _ = answer_kind(recv).await;
+                }
+            })
+        })
+        .collect();
+    let (_, rtts, failures) = honest_calls_during(
+        &honest,
+        &node3,
+        false,
+        tokio::time::sleep(Duration::from_secs(5)),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loops {
+        l.abort();
+    }
+    println!(
+        "vote flood (1,000 loops): honest votes {} ok, {failures} failed, p99 {:?} (quiet p99 {:?})",
+        rtts.len(),
+        p99(&rtts),
+        p99(&quiet)
+    );
+}

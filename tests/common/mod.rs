@@ -135,3 +135,20 @@ pub fn free_udp_addr() -> std::net::SocketAddr {
         .and_then(|s| s.local_addr())
         .expect("free UDP port")
 }
+
+/// This process's peak resident set since start or the last [`reset_peak_rss`], in MiB (0
+/// where `/proc` does not tell).
+pub fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// Starts a new peak for [`peak_rss_mib`] (Linux `clear_refs`).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
