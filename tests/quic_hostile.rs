@@ -528,7 +528,9 @@ async fn hostile_figures() {
     let (node1, _stalled) = node(&fixture, |config| config).await;
     let (honest, _) = fixture.node(HONEST).await;
     let hostile = RawMember::connect(&fixture, HOSTILE, &node1).await;
-    let body = frame(APPEND_ENTRIES, &empty_entries_append(HOSTILE));
+    // `Bytes`, written with `write_chunk`: the attacker shares this process, and must not
+    // hold a copy per stream.
+    let body = Bytes::from(frame(APPEND_ENTRIES, &empty_entries_append(HOSTILE)));
     let (_, rtts, failures) = honest_calls_during(&honest, &node1, true, async {
         let mut streams = Vec::new();
         for _ in 0..1_000 {
@@ -539,7 +541,7 @@ async fn hostile_figures() {
                     .unwrap();
             let body = body.clone();
             streams.push(tokio::spawn(async move {
-                let _ = send.write_all(&body).await;
+                let _ = send.write_chunk(body).await;
                 let _ = send.finish();
                 (send, recv)
             }));
@@ -576,7 +578,11 @@ async fn hostile_figures() {
         entries: vec![Log::command(1, 1, vec![7u8; (16 << 20) - 4096])],
         leader_commit_index: 0,
     };
-    let append = frame(APPEND_ENTRIES, &postcard::to_stdvec(&request).unwrap());
+    let append = Bytes::from(frame(
+        APPEND_ENTRIES,
+        &postcard::to_stdvec(&request).unwrap(),
+    ));
+    drop(request);
     let (_, rtts, failures) = honest_calls_during(&honest, &node2, true, async {
         for _ in 0..14 {
             let hostile = RawMember::connect(&fixture, HOSTILE, &node2).await;
@@ -586,7 +592,7 @@ async fn hostile_figures() {
                 let append = append.clone();
                 pipelines.push(tokio::spawn(async move {
                     let _ = send.write_all(&frame(PIPELINE_OPEN, &[])).await;
-                    let _ = send.write_all(&append).await;
+                    let _ = send.write_chunk(append).await;
                     (send, recv)
                 }));
             }
