@@ -1,7 +1,8 @@
 //! The cluster example serves the transport's metrics: two processes of `examples/cluster`
 //! (`--id` mode) with `--metrics 127.0.0.1:PORT` form a cluster, a client writes through the
 //! line protocol, and `/metrics` is scraped twice over plain HTTP: the series exist, carry
-//! the peer label, and move between the scrapes.
+//! the peer label, and move between the scrapes. At the default log level a normal start and
+//! these writes print nothing on stderr.
 
 #![cfg(feature = "openraft")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -140,6 +141,13 @@ async fn the_example_serves_per_peer_metrics_that_move() {
     let certs = common::TempDir::new("quicraft-metrics-scrape");
     let fixture = common::Fixture::new("scrape");
     fixture.write_certs(certs.path(), &["1", "2"]);
+    // As certgen writes them: a key readable by others is (rightly) a warning.
+    #[cfg(unix)]
+    for id in ["1", "2"] {
+        use std::os::unix::fs::PermissionsExt;
+        let key = certs.path().join(format!("{id}.key"));
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let udp: BTreeMap<u64, SocketAddr> = (1..=2).map(|id| (id, common::free_udp_addr())).collect();
     let peers = udp
         .iter()
@@ -163,6 +171,8 @@ async fn the_example_serves_per_peer_metrics_that_move() {
             .args(["--client", "127.0.0.1:0"])
             .args(["--metrics", &metrics_addr.to_string()])
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG")
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -259,5 +269,16 @@ async fn the_example_serves_per_peer_metrics_that_move() {
 
     for child in &mut children {
         child.kill().await.unwrap();
+    }
+    // The default log (warnings) stayed silent through a normal start, an election and
+    // writes.
+    for child in &mut children {
+        let mut stderr = String::new();
+        let mut pipe = child.stderr.take().unwrap();
+        tokio::time::timeout(GUARD, pipe.read_to_string(&mut stderr))
+            .await
+            .expect("stderr closed after kill")
+            .unwrap();
+        assert!(stderr.is_empty(), "a normal run logged:\n{stderr}");
     }
 }

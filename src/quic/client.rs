@@ -220,7 +220,7 @@ async fn unary_call(
                 .open_bi()
                 .await
                 .map_err(|e| codes::connection_error(&peer, &e))?;
-            span.record("stream", send.id().index());
+            span.record("stream", u64::from(send.id()));
             // Cannot fail: the stream was just opened and is not finished.
             let _ = send.set_priority(priority);
             send.write_chunk(encoded)
@@ -444,7 +444,6 @@ where
                 .map_err(|e| codes::connection_error(&peer, &e))?;
             // The request names its data stream by the stream's id.
             let transfer_id = u64::from(data_stream.id());
-            span.record("stream", transfer_id);
             // Until every byte is written, an early exit must not look like a complete snapshot.
             let mut data_stream = ResetOnDrop::new(data_stream, stream::SNAPSHOT_ABORTED);
             let _ = data_stream.set_priority(priority::SNAPSHOT_DATA);
@@ -457,6 +456,7 @@ where
                 .open_bi()
                 .await
                 .map_err(|e| codes::connection_error(&peer, &e))?;
+            span.record("stream", u64::from(send.id()));
             let _ = send.set_priority(priority::APPEND);
             write_frame(
                 &mut send,

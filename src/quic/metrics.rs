@@ -101,6 +101,140 @@ pub(crate) mod name {
     pub(crate) const NODE_HEARTBEAT_COPIES_WON: &str = "quicraft_node_heartbeat_copies_won_total";
 }
 
+/// What each metric is, for the recorder (Prometheus shows it as `# HELP`).
+const DESCRIPTIONS: [(&str, &str); 33] = [
+    (
+        name::RPC_CALLS,
+        "RPCs this node called, by peer, kind and outcome",
+    ),
+    (
+        name::RPC_CALL_DURATION,
+        "Seconds from a call to its answer (answered calls)",
+    ),
+    (
+        name::RPC_SERVED,
+        "RPCs peers called on this node, by peer, kind and outcome",
+    ),
+    (
+        name::RPC_SERVE_DURATION,
+        "Seconds from a request read whole to its answer ready",
+    ),
+    (
+        name::SNAPSHOTS_SENT,
+        "Snapshots sent and answered with success",
+    ),
+    (
+        name::SNAPSHOT_SENT_BYTES,
+        "Snapshot data bytes sent, as read from the source",
+    ),
+    (
+        name::SNAPSHOTS_RECEIVED,
+        "Snapshots received and answered with success",
+    ),
+    (
+        name::SNAPSHOT_RECEIVED_BYTES,
+        "Snapshot data bytes the consumer read",
+    ),
+    (
+        name::HEARTBEAT_COPIES,
+        "Heartbeat copies sent because an answer was late",
+    ),
+    (
+        name::HEARTBEAT_COPIES_WON,
+        "Heartbeat copies answered first",
+    ),
+    (
+        name::CONNECTIONS_OPENED,
+        "Connections established, dialled or accepted",
+    ),
+    (name::DIAL_FAILURES, "Failed dials, by reason"),
+    (
+        name::HANDSHAKE_FAILURES,
+        "Failed handshakes, by direction and reason",
+    ),
+    (name::SENT_BYTES, "UDP bytes sent on the peer's connections"),
+    (
+        name::RECEIVED_BYTES,
+        "UDP bytes received on the peer's connections",
+    ),
+    (name::PATH_SENT_PACKETS, "QUIC packets sent to the peer"),
+    (
+        name::PATH_LOST_PACKETS,
+        "QUIC packets to the peer declared lost",
+    ),
+    (
+        name::PATH_CONGESTION_EVENTS,
+        "Congestion events on the peer's connections",
+    ),
+    (
+        name::PATH_RTT,
+        "Smoothed round-trip time to the peer, in seconds",
+    ),
+    (
+        name::PATH_CWND,
+        "Congestion window towards the peer, in bytes",
+    ),
+    (
+        name::PATH_MTU,
+        "Path MTU (largest UDP payload) towards the peer, in bytes",
+    ),
+    (
+        name::PEER_FRAME_BYTES,
+        "Bytes of the peer's frame budget in use",
+    ),
+    (
+        name::FRAME_BYTES,
+        "Bytes held for incoming requests, over all peers",
+    ),
+    (
+        name::FRAME_BYTES_HIGH_WATER,
+        "Peak of quicraft_frame_buffered_bytes since start",
+    ),
+    (name::CONSUMER_QUEUED, "RPCs queued for the consumer"),
+    (name::REQUEST_STREAMS, "Request streams being served"),
+    (
+        name::HANDSHAKES_IN_PROGRESS,
+        "Incoming handshakes in progress",
+    ),
+    (
+        name::HANDSHAKES_IN_PROGRESS_HIGH_WATER,
+        "Peak of incoming handshakes in progress",
+    ),
+    (name::HANDSHAKES_ACCEPTED, "Incoming handshakes admitted"),
+    (
+        name::HANDSHAKES_RETRIED,
+        "Incoming connection attempts sent a Retry",
+    ),
+    (
+        name::HANDSHAKES_REFUSED,
+        "Incoming connection attempts refused before crypto work",
+    ),
+    (
+        name::NODE_HEARTBEAT_COPIES,
+        "Heartbeat copies sent, over all peers",
+    ),
+    (
+        name::NODE_HEARTBEAT_COPIES_WON,
+        "Heartbeat copies answered first, over all peers",
+    ),
+];
+
+/// Describes every metric to the recorder installed now (once per process).
+pub(crate) fn describe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for (name, text) in DESCRIPTIONS {
+            if name.ends_with("_total") {
+                metrics::describe_counter!(name, text);
+            } else if name.ends_with("_seconds") && name.contains("_duration_") {
+                metrics::describe_histogram!(name, text);
+            } else {
+                metrics::describe_gauge!(name, text);
+            }
+        }
+    });
+}
+
 /// The `kind` label: the RPC kinds, with heartbeats (AppendEntries without entries) apart
 /// from appends so their latencies are not mixed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

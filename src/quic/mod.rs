@@ -57,6 +57,22 @@ mod priority {
 ///
 /// [`bind`](Self::bind) opens one UDP endpoint that both listens and dials. Cheap to clone:
 /// clones are handles to one node.
+///
+/// # Observing it
+///
+/// - **Metrics** through the [`metrics`](https://docs.rs/metrics/0.24) facade, recorded by
+///   whatever recorder the application installed (none: no-ops): per peer, RPCs called and
+///   served by kind and outcome with latency histograms, snapshot bytes, connections opened,
+///   failed dials and handshakes, and the path (bytes, packets sent and lost, congestion
+///   events, RTT, congestion window, MTU) read from quinn once a second with the node-wide
+///   [`TransportStats`]. Names (prefixed `quicraft_`, unit in the name) and labels are listed
+///   in the README; labels are bounded (`peer` is a server id, never a stream or an address).
+/// - **Spans** at debug level: `rpc` around each call and `serve_rpc` around each request
+///   served, with `peer`, `kind`, `term` and `stream` (the QUIC stream id, the same number on
+///   both nodes).
+/// - **The log**: one INFO line when the transport starts listening and one when it closes;
+///   warnings only for what an operator should act on (a certificate refused on either side,
+///   a peer unreachable after several dials, bad input from a peer).
 #[derive(Clone)]
 pub struct QuicTransport {
     inner: Arc<Inner>,
@@ -151,6 +167,7 @@ impl QuicTransport {
         inner
             .tasks
             .spawn(admission::accept_loop(inner.clone(), endpoint));
+        metrics::describe();
         inner.tasks.spawn(inner.clone().sample_metrics());
         if let Some((files, interval)) = inner.config.watch.clone() {
             inner

@@ -243,7 +243,7 @@ impl Stream {
             peer = %self.peer,
             kind = kind.label(),
             term = term_of(&frame),
-            stream = recv.id().index(),
+            stream = u64::from(recv.id()),
         );
         let served = Served { kind, started };
         self.serve_request(frame, send, recv, rendezvous, held, served)
