@@ -79,6 +79,32 @@ async fn scrape(addr: SocketAddr) -> Vec<Sample> {
     parse(body)
 }
 
+/// Scrapes every 100 ms until `done` holds for a scrape, within the guard; returns it.
+async fn scrape_until(
+    addr: SocketAddr,
+    what: &str,
+    done: impl Fn(&[Sample]) -> bool,
+) -> Vec<Sample> {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let samples = scrape(addr).await;
+        if done(&samples) {
+            return samples;
+        }
+        let quicraft: Vec<String> = samples
+            .iter()
+            .filter(|s| s.name.starts_with("quicraft_rpc") || s.name.starts_with("quicraft_path"))
+            .map(|s| format!("{} {:?} {}", s.name, s.labels, s.value))
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not seen at {addr} within {GUARD:?}; last scrape:\n{}",
+            quicraft.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The sum of `name` over the series whose labels include `with`.
 fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
     samples
@@ -210,18 +236,18 @@ async fn the_example_serves_per_peer_metrics_that_move() {
     let mut client = Client::connect(clients[&leader]).await;
     client.puts(0, 20).await;
 
-    // The first scrape: the leader's calls to the follower, the follower's service of them.
-    let first = scrape(metrics[&leader]).await;
+    // The first scrape: the leader's calls to the follower, the follower's service of them
+    // (counts are published once a second: scrape until they show, within the guard).
     let appends = [
         ("peer", follower_label.as_str()),
         ("kind", "append_entries"),
         ("outcome", "ok"),
     ];
+    let first = scrape_until(metrics[&leader], "ok append_entries to the follower", |s| {
+        sum(s, "quicraft_rpc_calls_total", &appends) >= 1.0
+    })
+    .await;
     let calls_before = sum(&first, "quicraft_rpc_calls_total", &appends);
-    assert!(
-        calls_before >= 1.0,
-        "no ok append_entries to node {follower} counted: {calls_before}"
-    );
     let peer = [("peer", follower_label.as_str())];
     assert!(has(
         &first,
@@ -232,40 +258,24 @@ async fn the_example_serves_per_peer_metrics_that_move() {
         ]
     ));
     assert!(has(&first, "quicraft_connections_opened_total", &peer));
-    let served = scrape(metrics[&follower]).await;
-    assert!(
-        sum(
-            &served,
-            "quicraft_rpc_served_total",
-            &[("peer", leader_label.as_str()), ("outcome", "ok")]
-        ) >= 1.0,
-        "the follower counted no request served for node {leader}"
-    );
+    let served = [("peer", leader_label.as_str()), ("outcome", "ok")];
+    scrape_until(metrics[&follower], "requests served for the leader", |s| {
+        sum(s, "quicraft_rpc_served_total", &served) >= 1.0
+    })
+    .await;
 
     // More writes; the second scrape has moved. The sampled series (bytes, path) are read
     // once a second: poll until they show, within the guard.
     client.puts(20, 40).await;
-    let deadline = Instant::now() + GUARD;
     let sent_before = sum(&first, "quicraft_sent_bytes_total", &peer);
-    loop {
-        let second = scrape(metrics[&leader]).await;
-        let calls_after = sum(&second, "quicraft_rpc_calls_total", &appends);
-        assert!(
-            calls_after >= calls_before + 20.0,
-            "20 more puts, but append_entries to node {follower} went from {calls_before} to {calls_after}"
-        );
-        let sent_after = sum(&second, "quicraft_sent_bytes_total", &peer);
-        let rtt = sum(&second, "quicraft_path_rtt_seconds", &peer);
-        let mtu = sum(&second, "quicraft_path_mtu_bytes", &peer);
-        if sent_after > sent_before && rtt > 0.0 && mtu >= 1200.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sampled series did not move: sent {sent_before} -> {sent_after}, rtt {rtt}, mtu {mtu}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    scrape_until(metrics[&leader], "the series moving", |second| {
+        // Each put is at least one append to the follower.
+        sum(second, "quicraft_rpc_calls_total", &appends) >= calls_before + 20.0
+            && sum(second, "quicraft_sent_bytes_total", &peer) > sent_before
+            && sum(second, "quicraft_path_rtt_seconds", &peer) > 0.0
+            && sum(second, "quicraft_path_mtu_bytes", &peer) >= 1200.0
+    })
+    .await;
 
     for child in &mut children {
         child.kill().await.unwrap();

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use common::Fixture;
@@ -17,53 +18,93 @@ use quicraft::{
     RequestVoteRequest, RequestVoteResponse, Response, RpcHeader, Transport,
 };
 
-/// One series of the snapshot: its name, its labels sorted, its value.
-type Series = (String, Vec<(String, String)>, DebugValue);
+/// A series: its name and its labels, sorted.
+type SeriesKey = (String, Vec<(String, String)>);
 
-fn series(snapshotter: &Snapshotter) -> Vec<Series> {
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| {
+/// What the recorder showed over all snapshots so far: a snapshot hands over counters as
+/// deltas and histograms drained, so they are added up here; gauges keep their last value.
+#[derive(Default)]
+struct Seen {
+    counters: HashMap<SeriesKey, u64>,
+    histograms: HashMap<SeriesKey, usize>,
+    gauges: HashMap<SeriesKey, f64>,
+}
+
+impl Seen {
+    fn absorb(&mut self, snapshotter: &Snapshotter) {
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
             let key = key.key();
             let mut labels: Vec<(String, String)> = key
                 .labels()
                 .map(|l| (l.key().to_owned(), l.value().to_owned()))
                 .collect();
             labels.sort();
-            (key.name().to_owned(), labels, value)
-        })
-        .collect()
+            let series = (key.name().to_owned(), labels);
+            match value {
+                DebugValue::Counter(n) => *self.counters.entry(series).or_default() += n,
+                DebugValue::Histogram(values) => {
+                    *self.histograms.entry(series).or_default() += values.len();
+                }
+                DebugValue::Gauge(v) => {
+                    self.gauges.insert(series, v.into_inner());
+                }
+            }
+        }
+    }
+
+    fn counter(&self, name: &str, pairs: &[(&str, &str)]) -> u64 {
+        self.counters
+            .get(&key(name, pairs))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn histogram_len(&self, name: &str, pairs: &[(&str, &str)]) -> usize {
+        self.histograms
+            .get(&key(name, pairs))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn gauge(&self, name: &str, pairs: &[(&str, &str)]) -> Option<f64> {
+        self.gauges.get(&key(name, pairs)).copied()
+    }
+
+    fn labels(&self) -> impl Iterator<Item = &SeriesKey> {
+        self.counters
+            .keys()
+            .chain(self.histograms.keys())
+            .chain(self.gauges.keys())
+    }
 }
 
-fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+fn key(name: &str, pairs: &[(&str, &str)]) -> SeriesKey {
     let mut labels: Vec<(String, String)> = pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     labels.sort();
-    labels
+    (name.to_owned(), labels)
 }
 
-fn find<'a>(all: &'a [Series], name: &str, pairs: &[(&str, &str)]) -> Option<&'a DebugValue> {
-    let want = labels(pairs);
-    all.iter()
-        .find(|(n, l, _)| n == name && *l == want)
-        .map(|(_, _, v)| v)
-}
-
-fn counter(all: &[Series], name: &str, pairs: &[(&str, &str)]) -> u64 {
-    match find(all, name, pairs) {
-        Some(DebugValue::Counter(n)) => *n,
-        other => panic!("{name} {pairs:?}: {other:?}"),
-    }
-}
-
-fn histogram_len(all: &[Series], name: &str, pairs: &[(&str, &str)]) -> usize {
-    match find(all, name, pairs) {
-        Some(DebugValue::Histogram(values)) => values.len(),
-        other => panic!("{name} {pairs:?}: {other:?}"),
+/// Absorbs snapshots until `done` holds (the sampler publishes counts once a second).
+async fn until(
+    seen: &mut Seen,
+    snapshotter: &Snapshotter,
+    what: &str,
+    done: impl Fn(&Seen) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        seen.absorb(snapshotter);
+        if done(seen) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} not recorded within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -126,75 +167,79 @@ async fn an_rpc_records_outcome_and_latency_on_both_sides_per_peer() {
     let refused = n1.append_entries(&to, &at, append).await;
     assert!(matches!(refused, Err(Error::Remote(_))), "{refused:?}");
 
-    let all = series(&snapshotter);
-    // The calling side, by the peer it called.
     let vote_ok = [("peer", "n2"), ("kind", "request_vote"), ("outcome", "ok")];
-    assert_eq!(counter(&all, "quicraft_rpc_calls_total", &vote_ok), 3);
     let heartbeat_ok = [("peer", "n2"), ("kind", "heartbeat"), ("outcome", "ok")];
-    assert_eq!(counter(&all, "quicraft_rpc_calls_total", &heartbeat_ok), 1);
     let append_error = [
         ("peer", "n2"),
         ("kind", "append_entries"),
         ("outcome", "remote_error"),
     ];
-    assert_eq!(counter(&all, "quicraft_rpc_calls_total", &append_error), 1);
-    let vote_kind = [("peer", "n2"), ("kind", "request_vote")];
-    assert_eq!(
-        histogram_len(&all, "quicraft_rpc_call_duration_seconds", &vote_kind),
-        3
-    );
-    // The serving side, by the peer that called (answers written before the caller saw them).
     let served_ok = [("peer", "n1"), ("kind", "request_vote"), ("outcome", "ok")];
-    assert_eq!(counter(&all, "quicraft_rpc_served_total", &served_ok), 3);
     let served_error = [
         ("peer", "n1"),
         ("kind", "append_entries"),
         ("outcome", "error"),
     ];
-    assert_eq!(counter(&all, "quicraft_rpc_served_total", &served_error), 1);
+    let mut seen = Seen::default();
+    until(
+        &mut seen,
+        &snapshotter,
+        "the calls and their service",
+        |seen| {
+            seen.counter("quicraft_rpc_calls_total", &append_error) >= 1
+                && seen.counter("quicraft_rpc_served_total", &served_error) >= 1
+        },
+    )
+    .await;
+    // The calling side, by the peer it called.
+    assert_eq!(seen.counter("quicraft_rpc_calls_total", &vote_ok), 3);
+    assert_eq!(seen.counter("quicraft_rpc_calls_total", &heartbeat_ok), 1);
+    assert_eq!(seen.counter("quicraft_rpc_calls_total", &append_error), 1);
+    let vote_kind = [("peer", "n2"), ("kind", "request_vote")];
+    assert_eq!(
+        seen.histogram_len("quicraft_rpc_call_duration_seconds", &vote_kind),
+        3
+    );
+    // The serving side, by the peer that called.
+    assert_eq!(seen.counter("quicraft_rpc_served_total", &served_ok), 3);
+    assert_eq!(seen.counter("quicraft_rpc_served_total", &served_error), 1);
     let served_kind = [("peer", "n1"), ("kind", "request_vote")];
     assert_eq!(
-        histogram_len(&all, "quicraft_rpc_serve_duration_seconds", &served_kind),
+        seen.histogram_len("quicraft_rpc_serve_duration_seconds", &served_kind),
         3
     );
     // One connection, dialled by n1 and accepted by n2.
     let dialled = [("peer", "n2"), ("direction", "dialled")];
     assert_eq!(
-        counter(&all, "quicraft_connections_opened_total", &dialled),
+        seen.counter("quicraft_connections_opened_total", &dialled),
         1
     );
     let accepted = [("peer", "n1"), ("direction", "accepted")];
     assert_eq!(
-        counter(&all, "quicraft_connections_opened_total", &accepted),
+        seen.counter("quicraft_connections_opened_total", &accepted),
         1
     );
+
+    // The sampler reports the connection's path and bytes per peer.
+    until(
+        &mut seen,
+        &snapshotter,
+        "the path of n1's connection to n2",
+        |seen| {
+            let rtt = seen.gauge("quicraft_path_rtt_seconds", &[("peer", "n2")]);
+            let sent = seen.counter("quicraft_sent_bytes_total", &[("peer", "n2")]);
+            rtt.is_some_and(|rtt| rtt > 0.0) && sent > 0
+        },
+    )
+    .await;
     // No label is a stream id or an address: every label is one of the bounded ones.
-    for (name, labels, _) in &all {
+    for (name, labels) in seen.labels() {
         for (key, _) in labels {
             assert!(
                 ["peer", "kind", "outcome", "direction", "reason"].contains(&key.as_str()),
                 "{name} has label {key}"
             );
         }
-    }
-
-    // The sampler (once a second) reports the connection's path and bytes per peer.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let all = series(&snapshotter);
-        let rtt = find(&all, "quicraft_path_rtt_seconds", &[("peer", "n2")]);
-        let sent = find(&all, "quicraft_sent_bytes_total", &[("peer", "n2")]);
-        if let (Some(DebugValue::Gauge(rtt)), Some(DebugValue::Counter(sent))) = (rtt, sent)
-            && rtt.into_inner() > 0.0
-            && *sent > 0
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no path metrics for n2 within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     n1.close().await;

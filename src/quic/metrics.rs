@@ -7,17 +7,22 @@
 //! cluster example serves Prometheus text with `--metrics ADDR`. The names, units and labels
 //! are listed in the README ("Metrics").
 //!
-//! Cost on the RPC path: each peer's handles are registered once, on first use, and kept in
-//! its [`PeerMetrics`] (which every connection to the peer carries), so an RPC costs one
-//! counter increment and one histogram record on each side, with no label built and no
-//! lookup. What quinn knows of a connection (bytes, RTT, loss, congestion window, MTU) and the
-//! node-wide counters are sampled by one task per node every [`SAMPLE_INTERVAL`].
+//! Cost on the RPC path: each peer's [`PeerMetrics`] (which every connection to the peer
+//! carries) counts its RPCs by kind and outcome in atomics of its own, published to the
+//! recorder by the sampler every [`SAMPLE_INTERVAL`] (a recorder's counter costs several times
+//! a plain atomic); latencies go to the recorder's histogram at once (the facade has no way to
+//! hand over a bucketed histogram), through handles registered once per peer: no label
+//! built, no lookup. So a call costs one atomic increment and one histogram record, a request
+//! served one increment and (heartbeats excepted) one record. What quinn knows of a connection
+//! (bytes, RTT, loss, congestion window, MTU) and the node-wide counters are read by the same
+//! sampler, one task per node.
 //!
 //! Labels are bounded: `peer` is a server id proven by a certificate of the cluster (or one
 //! this node's engine dialled), `kind`, `outcome`, `direction` and `reason` take the fixed
 //! values listed here. Nothing unbounded (a stream id, an address, an error text) is a label.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -250,6 +255,17 @@ pub(crate) enum Kind {
 const KINDS: usize = 6;
 
 impl Kind {
+    const ALL: [Self; KINDS] = [
+        Self::Heartbeat,
+        Self::AppendEntries,
+        Self::RequestVote,
+        Self::RequestPreVote,
+        Self::InstallSnapshot,
+        Self::TimeoutNow,
+    ];
+}
+
+impl Kind {
     /// The label of an RPC of `kind`; `heartbeat` tells an empty AppendEntries.
     pub(crate) fn of(kind: RpcKind, heartbeat: bool) -> Self {
         match kind {
@@ -294,6 +310,21 @@ pub(crate) enum CallOutcome {
 }
 
 const CALL_OUTCOMES: usize = 10;
+
+impl CallOutcome {
+    const ALL: [Self; CALL_OUTCOMES] = [
+        Self::Ok,
+        Self::Timeout,
+        Self::Unreachable,
+        Self::ConnectionLost,
+        Self::Authentication,
+        Self::RemoteError,
+        Self::Protocol,
+        Self::LimitExceeded,
+        Self::Shutdown,
+        Self::Other,
+    ];
+}
 
 impl CallOutcome {
     pub(crate) fn of<T>(result: &Result<T, Error>) -> Self {
@@ -348,6 +379,10 @@ pub(crate) enum ServeOutcome {
 const SERVE_OUTCOMES: usize = 4;
 
 impl ServeOutcome {
+    const ALL: [Self; SERVE_OUTCOMES] = [Self::Ok, Self::Error, Self::Refused, Self::Unanswered];
+}
+
+impl ServeOutcome {
     fn label(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -364,6 +399,10 @@ type Slot<T> = OnceLock<T>;
 /// One peer's metric handles, registered on first use and kept for the node's life.
 pub(crate) struct PeerMetrics {
     peer: SharedString,
+    /// Calls counted since the last [`flush`](Self::flush), by kind and outcome.
+    call_counts: [AtomicU64; KINDS * CALL_OUTCOMES],
+    /// Requests served since the last flush, by kind and outcome.
+    served_counts: [AtomicU64; KINDS * SERVE_OUTCOMES],
     calls: [Slot<Counter>; KINDS * CALL_OUTCOMES],
     call_duration: [Slot<Histogram>; KINDS],
     served: [Slot<Counter>; KINDS * SERVE_OUTCOMES],
@@ -394,6 +433,8 @@ impl PeerMetrics {
     fn new(peer: &ServerId) -> Self {
         Self {
             peer: SharedString::from(peer.as_str().to_owned()),
+            call_counts: [const { AtomicU64::new(0) }; KINDS * CALL_OUTCOMES],
+            served_counts: [const { AtomicU64::new(0) }; KINDS * SERVE_OUTCOMES],
             calls: [const { OnceLock::new() }; KINDS * CALL_OUTCOMES],
             call_duration: [const { OnceLock::new() }; KINDS],
             served: [const { OnceLock::new() }; KINDS * SERVE_OUTCOMES],
@@ -415,16 +456,8 @@ impl PeerMetrics {
 
     /// Records a call of `kind` that ended with `outcome` after `elapsed`.
     pub(crate) fn call(&self, kind: Kind, outcome: CallOutcome, elapsed: Duration) {
-        let slot = &self.calls[kind.index() * CALL_OUTCOMES + outcome as usize];
-        slot.get_or_init(|| {
-            metrics::counter!(
-                name::RPC_CALLS,
-                "peer" => self.peer.clone(),
-                "kind" => kind.label(),
-                "outcome" => outcome.label()
-            )
-        })
-        .increment(1);
+        self.call_counts[kind.index() * CALL_OUTCOMES + outcome as usize]
+            .fetch_add(1, Ordering::Relaxed);
         if outcome.answered() {
             self.call_duration[kind.index()]
                 .get_or_init(|| {
@@ -439,19 +472,15 @@ impl PeerMetrics {
     }
 
     /// Records a request of `kind` this node served with `outcome`; `elapsed` from the
-    /// request read whole to the answer written, when there was an answer.
+    /// request read whole to its answer ready, when there was an answer. Heartbeats' service
+    /// times are not recorded: the fast path answers them at once, and they are the most
+    /// frequent RPC (the caller's heartbeat latency covers them).
     pub(crate) fn served(&self, kind: Kind, outcome: ServeOutcome, elapsed: Option<Duration>) {
-        let slot = &self.served[kind.index() * SERVE_OUTCOMES + outcome as usize];
-        slot.get_or_init(|| {
-            metrics::counter!(
-                name::RPC_SERVED,
-                "peer" => self.peer.clone(),
-                "kind" => kind.label(),
-                "outcome" => outcome.label()
-            )
-        })
-        .increment(1);
-        if let Some(elapsed) = elapsed {
+        self.served_counts[kind.index() * SERVE_OUTCOMES + outcome as usize]
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(elapsed) = elapsed
+            && kind != Kind::Heartbeat
+        {
             self.serve_duration[kind.index()]
                 .get_or_init(|| {
                     metrics::histogram!(
@@ -461,6 +490,51 @@ impl PeerMetrics {
                     )
                 })
                 .record(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Publishes the calls and requests served counted since the last flush to the
+    /// recorder's counters (registering a series on its first non-zero count).
+    pub(crate) fn flush(&self) {
+        for (i, count) in self.call_counts.iter().enumerate() {
+            if count.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let delta = count.swap(0, Ordering::Relaxed);
+            let (kind, outcome) = (
+                Kind::ALL[i / CALL_OUTCOMES],
+                CallOutcome::ALL[i % CALL_OUTCOMES],
+            );
+            self.calls[i]
+                .get_or_init(|| {
+                    metrics::counter!(
+                        name::RPC_CALLS,
+                        "peer" => self.peer.clone(),
+                        "kind" => kind.label(),
+                        "outcome" => outcome.label()
+                    )
+                })
+                .increment(delta);
+        }
+        for (i, count) in self.served_counts.iter().enumerate() {
+            if count.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let delta = count.swap(0, Ordering::Relaxed);
+            let (kind, outcome) = (
+                Kind::ALL[i / SERVE_OUTCOMES],
+                ServeOutcome::ALL[i % SERVE_OUTCOMES],
+            );
+            self.served[i]
+                .get_or_init(|| {
+                    metrics::counter!(
+                        name::RPC_SERVED,
+                        "peer" => self.peer.clone(),
+                        "kind" => kind.label(),
+                        "outcome" => outcome.label()
+                    )
+                })
+                .increment(delta);
         }
     }
 
@@ -581,6 +655,17 @@ pub(crate) fn handshake_failed(direction: &'static str, why: HandshakeFailure) {
 pub(crate) struct PeerRegistry(Mutex<HashMap<ServerId, Arc<PeerMetrics>>>);
 
 impl PeerRegistry {
+    /// [`PeerMetrics::flush`] for every peer.
+    pub(crate) fn flush(&self) {
+        let peers: Vec<Arc<PeerMetrics>> = {
+            let peers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            peers.values().cloned().collect()
+        };
+        for peer in peers {
+            peer.flush();
+        }
+    }
+
     /// The handles of `peer`.
     pub(crate) fn peer(&self, peer: &ServerId) -> Arc<PeerMetrics> {
         // One map operation per critical section: a poisoned lock is still sound.

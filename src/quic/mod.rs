@@ -428,7 +428,8 @@ impl Inner {
         }
     }
 
-    /// Every [`metrics::SAMPLE_INTERVAL`] until shutdown: mirrors [`TransportStats`] and
+    /// Every [`metrics::SAMPLE_INTERVAL`] until shutdown: publishes each peer's RPC counts,
+    /// mirrors [`TransportStats`] and
     /// each peer's frame budget in use, and adds what quinn counted on each connection (bytes,
     /// packets, losses) to its peer's metrics, with the path gauges (RTT, congestion window,
     /// MTU) from the connection calls use.
@@ -438,9 +439,14 @@ impl Inner {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => {
+                    // What was counted since the last tick.
+                    self.peer_metrics.flush();
+                    return;
+                }
                 _ = tick.tick() => {}
             }
+            self.peer_metrics.flush();
             metrics::node(&self.stats.stats(self.dispatcher.queued()));
             let primary: std::collections::HashSet<usize> = self
                 .pool
