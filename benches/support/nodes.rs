@@ -250,14 +250,18 @@ fn congestion_controller() -> quicraft::CongestionController {
 /// line's `--busy-poll`, `--stream-window` and `--max-udp-payload`).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Tuning {
-    pub(crate) busy_poll: Duration,
+    /// `None`: the transport's default.
+    pub(crate) busy_poll: Option<Duration>,
     pub(crate) stream_window: Option<u32>,
     pub(crate) max_udp_payload: Option<u16>,
 }
 
 impl Tuning {
     fn apply(self, config: QuicConfig) -> QuicConfig {
-        let config = config.busy_poll(self.busy_poll);
+        let config = match self.busy_poll {
+            Some(window) => config.busy_poll(window),
+            None => config,
+        };
         let config = match self.stream_window {
             Some(window) => config.stream_receive_window(window),
             None => config,
