@@ -52,8 +52,8 @@ use support::nodes::{
     Link, MAX_IN_FLIGHT, Pair, RuntimeKind, Tuning, inmem_pair, quic_pair, snapshot_block,
 };
 use support::report::{
-    Printer, Report, cpu_us_per, latency_histogram, max_us, mb_per_s, peak_rss_kb, per_second, quantile_us,
-    process_cpu, record,
+    Printer, Report, cpu_us_per, latency_histogram, max_us, mb_per_s, peak_rss_kb, per_second,
+    process_cpu, quantile_us, record,
 };
 
 const MIB: u64 = 1024 * 1024;

@@ -218,7 +218,8 @@ pub(crate) fn process_cpu() -> Duration {
         return Duration::ZERO;
     };
     let micros = |t: nix::sys::time::TimeVal| {
-        Duration::from_secs(t.tv_sec().max(0) as u64) + Duration::from_micros(t.tv_usec().max(0) as u64)
+        Duration::from_secs(t.tv_sec().max(0) as u64)
+            + Duration::from_micros(t.tv_usec().max(0) as u64)
     };
     micros(usage.user_time()) + micros(usage.system_time())
 }
