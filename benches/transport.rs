@@ -29,6 +29,9 @@
 //!   stream to the same follower: the loaded p99 against the idle p99.
 //! - `concurrency`: 64 tasks sending heartbeats back to back for 3 s over the one connection.
 //! - `idle`: a connected pair doing nothing for 10 s: the CPU both nodes use (% of one core).
+//! - `growth` (quicraft only): a leader and 64 followers in this process: memory per idle
+//!   connection (both sides), handshakes per second, and 64 tasks' heartbeat rate to all 64
+//!   peers against the rate to one (`support/growth.rs`).
 //!
 //! `rtt` and `concurrency` also report the CPU time per RPC, both nodes together (they share
 //! this process).
@@ -65,6 +68,8 @@ const ENTRY_SIZE: u64 = 1024;
 const SNAPSHOT_BLOCK: u64 = MIB;
 /// Interval of the paced heartbeats of `hol`.
 const HEARTBEAT_PACE: Duration = Duration::from_millis(1);
+/// Followers of `growth`.
+const GROWTH_PEERS: usize = 64;
 /// Concurrent heartbeat senders in `concurrency`.
 const CONCURRENT_TASKS: u64 = 64;
 
@@ -128,17 +133,19 @@ enum Scenario {
     Hol,
     Concurrency,
     Idle,
+    Growth,
     Restart,
 }
 
 impl Scenario {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Rtt,
         Self::Throughput,
         Self::Snapshot,
         Self::Hol,
         Self::Concurrency,
         Self::Idle,
+        Self::Growth,
         Self::Restart,
     ];
 
@@ -150,6 +157,7 @@ impl Scenario {
             Self::Hol => "hol",
             Self::Concurrency => "concurrency",
             Self::Idle => "idle",
+            Self::Growth => "growth",
             Self::Restart => "restart",
         }
     }
@@ -168,7 +176,9 @@ impl Scenario {
             Self::Hol => pair.run(|link| hol(link, workload)),
             Self::Concurrency => pair.run(|link| concurrency(link, workload)),
             Self::Idle => pair.run(|link| idle(link, workload)),
-            Self::Restart => unreachable!("`restart` runs node processes, not a pair"),
+            Self::Restart | Self::Growth => {
+                unreachable!("`restart` and `growth` run nodes of their own, not a pair")
+            }
         };
         pair.close();
         reports
@@ -216,8 +226,17 @@ impl Impl {
                 // The reference covers the exchange patterns quinn has on its own.
                 _ => return Vec::new(),
             },
-            // A restart is of a process and its QUIC endpoint: nothing to compare in memory.
-            Self::Inmem if scenario == Scenario::Restart => return Vec::new(),
+            // A restart is of a process and its QUIC endpoint, and growth is the cost of QUIC
+            // connections: nothing to compare in memory.
+            Self::Inmem if matches!(scenario, Scenario::Restart | Scenario::Growth) => {
+                return Vec::new();
+            }
+            Self::Quicraft if scenario == Scenario::Growth => {
+                vec![support::growth::measure(
+                    GROWTH_PEERS,
+                    workload.concurrency_for,
+                )]
+            }
             Self::Quicraft if scenario == Scenario::Restart => {
                 support::restart::measure(workload.restart_rounds)
             }
@@ -560,7 +579,7 @@ usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... 
                                         [--stream-window BYTES] [--max-udp-payload BYTES]
   --quick            shrink every scenario (the whole run takes well under 20 s)
   --json             one JSON line per result instead of a table
-  --scenario NAME    rtt, throughput, snapshot, hol, concurrency, idle or restart (repeatable; default all)
+  --scenario NAME    rtt, throughput, snapshot, hol, concurrency, idle, growth or restart (repeatable; default all)
   --impl NAME        quicraft, inmem or raw-quinn (repeatable; default all)
   --runtime KIND     each node's tokio runtime: current (one thread, the default) or multi
   --busy-poll US     QuicConfig::busy_poll window in microseconds (0: off; default: the

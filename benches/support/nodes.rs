@@ -233,7 +233,7 @@ impl<T: Transport + Clone> Pair<T> {
     }
 }
 
-const CLUSTER: &str = "bench";
+pub(crate) const CLUSTER: &str = "bench";
 
 /// `QUICRAFT_BENCH_CC` (`cubic`, `newreno`, `bbr`) overrides the transport's default
 /// congestion controller.
@@ -358,7 +358,11 @@ pub(crate) fn inmem_pair(runtime: RuntimeKind) -> Pair<InmemTransport> {
 /// The follower: a heartbeat handler answering heartbeats on the fast path, and a consumer loop
 /// (a task on the current runtime) answering every AppendEntries and reading each snapshot to
 /// the end.
-fn serve<T: Transport>(transport: &T, mut incoming: quicraft::Incoming, header: RpcHeader) {
+pub(crate) fn serve<T: Transport>(
+    transport: &T,
+    mut incoming: quicraft::Incoming,
+    header: RpcHeader,
+) {
     let handler_header = header.clone();
     transport.set_heartbeat_handler(Some(Arc::new(move |rpc: Rpc| {
         rpc.respond(Ok(append_ack(&handler_header, 0).into()));

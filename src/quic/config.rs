@@ -67,6 +67,9 @@ pub struct QuicConfig {
     pub(super) handshake_rate_per_address: (u32, u32),
 }
 
+/// Streams a peer may open at first on a connection (see [`QuicConfig::max_streams`]).
+const INITIAL_STREAMS: u32 = 64;
+
 /// The default [`QuicConfig::busy_poll`] window: longer than a loopback or LAN round trip
 /// (20 – 40 µs when the other side is awake), short enough to cost little per packet.
 const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
@@ -214,8 +217,10 @@ impl QuicConfig {
         self
     }
 
-    /// Concurrent RPC streams a peer may open to this node. Default 1024. Each allowed stream
-    /// costs a little memory up front; callers past the limit wait for a stream.
+    /// Concurrent RPC streams a peer may open to this node. Default 1024. A connection starts
+    /// with at most 64 and grants more, doubling up to this limit, as the peer uses them
+    /// (quinn keeps state for every stream a peer may open, so an idle connection stays
+    /// small); callers past the limit wait for a stream.
     pub fn max_streams(mut self, streams: u32) -> Self {
         self.max_streams = streams.max(1);
         self
@@ -467,6 +472,11 @@ impl QuicConfig {
             rate_per_second: f64::from(rate),
             burst: f64::from(burst),
         }
+    }
+
+    /// The stream limit a connection starts with: grown with use up to `max_streams`.
+    pub(super) fn initial_streams(&self) -> u32 {
+        self.max_streams.min(INITIAL_STREAMS)
     }
 
     /// The per-connection frame budget in effect.
