@@ -7,6 +7,7 @@
 //! cargo bench --bench transport -- --quick           # every scenario shrunk: well under 20 s
 //! cargo bench --bench transport -- --scenario rtt --scenario hol --impl quicraft
 //! cargo bench --bench transport -- --runtime multi   # a multi-thread runtime per node
+//! cargo bench --bench transport -- --metrics         # with a Prometheus recorder installed
 //! ```
 //!
 //! Two nodes on 127.0.0.1 with mutual TLS, each node's transport in its own tokio runtime on its
@@ -256,6 +257,14 @@ impl Impl {
                 match self {
                     Self::Quicraft => report
                         .with(
+                            "metrics",
+                            if options.metrics {
+                                "prometheus"
+                            } else {
+                                "none"
+                            },
+                        )
+                        .with(
                             "busy_poll_us",
                             options.tuning.busy_poll.map(|w| w.as_micros() as u64),
                         )
@@ -289,6 +298,9 @@ impl Impl {
         }
         if options.quick {
             child.arg("--quick");
+        }
+        if options.metrics {
+            child.arg("--metrics");
         }
         let output = child
             .stderr(Stdio::inherit())
@@ -567,6 +579,9 @@ struct Options {
     /// This process is the child of a scenario run in its own process: run here, print JSON.
     child: bool,
     runtime: RuntimeKind,
+    /// Install a Prometheus recorder (no listener) before the nodes start, so the transport's
+    /// metrics are recorded for real: what recording costs.
+    metrics: bool,
     /// The QUIC transport's settings that differ from its defaults.
     tuning: Tuning,
     scenarios: Vec<Scenario>,
@@ -577,6 +592,7 @@ const USAGE: &str = "\
 usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... [--impl NAME]...
                                         [--runtime current|multi] [--busy-poll US]
                                         [--stream-window BYTES] [--max-udp-payload BYTES]
+                                        [--metrics]
   --quick            shrink every scenario (the whole run takes well under 20 s)
   --json             one JSON line per result instead of a table
   --scenario NAME    rtt, throughput, snapshot, hol, concurrency, idle, growth or restart (repeatable; default all)
@@ -589,6 +605,8 @@ usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... 
   --max-udp-payload B  QuicConfig::max_udp_payload (default: the transport's, 1452); 65527
                      lets path MTU discovery use loopback's 64 KiB MTU; reported as
                      max_udp_payload (null: the default)
+  --metrics          record the transport's metrics in a Prometheus recorder (as the cluster
+                     example's --metrics does, without serving them); reported as metrics
   --child            run every scenario in this process and print JSON (how `snapshot` gets
                      a process of its own)
 Unknown arguments (such as cargo's --bench) are ignored.";
@@ -600,6 +618,7 @@ impl Options {
             json: false,
             child: false,
             runtime: RuntimeKind::CurrentThread,
+            metrics: false,
             tuning: Tuning::default(),
             scenarios: Vec::new(),
             impls: Vec::new(),
@@ -619,6 +638,7 @@ impl Options {
                 "--quick" => options.quick = true,
                 "--json" => options.json = true,
                 "--child" => options.child = true,
+                "--metrics" => options.metrics = true,
                 "--scenario" => {
                     let name = value()?;
                     let scenario = Scenario::ALL.into_iter().find(|s| s.name() == name);
@@ -670,6 +690,21 @@ impl Options {
     }
 }
 
+/// Installs a Prometheus recorder with the cluster example's latency buckets, without a
+/// listener: every metric the transport records is recorded, none is served.
+fn install_recorder() {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    const SECONDS: [f64; 16] = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5, 10.0,
+    ];
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &SECONDS)
+        .expect("latency buckets")
+        .build_recorder();
+    metrics::set_global_recorder(recorder).expect("the only recorder of this process");
+}
+
 /// The items of `all` that were `chosen` (all of them when none was), each once, in `all`'s
 /// order.
 fn in_order<T: Copy + PartialEq>(all: &[T], chosen: &[T]) -> Vec<T> {
@@ -695,6 +730,9 @@ fn main() {
     } else {
         Workload::FULL
     };
+    if options.metrics {
+        install_recorder();
+    }
     let mut printer = Printer::new(options.json || options.child);
     let started = Instant::now();
     if !options.child {

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::codes;
+use super::metrics::{self, HandshakeFailure};
 use super::pool::PeerConn;
 use super::stats::Counters;
 use super::{Inner, server};
@@ -276,19 +277,25 @@ async fn accept(inner: Arc<Inner>, incoming: quinn::Incoming, in_progress: InPro
         Ok(Err(e)) if codes::is_authentication_failure(&e) => {
             match codes::refused_by_peer(&e) {
                 Some(why) => {
-                    tracing::warn!("the peer dialling from {remote} refused this node: {why}")
+                    tracing::warn!("the peer dialling from {remote} refused this node: {why}");
+                    metrics::handshake_failed("incoming", HandshakeFailure::RefusedByPeer);
                 }
                 // Refused here: the verifier logged why, in one line.
-                None => tracing::debug!(%remote, "incoming handshake refused by this node"),
+                None => {
+                    tracing::debug!(%remote, "incoming handshake refused by this node");
+                    metrics::handshake_failed("incoming", HandshakeFailure::RefusedHere);
+                }
             }
             return;
         }
         Ok(Err(e)) => {
             tracing::warn!(%remote, error = %untrusted(&e), "incoming handshake failed");
+            metrics::handshake_failed("incoming", HandshakeFailure::Failed);
             return;
         }
         Err(_) => {
             tracing::warn!(%remote, "incoming handshake timed out");
+            metrics::handshake_failed("incoming", HandshakeFailure::Timeout);
             return;
         }
     };
@@ -298,16 +305,19 @@ async fn accept(inner: Arc<Inner>, incoming: quinn::Incoming, in_progress: InPro
         Ok(id) => {
             tracing::warn!(%remote, peer = %id, "refusing a peer of another cluster");
             conn.close(codes::conn::IDENTITY, b"wrong cluster");
+            metrics::handshake_failed("incoming", HandshakeFailure::WrongCluster);
             return;
         }
         Err(e) => {
             tracing::warn!(%remote, error = %e, "refusing a peer without a usable identity");
             conn.close(codes::conn::IDENTITY, b"no identity");
+            metrics::handshake_failed("incoming", HandshakeFailure::NoIdentity);
             return;
         }
     };
     tracing::debug!(%remote, %peer, "accepted connection");
-    let conn = PeerConn::new(conn, peer.clone());
+    metrics::connection_opened(&peer, "accepted");
+    let conn = PeerConn::new(conn, peer.clone(), inner.peer_metrics.peer(&peer));
     inner.pool.register(&inner, &peer, conn.clone()).await;
     server::serve_connection(inner, peer, conn).await;
 }

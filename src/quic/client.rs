@@ -5,11 +5,13 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncRead;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::codes::{self, stream};
 use super::io::{
     FrameReader, ReadFrameError, ResetOnDrop, WriteFrameError, copy_exact_to_stream, write_frame,
 };
+use super::metrics::{CallOutcome, CountingRead, Kind, PeerMetrics};
 use super::pool::PeerConn;
 use super::{Inner, priority};
 use crate::codec::{self, Frame};
@@ -128,8 +130,33 @@ pub(super) fn answer(
     }
 }
 
-/// One request on a new bidirectional stream, and its answer. The request is checked against
-/// the limits and encoded before anything else, so one that exceeds them dials nothing.
+/// The term a request carries (0 for TimeoutNow, which has none), for its span.
+pub(super) fn term_of(frame: &Frame) -> u64 {
+    match frame {
+        Frame::AppendEntries(r) => r.term,
+        Frame::RequestVote(r) => r.term,
+        Frame::RequestPreVote(r) => r.term,
+        Frame::InstallSnapshot { request, .. } => request.term,
+        _ => 0,
+    }
+}
+
+/// Records a call's outcome and latency in the peer's metrics: those its connection carries,
+/// or (when it failed before it had one) the peer's from the registry.
+pub(super) fn record_call<T>(
+    inner: &Inner,
+    id: &ServerId,
+    metrics: Option<Arc<PeerMetrics>>,
+    kind: Kind,
+    started: Instant,
+    result: &Result<T, Error>,
+) {
+    let metrics = metrics.unwrap_or_else(|| inner.peer_metrics.peer(id));
+    metrics.call(kind, CallOutcome::of(result), started.elapsed());
+}
+
+/// One request on a new bidirectional stream, and its answer, in a `rpc` span (debug level:
+/// peer, kind, term, and the stream once opened), recorded in the peer's metrics.
 async fn unary(
     inner: &Arc<Inner>,
     id: &ServerId,
@@ -138,7 +165,43 @@ async fn unary(
     priority: i32,
     request: Frame,
 ) -> Result<Response, Error> {
-    let deadline = Instant::now() + inner.config.rpc_timeout;
+    let started = Instant::now();
+    let heartbeat = matches!(&request, Frame::AppendEntries(r) if r.is_heartbeat());
+    let metric_kind = Kind::of(kind, heartbeat);
+    let span = tracing::debug_span!(
+        "rpc",
+        peer = %id,
+        kind = metric_kind.label(),
+        term = term_of(&request),
+        stream = tracing::field::Empty,
+    );
+    let mut metrics = None;
+    let result = unary_call(
+        inner,
+        (id, target),
+        (kind, priority),
+        request,
+        started,
+        (&span, &mut metrics),
+    )
+    .instrument(span.clone())
+    .await;
+    record_call(inner, id, metrics, metric_kind, started, &result);
+    result
+}
+
+/// [`unary`] without the span and the metrics. The request is checked against the limits and
+/// encoded before anything else, so one that exceeds them dials nothing. Leaves the
+/// connection's metric handles in `metrics` once it has one.
+async fn unary_call(
+    inner: &Arc<Inner>,
+    (id, target): (&ServerId, &ServerAddress),
+    (kind, priority): (RpcKind, i32),
+    request: Frame,
+    started: Instant,
+    (span, metrics): (&tracing::Span, &mut Option<Arc<PeerMetrics>>),
+) -> Result<Response, Error> {
+    let deadline = started + inner.config.rpc_timeout;
     let max = inner.config.max_message_size;
     if let Frame::AppendEntries(append) = &request {
         check_entries(append)?;
@@ -147,6 +210,7 @@ async fn unary(
     codec::encode(&request, &mut encoded, max).map_err(|e| encode_error(kind, e))?;
     let encoded = encoded.freeze();
     let (conn, peer) = inner.connection(id, target, deadline).await?;
+    *metrics = Some(conn.metrics.clone());
     inner
         .guarded(kind, deadline, async {
             let _active = conn.active();
@@ -156,6 +220,7 @@ async fn unary(
                 .open_bi()
                 .await
                 .map_err(|e| codes::connection_error(&peer, &e))?;
+            span.record("stream", u64::from(send.id()));
             // Cannot fail: the stream was just opened and is not finished.
             let _ = send.set_priority(priority);
             send.write_chunk(encoded)
@@ -266,6 +331,8 @@ async fn hedged_heartbeat(
             }
             let counters = &inner.stats;
             counters.heartbeat_copy_sent();
+            let peer_metrics = inner.peer_metrics.peer(id);
+            peer_metrics.heartbeat_copy_sent();
             tracing::trace!(peer = %id, ?delay, "heartbeat unanswered: sending a copy");
             let copy = async {
                 match unary(inner, id, target, kind, priority::CONTROL, copy).await {
@@ -279,6 +346,7 @@ async fn hedged_heartbeat(
                 answer = &mut original => answer,
                 answer = copy => {
                     counters.heartbeat_copy_won();
+                    peer_metrics.heartbeat_copy_won();
                     Ok(answer)
                 }
             }
@@ -309,12 +377,47 @@ unary_call!(
 
 /// InstallSnapshot: the request on a bidirectional stream, `size` bytes of data on a
 /// unidirectional stream bound to it by a transfer id, streamed with bounded memory.
+///
+/// In a `rpc` span (debug level) and recorded in the peer's metrics like the unary calls; the
+/// data's bytes are counted as they are read from `data`.
 pub(super) async fn install_snapshot<R>(
     inner: &Arc<Inner>,
     id: &ServerId,
     target: &ServerAddress,
     request: InstallSnapshotRequest,
-    mut data: R,
+    data: R,
+) -> Result<InstallSnapshotResponse, Error>
+where
+    R: AsyncRead + Send + Unpin + 'static,
+{
+    let started = Instant::now();
+    let span = tracing::debug_span!(
+        "rpc",
+        peer = %id,
+        kind = Kind::InstallSnapshot.label(),
+        term = request.term,
+        stream = tracing::field::Empty,
+    );
+    let mut metrics = None;
+    let result = send_snapshot(inner, (id, target), request, data, (&span, &mut metrics))
+        .instrument(span.clone())
+        .await;
+    if result.is_ok()
+        && let Some(metrics) = &metrics
+    {
+        metrics.snapshot_sent();
+    }
+    record_call(inner, id, metrics, Kind::InstallSnapshot, started, &result);
+    result
+}
+
+/// [`install_snapshot`] without the span and the call's metrics.
+async fn send_snapshot<R>(
+    inner: &Arc<Inner>,
+    (id, target): (&ServerId, &ServerAddress),
+    request: InstallSnapshotRequest,
+    data: R,
+    (span, metrics): (&tracing::Span, &mut Option<Arc<PeerMetrics>>),
 ) -> Result<InstallSnapshotResponse, Error>
 where
     R: AsyncRead + Send + Unpin + 'static,
@@ -329,6 +432,8 @@ where
     let max = inner.config.max_message_size;
     check_request(&Command::InstallSnapshot(request.clone()), max)?;
     let (conn, peer) = inner.connection(id, target, deadline).await?;
+    *metrics = Some(conn.metrics.clone());
+    let mut data = CountingRead::new(data, conn.metrics.snapshot_sent_bytes());
     let response = inner
         .guarded(RpcKind::InstallSnapshot, deadline, async {
             let _active = conn.active();
@@ -351,6 +456,7 @@ where
                 .open_bi()
                 .await
                 .map_err(|e| codes::connection_error(&peer, &e))?;
+            span.record("stream", u64::from(send.id()));
             let _ = send.set_priority(priority::APPEND);
             write_frame(
                 &mut send,

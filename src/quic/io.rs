@@ -123,6 +123,21 @@ impl PeerBudgets {
     }
 }
 
+impl PeerBudgets {
+    /// Bytes of `peer`'s budget in use now (0 when it has none).
+    pub(crate) fn used(&self, peer: &ServerId) -> usize {
+        let budgets = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        budgets
+            .get(peer)
+            .and_then(Weak::upgrade)
+            .map_or(0, |shared| {
+                shared
+                    .total
+                    .saturating_sub(shared.bytes.available_permits())
+            })
+    }
+}
+
 /// Bytes of a [`FrameBudget`] held by one frame; given back when dropped.
 pub(crate) struct Reservation {
     budget: Arc<BudgetShared>,

@@ -6,6 +6,7 @@ mod client;
 mod codes;
 mod config;
 mod io;
+mod metrics;
 mod pipeline;
 mod pool;
 mod reload;
@@ -39,6 +40,7 @@ use crate::tls::{SERVER_NAME, TlsContext};
 use crate::transport::{
     AddressResolver, AppendPipeline, Dispatcher, HeartbeatHandler, Incoming, Transport, decode_peer,
 };
+use metrics::HandshakeFailure;
 use pool::{DialFailure, PeerConn, Pool};
 
 /// Stream priorities: higher is sent first (quinn `SendStream::set_priority`).
@@ -55,6 +57,22 @@ mod priority {
 ///
 /// [`bind`](Self::bind) opens one UDP endpoint that both listens and dials. Cheap to clone:
 /// clones are handles to one node.
+///
+/// # Observing it
+///
+/// - **Metrics** through the [`metrics`](https://docs.rs/metrics/0.24) facade, recorded by
+///   whatever recorder the application installed (none: no-ops): per peer, RPCs called and
+///   served by kind and outcome with latency histograms, snapshot bytes, connections opened,
+///   failed dials and handshakes, and the path (bytes, packets sent and lost, congestion
+///   events, RTT, congestion window, MTU) read from quinn once a second with the node-wide
+///   [`TransportStats`]. Names (prefixed `quicraft_`, unit in the name) and labels are listed
+///   in the README; labels are bounded (`peer` is a server id, never a stream or an address).
+/// - **Spans** at debug level: `rpc` around each call and `serve_rpc` around each request
+///   served, with `peer`, `kind`, `term` and `stream` (the QUIC stream id, the same number on
+///   both nodes).
+/// - **The log**: one INFO line when the transport starts listening and one when it closes;
+///   warnings only for what an operator should act on (a certificate refused on either side,
+///   a peer unreachable after several dials, bad input from a peer).
 #[derive(Clone)]
 pub struct QuicTransport {
     inner: Arc<Inner>,
@@ -75,6 +93,8 @@ pub(crate) struct Inner {
     stats: Arc<stats::Counters>,
     /// What each peer's requests may hold, shared by the peer's connections.
     budgets: io::PeerBudgets,
+    /// Each peer's metric handles.
+    peer_metrics: metrics::PeerRegistry,
     dispatcher: Dispatcher,
     resolver: AddressResolver,
     shutdown: CancellationToken,
@@ -131,6 +151,7 @@ impl QuicTransport {
             resolver: AddressResolver::new(config.address_provider.clone()),
             stats: Arc::default(),
             budgets: io::PeerBudgets::default(),
+            peer_metrics: metrics::PeerRegistry::default(),
             local_id,
             local_addr,
             socket_addr,
@@ -146,6 +167,8 @@ impl QuicTransport {
         inner
             .tasks
             .spawn(admission::accept_loop(inner.clone(), endpoint));
+        metrics::describe();
+        inner.tasks.spawn(inner.clone().sample_metrics());
         if let Some((files, interval)) = inner.config.watch.clone() {
             inner
                 .tasks
@@ -364,13 +387,24 @@ impl Inner {
         match connected {
             Ok(Ok(conn)) => {
                 tracing::debug!(peer = %id, %addr, "connected");
-                Ok(PeerConn::new(conn, self.local_id.clone()))
+                metrics::connection_opened(id, "dialled");
+                Ok(PeerConn::new(
+                    conn,
+                    self.local_id.clone(),
+                    self.peer_metrics.peer(id),
+                ))
             }
             Ok(Err(e)) if codes::is_authentication_failure(&e) => {
                 match codes::refused_by_peer(&e) {
-                    Some(why) => tracing::warn!("node {id} at {addr} refused this node: {why}"),
+                    Some(why) => {
+                        tracing::warn!("node {id} at {addr} refused this node: {why}");
+                        metrics::handshake_failed("outgoing", HandshakeFailure::RefusedByPeer);
+                    }
                     // Refused here: the verifier logged why, in one line.
-                    None => tracing::debug!(peer = %id, %addr, "handshake refused by this node"),
+                    None => {
+                        tracing::debug!(peer = %id, %addr, "handshake refused by this node");
+                        metrics::handshake_failed("outgoing", HandshakeFailure::RefusedHere);
+                    }
                 }
                 // The close reason is the peer's text.
                 let e = crate::sanitize::untrusted(e);
@@ -378,13 +412,51 @@ impl Inner {
                     "handshake with {id} at {addr} refused: {e}"
                 )))
             }
-            Ok(Err(e)) => Err(DialFailure::Unreachable(format!(
-                "handshake with {addr} failed: {}",
-                crate::sanitize::untrusted(e)
-            ))),
-            Err(_) => Err(DialFailure::Unreachable(format!(
-                "no handshake with {addr} within {timeout:?}"
-            ))),
+            Ok(Err(e)) => {
+                metrics::handshake_failed("outgoing", HandshakeFailure::Failed);
+                Err(DialFailure::Unreachable(format!(
+                    "handshake with {addr} failed: {}",
+                    crate::sanitize::untrusted(e)
+                )))
+            }
+            Err(_) => {
+                metrics::handshake_failed("outgoing", HandshakeFailure::Timeout);
+                Err(DialFailure::Unreachable(format!(
+                    "no handshake with {addr} within {timeout:?}"
+                )))
+            }
+        }
+    }
+
+    /// Every [`metrics::SAMPLE_INTERVAL`] until shutdown: mirrors [`TransportStats`] and
+    /// each peer's frame budget in use, and adds what quinn counted on each connection (bytes,
+    /// packets, losses) to its peer's metrics, with the path gauges (RTT, congestion window,
+    /// MTU) from the connection calls use.
+    async fn sample_metrics(self: Arc<Self>) {
+        let mut sampler = metrics::Sampler::default();
+        let mut tick = tokio::time::interval(metrics::SAMPLE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            metrics::node(&self.stats.stats(self.dispatcher.queued()));
+            let primary: std::collections::HashSet<usize> = self
+                .pool
+                .connections()
+                .iter()
+                .map(|(_, c)| c.conn.stable_id())
+                .collect();
+            let mut next = sampler.begin();
+            for (peer, conn) in self.pool.every_connection() {
+                let is_primary = primary.contains(&conn.conn.stable_id());
+                sampler.connection(&mut next, &conn.metrics, &conn.conn, is_primary);
+                if is_primary {
+                    metrics::peer_frame_bytes(&conn.metrics, self.budgets.used(&peer));
+                }
+            }
+            sampler.finish(next);
         }
     }
 

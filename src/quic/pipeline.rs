@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{answer, answer_read_error, request_write_error};
 use super::codes::{self, stream};
 use super::io::{FrameReader, write_frame};
+use super::metrics::{CallOutcome, Kind};
 use super::pool::{ActiveGuard, PeerConn};
 use super::{Inner, priority};
 use bytes::BytesMut;
@@ -221,6 +222,8 @@ impl PipelineSink for QuicSink {
         request: &'a AppendEntriesRequest,
     ) -> BoxFuture<'a, Result<ResponseFuture, Error>> {
         Box::pin(async move {
+            let started = tokio::time::Instant::now();
+            let kind = Kind::of(RpcKind::AppendEntries, request.is_heartbeat());
             // Encode first: a request that cannot be encoded is refused before its answer slot
             // is queued, so slots and answers stay in step.
             check_entries(request)?;
@@ -239,13 +242,16 @@ impl PipelineSink for QuicSink {
                 return Err(codes::write_error(&lane.peer, &e));
             }
             let peer = lane.peer.clone();
+            let metrics = lane.conn.metrics.clone();
             let response: ResponseFuture = Box::pin(async move {
-                rx.await.unwrap_or_else(|_| {
+                let result = rx.await.unwrap_or_else(|_| {
                     Err(Error::ConnectionLost {
                         peer,
                         reason: "pipeline reader stopped".to_owned(),
                     })
-                })
+                });
+                metrics.call(kind, CallOutcome::of(&result), started.elapsed());
+                result
             });
             Ok(response)
         })

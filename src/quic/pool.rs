@@ -14,6 +14,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::codes::{self, conn};
+use super::metrics::{self, PeerMetrics};
 use crate::command::{ServerAddress, ServerId};
 use crate::error::Error;
 
@@ -23,6 +24,8 @@ use crate::error::Error;
 pub(crate) struct PeerConn {
     pub(crate) conn: quinn::Connection,
     pub(crate) dialer: ServerId,
+    /// The peer's metric handles, shared by all of its connections.
+    pub(crate) metrics: Arc<PeerMetrics>,
     active: Arc<Active>,
 }
 
@@ -47,10 +50,15 @@ impl Drop for ActiveGuard {
 }
 
 impl PeerConn {
-    pub(crate) fn new(conn: quinn::Connection, dialer: ServerId) -> Self {
+    pub(crate) fn new(
+        conn: quinn::Connection,
+        dialer: ServerId,
+        metrics: Arc<PeerMetrics>,
+    ) -> Self {
         Self {
             conn,
             dialer,
+            metrics,
             active: Arc::default(),
         }
     }
@@ -263,6 +271,7 @@ impl Pool {
                 // TLS 1.3: a dialler learns that its certificate was refused only now.
                 if let Some(why) = codes::refused_by_peer(&reason) {
                     tracing::warn!("{target} refused this node: {why}");
+                    metrics::handshake_failed("outgoing", metrics::HandshakeFailure::RefusedByPeer);
                 }
                 let failure = DialFailure::Authentication(format!(
                     "{target} closed the connection after the handshake: {}",
@@ -320,6 +329,11 @@ impl Pool {
                 let entry = entries.entry(id.clone()).or_default();
                 entry.dial = None;
                 self.record_failure(entry, failure.clone());
+                match &failure {
+                    DialFailure::Unreachable(_) => metrics::dial_failed(id, "unreachable"),
+                    DialFailure::Authentication(_) => metrics::dial_failed(id, "authentication"),
+                    DialFailure::Shutdown => {}
+                }
                 if let DialFailure::Unreachable(reason) = &failure {
                     let next = entry
                         .retry_at

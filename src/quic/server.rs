@@ -7,15 +7,18 @@ use std::sync::Arc;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use super::client::term_of;
 use super::codes::stream;
 use super::io::{FrameBudget, FrameReader, ReadFrameError, Reservation, write_frame};
+use super::metrics::{Kind, ServeOutcome};
 use super::pool::PeerConn;
 use super::rendezvous::Rendezvous;
 use super::snapshot_data::{SnapshotData, data_read_error};
 use super::{Inner, priority};
 use crate::codec::Frame;
-use crate::command::{Command, ServerId};
+use crate::command::{Command, RpcKind, ServerId};
 use crate::error::{ErrorCode, RemoteError};
 use crate::sanitize::untrusted;
 use crate::transport::{Delivered, Held, Responder, Rpc, RpcResult, SnapshotReader};
@@ -23,6 +26,34 @@ use crate::transport::{Delivered, Held, Responder, Rpc, RpcResult, SnapshotReade
 /// How many RPC timeouts a request waits for the consumer to take it before it is answered
 /// `UNAVAILABLE` (see `Stream::dispatch`).
 const CONSUMER_WAIT_FACTOR: u32 = 2;
+
+/// The `kind` label of a request frame; `None` for frames that are not one.
+fn metric_kind(frame: &Frame) -> Option<Kind> {
+    Some(match frame {
+        Frame::AppendEntries(r) => Kind::of(RpcKind::AppendEntries, r.is_heartbeat()),
+        Frame::RequestVote(_) => Kind::RequestVote,
+        Frame::RequestPreVote(_) => Kind::RequestPreVote,
+        Frame::TimeoutNow(_) => Kind::TimeoutNow,
+        Frame::InstallSnapshot { .. } => Kind::InstallSnapshot,
+        _ => return None,
+    })
+}
+
+/// What [`Stream::record`] needs of a request being served.
+#[derive(Clone, Copy)]
+struct Served {
+    kind: Kind,
+    started: std::time::Instant,
+}
+
+/// How a request ended, by its answer (`None`: none was written).
+fn serve_outcome(answer: Option<&RpcResult>) -> ServeOutcome {
+    match answer {
+        Some(Ok(_)) => ServeOutcome::Ok,
+        Some(Err(_)) => ServeOutcome::Error,
+        None => ServeOutcome::Unanswered,
+    }
+}
 
 /// Serves the streams `peer` opens on `conn` until it closes or this node shuts down.
 pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: PeerConn) {
@@ -249,6 +280,60 @@ impl Stream {
         // Counted until the request is handed to the consumer or the heartbeat handler.
         let held = reader.take_reservation();
         tracing::trace!(peer = %self.peer, stream = %recv.id(), kind = frame.kind().name(), "request");
+        let Some(kind) = metric_kind(&frame) else {
+            // A pipeline (its appends are counted one by one) or a frame that opens nothing.
+            return self.serve_other(frame, send, recv, reader).await;
+        };
+        let started = std::time::Instant::now();
+        let span = tracing::debug_span!(
+            "serve_rpc",
+            peer = %self.peer,
+            kind = kind.label(),
+            term = term_of(&frame),
+            stream = u64::from(recv.id()),
+        );
+        let served = Served { kind, started };
+        self.serve_request(frame, send, recv, rendezvous, held, served)
+            .instrument(span)
+            .await;
+    }
+
+    /// Records how a request ended, before its answer is written (so a caller that has its
+    /// answer finds it counted).
+    fn record(&self, served: Served, outcome: ServeOutcome) {
+        let answered = matches!(outcome, ServeOutcome::Ok | ServeOutcome::Error);
+        let elapsed = answered.then(|| served.started.elapsed());
+        self.conn.metrics.served(served.kind, outcome, elapsed);
+    }
+
+    /// Serves a stream whose first frame is not a request: a pipeline, or bad input.
+    async fn serve_other(
+        &self,
+        frame: Frame,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        reader: FrameReader,
+    ) {
+        match frame {
+            Frame::PipelineOpen => Box::pin(self.serve_pipeline(send, recv, reader)).await,
+            other => {
+                let what = format!("a {} frame cannot open a stream", other.kind().name());
+                self.bad_input(&mut send, &mut recv, what).await
+            }
+        }
+    }
+
+    /// Serves one request (unary or InstallSnapshot) read whole from its stream, and records
+    /// how it ended.
+    async fn serve_request(
+        &self,
+        frame: Frame,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        rendezvous: Arc<Rendezvous>,
+        held: Option<Reservation>,
+        served: Served,
+    ) {
         let command = match frame {
             Frame::AppendEntries(r) => Command::AppendEntries(r),
             Frame::RequestVote(r) => Command::RequestVote(r),
@@ -260,16 +345,25 @@ impl Stream {
             } => {
                 // Boxed: the rare, large state machines of snapshots and pipelines would
                 // otherwise make every stream's task (spawned per RPC) as large as they are.
-                let serve = self.serve_snapshot(send, recv, transfer_id, request, rendezvous, held);
+                let serve = self.serve_snapshot(
+                    send,
+                    recv,
+                    (transfer_id, request),
+                    rendezvous,
+                    held,
+                    served,
+                );
                 return Box::pin(serve).await;
             }
-            Frame::PipelineOpen => return Box::pin(self.serve_pipeline(send, recv, reader)).await,
             other => {
+                // `metric_kind` let only requests through.
+                self.record(served, ServeOutcome::Refused);
                 let what = format!("a {} frame cannot open a stream", other.kind().name());
                 return self.bad_input(&mut send, &mut recv, what).await;
             }
         };
         if let Some(error) = self.identity_error(&command) {
+            self.record(served, ServeOutcome::Refused);
             return self.refuse(&mut send, &mut recv, error).await;
         }
         // The answer goes at the request's priority: a vote's answer before snapshot data.
@@ -284,9 +378,13 @@ impl Stream {
         });
         let held = match self.hold_decoded(held, &command).await {
             Ok(held) => held,
-            Err(error) => return self.refuse(&mut send, &mut recv, error).await,
+            Err(error) => {
+                self.record(served, ServeOutcome::Refused);
+                return self.refuse(&mut send, &mut recv, error).await;
+            }
         };
         let answer = self.dispatch(command, None, &send, held, None).await;
+        self.record(served, serve_outcome(answer.as_ref()));
         self.write_answer(&mut send, answer).await;
     }
 
@@ -421,22 +519,24 @@ impl Stream {
         &self,
         mut send: SendStream,
         mut recv: RecvStream,
-        transfer_id: u64,
-        request: crate::command::InstallSnapshotRequest,
+        (transfer_id, request): (u64, crate::command::InstallSnapshotRequest),
         rendezvous: Arc<Rendezvous>,
         held: Option<Reservation>,
+        served: Served,
     ) {
         let size = request.size;
         let command = Command::InstallSnapshot(request);
         if let Some(error) = self.identity_error(&command) {
             // Its data stream will never be claimed: free it now, not when it expires.
             rendezvous.abandon(transfer_id);
+            self.record(served, ServeOutcome::Refused);
             return self.refuse(&mut send, &mut recv, error).await;
         }
         let held = match self.hold_decoded(held, &command).await {
             Ok(held) => held,
             Err(error) => {
                 rendezvous.abandon(transfer_id);
+                self.record(served, ServeOutcome::Refused);
                 return self.refuse(&mut send, &mut recv, error).await;
             }
         };
@@ -448,6 +548,7 @@ impl Stream {
             transfer_id,
             (self.inner.config.rpc_timeout, sender_gone.clone()),
             FrameReader::with_budget(self.max(), self.budget.clone()),
+            self.conn.metrics.snapshot_received_bytes(),
         );
         let reader = SnapshotReader::new(data, size);
         // When the sender stops waiting for the answer (its source failed, its deadline
@@ -456,8 +557,14 @@ impl Stream {
         let answer = self
             .dispatch(command, Some(reader), &send, held, Some(&sender_gone))
             .await;
+        let outcome = serve_outcome(answer.as_ref());
+        let claimed = claimed.load(std::sync::atomic::Ordering::Acquire);
+        if claimed && outcome == ServeOutcome::Ok {
+            self.conn.metrics.snapshot_received();
+        }
+        self.record(served, outcome);
         self.write_answer(&mut send, answer).await;
-        if !claimed.load(std::sync::atomic::Ordering::Acquire) {
+        if !claimed {
             // Answered without reading the data (e.g. a stale term): free its stream.
             rendezvous.abandon(transfer_id);
         }
@@ -554,6 +661,8 @@ impl Stream {
                         ))
                     }),
                 };
+                let outcome = serve_outcome(Some(&answer));
+                self.conn.metrics.served(Kind::AppendEntries, outcome, None);
                 let frame = match answer {
                     Ok(response) => Frame::Response(response),
                     Err(error) => Frame::Error(error),
@@ -588,42 +697,46 @@ fn snapshot_data(
     stream_id: u64,
     (timeout, sender_gone): (std::time::Duration, CancellationToken),
     mut header: FrameReader,
+    bytes: metrics::Counter,
 ) -> SnapshotData {
-    SnapshotData::new(Box::pin(async move {
-        claimed.store(true, std::sync::atomic::Ordering::Release);
-        let claim = tokio::select! {
-            biased;
-            claim = rendezvous.claim(stream_id, timeout) => claim,
-            _ = sender_gone.cancelled() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the sender gave up the snapshot before its data arrived",
-                ));
+    SnapshotData::new(
+        bytes,
+        Box::pin(async move {
+            claimed.store(true, std::sync::atomic::Ordering::Release);
+            let claim = tokio::select! {
+                biased;
+                claim = rendezvous.claim(stream_id, timeout) => claim,
+                _ = sender_gone.cancelled() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the sender gave up the snapshot before its data arrived",
+                    ));
+                }
+            };
+            let mut recv = claim.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("snapshot data stream {stream_id} did not arrive within {timeout:?}"),
+                )
+            })?;
+            tracing::trace!(stream = stream_id, "snapshot data stream claimed");
+            match header.next(&mut recv).await {
+                Ok(Some(Frame::SnapshotData { transfer_id })) if transfer_id == stream_id => {}
+                Ok(_) => {
+                    let _ = recv.stop(stream::BAD_FRAME);
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "snapshot data stream does not start with its SnapshotData header",
+                    ));
+                }
+                Err(ReadFrameError::Read(e)) => return Err(data_read_error(e)),
+                Err(e) => {
+                    let _ = recv.stop(stream::BAD_FRAME);
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+                }
             }
-        };
-        let mut recv = claim.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("snapshot data stream {stream_id} did not arrive within {timeout:?}"),
-            )
-        })?;
-        tracing::trace!(stream = stream_id, "snapshot data stream claimed");
-        match header.next(&mut recv).await {
-            Ok(Some(Frame::SnapshotData { transfer_id })) if transfer_id == stream_id => {}
-            Ok(_) => {
-                let _ = recv.stop(stream::BAD_FRAME);
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "snapshot data stream does not start with its SnapshotData header",
-                ));
-            }
-            Err(ReadFrameError::Read(e)) => return Err(data_read_error(e)),
-            Err(e) => {
-                let _ = recv.stop(stream::BAD_FRAME);
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-            }
-        }
-        // The reader took nothing past the header: the data follows on `recv`.
-        Ok(recv)
-    }))
+            // The reader took nothing past the header: the data follows on `recv`.
+            Ok(recv)
+        }),
+    )
 }

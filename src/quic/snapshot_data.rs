@@ -16,6 +16,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// call (no intermediate buffer, no per-packet step).
 pub(super) struct SnapshotData {
     state: State,
+    /// Bytes read, in the peer's metrics.
+    bytes: metrics::Counter,
 }
 
 enum State {
@@ -26,9 +28,13 @@ enum State {
 }
 
 impl SnapshotData {
-    pub(super) fn new(claim: BoxFuture<'static, io::Result<RecvStream>>) -> Self {
+    pub(super) fn new(
+        bytes: metrics::Counter,
+        claim: BoxFuture<'static, io::Result<RecvStream>>,
+    ) -> Self {
         Self {
             state: State::Claiming(claim),
+            bytes,
         }
     }
 }
@@ -49,7 +55,13 @@ impl AsyncRead for SnapshotData {
                     }
                 },
                 State::Reading(recv) => {
-                    return recv.poll_read_buf(cx, buf).map_err(data_read_error);
+                    let before = buf.filled().len();
+                    let polled = recv.poll_read_buf(cx, buf).map_err(data_read_error);
+                    let read = buf.filled().len().saturating_sub(before);
+                    if read > 0 {
+                        self.bytes.increment(read as u64);
+                    }
+                    return polled;
                 }
                 State::Failed(kind) => {
                     return Poll::Ready(Err(io::Error::new(
