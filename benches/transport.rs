@@ -29,6 +29,13 @@
 //! - `hol`: heartbeats paced every 1 ms on an idle connection, then while 512 MiB snapshots
 //!   stream to the same follower: the loaded p99 against the idle p99.
 //! - `concurrency`: 64 tasks sending heartbeats back to back for 3 s over the one connection.
+//! - `idle`: a connected pair doing nothing for 10 s: the CPU both nodes use (% of one core).
+//! - `growth` (quicraft only): a leader and 64 followers in this process: memory per idle
+//!   connection (both sides), handshakes per second, and 64 tasks' heartbeat rate to all 64
+//!   peers against the rate to one (`support/growth.rs`).
+//!
+//! `rtt` and `concurrency` also report the CPU time per RPC, both nodes together (they share
+//! this process).
 //! - `restart` (quicraft only): two node processes (`examples/rpc_node.rs`, built by the
 //!   scenario), one killed with SIGKILL and started again on its address 20 times in each id
 //!   order; how long the first call after each restart takes to succeed, with the restarted
@@ -49,8 +56,8 @@ use support::nodes::{
     Link, MAX_IN_FLIGHT, Pair, RuntimeKind, Tuning, inmem_pair, quic_pair, snapshot_block,
 };
 use support::report::{
-    Printer, Report, latency_histogram, max_us, mb_per_s, peak_rss_kb, per_second, quantile_us,
-    record,
+    Printer, Report, cpu_us_per, latency_histogram, max_us, mb_per_s, peak_rss_kb, per_second,
+    process_cpu, quantile_us, record,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -62,6 +69,8 @@ const ENTRY_SIZE: u64 = 1024;
 const SNAPSHOT_BLOCK: u64 = MIB;
 /// Interval of the paced heartbeats of `hol`.
 const HEARTBEAT_PACE: Duration = Duration::from_millis(1);
+/// Followers of `growth`.
+const GROWTH_PEERS: usize = 64;
 /// Concurrent heartbeat senders in `concurrency`.
 const CONCURRENT_TASKS: u64 = 64;
 
@@ -83,6 +92,8 @@ struct Workload {
     concurrency_for: Duration,
     /// Restarts of `restart` in each id order (half with each side calling first).
     restart_rounds: u64,
+    /// How long `idle` measures a connected pair doing nothing.
+    idle_for: Duration,
 }
 
 impl Workload {
@@ -97,6 +108,7 @@ impl Workload {
         hol_snapshot_bytes: 512 * MIB,
         concurrency_for: Duration::from_secs(3),
         restart_rounds: 10,
+        idle_for: Duration::from_secs(10),
     };
 
     const QUICK: Self = Self {
@@ -110,6 +122,7 @@ impl Workload {
         hol_snapshot_bytes: 128 * MIB,
         concurrency_for: Duration::from_secs(1),
         restart_rounds: 3,
+        idle_for: Duration::from_secs(2),
     };
 }
 
@@ -120,16 +133,20 @@ enum Scenario {
     Snapshot,
     Hol,
     Concurrency,
+    Idle,
+    Growth,
     Restart,
 }
 
 impl Scenario {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 8] = [
         Self::Rtt,
         Self::Throughput,
         Self::Snapshot,
         Self::Hol,
         Self::Concurrency,
+        Self::Idle,
+        Self::Growth,
         Self::Restart,
     ];
 
@@ -140,6 +157,8 @@ impl Scenario {
             Self::Snapshot => "snapshot",
             Self::Hol => "hol",
             Self::Concurrency => "concurrency",
+            Self::Idle => "idle",
+            Self::Growth => "growth",
             Self::Restart => "restart",
         }
     }
@@ -157,7 +176,10 @@ impl Scenario {
             Self::Snapshot => pair.run(|link| snapshot(link, workload)),
             Self::Hol => pair.run(|link| hol(link, workload)),
             Self::Concurrency => pair.run(|link| concurrency(link, workload)),
-            Self::Restart => unreachable!("`restart` runs node processes, not a pair"),
+            Self::Idle => pair.run(|link| idle(link, workload)),
+            Self::Restart | Self::Growth => {
+                unreachable!("`restart` and `growth` run nodes of their own, not a pair")
+            }
         };
         pair.close();
         reports
@@ -205,8 +227,17 @@ impl Impl {
                 // The reference covers the exchange patterns quinn has on its own.
                 _ => return Vec::new(),
             },
-            // A restart is of a process and its QUIC endpoint: nothing to compare in memory.
-            Self::Inmem if scenario == Scenario::Restart => return Vec::new(),
+            // A restart is of a process and its QUIC endpoint, and growth is the cost of QUIC
+            // connections: nothing to compare in memory.
+            Self::Inmem if matches!(scenario, Scenario::Restart | Scenario::Growth) => {
+                return Vec::new();
+            }
+            Self::Quicraft if scenario == Scenario::Growth => {
+                vec![support::growth::measure(
+                    GROWTH_PEERS,
+                    workload.concurrency_for,
+                )]
+            }
             Self::Quicraft if scenario == Scenario::Restart => {
                 support::restart::measure(workload.restart_rounds)
             }
@@ -233,7 +264,10 @@ impl Impl {
                                 "none"
                             },
                         )
-                        .with("busy_poll_us", options.tuning.busy_poll.as_micros() as u64)
+                        .with(
+                            "busy_poll_us",
+                            options.tuning.busy_poll.map(|w| w.as_micros() as u64),
+                        )
                         .with("stream_window", options.tuning.stream_window.map(u64::from))
                         .with(
                             "max_udp_payload",
@@ -253,7 +287,9 @@ impl Impl {
         child.args(["--child", "--runtime", options.runtime.name()]);
         child.args(["--scenario", scenario.name(), "--impl", self.name()]);
         let tuning = options.tuning;
-        child.args(["--busy-poll", &tuning.busy_poll.as_micros().to_string()]);
+        if let Some(window) = tuning.busy_poll {
+            child.args(["--busy-poll", &window.as_micros().to_string()]);
+        }
         if let Some(window) = tuning.stream_window {
             child.args(["--stream-window", &window.to_string()]);
         }
@@ -295,7 +331,9 @@ impl Impl {
 async fn rtt<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Vec<Report> {
     sequential_heartbeats(&link, workload.warmup_heartbeats).await;
     let started = Instant::now();
+    let cpu = process_cpu();
     let latencies = sequential_heartbeats(&link, workload.rtt_heartbeats).await;
+    let cpu = process_cpu().saturating_sub(cpu);
     let elapsed = started.elapsed();
     vec![
         Report::default()
@@ -303,7 +341,27 @@ async fn rtt<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Vec<Rep
             .with("p50_us", quantile_us(&latencies, 0.5))
             .with("p99_us", quantile_us(&latencies, 0.99))
             .with("max_us", max_us(&latencies))
-            .with("rpcs_per_s", per_second(latencies.len(), elapsed)),
+            .with("rpcs_per_s", per_second(latencies.len(), elapsed))
+            .with("cpu_us_per_rpc", cpu_us_per(cpu, latencies.len())),
+    ]
+}
+
+/// `idle`: a connected pair doing nothing (keep-alives only) for a while: the CPU both nodes
+/// use, in percent of one core.
+async fn idle<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Vec<Report> {
+    sequential_heartbeats(&link, workload.warmup_heartbeats).await;
+    // Let the warm-up's spins and acknowledgements end first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu = process_cpu();
+    tokio::time::sleep(workload.idle_for).await;
+    let cpu = process_cpu().saturating_sub(cpu);
+    vec![
+        Report::default()
+            .with("seconds", workload.idle_for.as_secs())
+            .with(
+                "cpu_percent_of_one_core",
+                100.0 * cpu.as_secs_f64() / workload.idle_for.as_secs_f64(),
+            ),
     ]
 }
 
@@ -382,6 +440,7 @@ async fn hol<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Vec<Rep
 async fn concurrency<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Vec<Report> {
     sequential_heartbeats(&link, workload.warmup_heartbeats).await;
     let started = Instant::now();
+    let cpu = process_cpu();
     let deadline = started + workload.concurrency_for;
     let senders: Vec<_> = (0..CONCURRENT_TASKS)
         .map(|_| tokio::spawn(heartbeats_until(link.clone(), deadline)))
@@ -398,7 +457,11 @@ async fn concurrency<T: Transport + Clone>(link: Link<T>, workload: Workload) ->
         Report::default()
             .with("tasks", CONCURRENT_TASKS)
             .with("rpcs_per_s", per_second(latencies.len(), elapsed))
-            .with("p99_us", quantile_us(&latencies, 0.99)),
+            .with("p99_us", quantile_us(&latencies, 0.99))
+            .with(
+                "cpu_us_per_rpc",
+                cpu_us_per(process_cpu().saturating_sub(cpu), latencies.len()),
+            ),
     ]
 }
 
@@ -532,11 +595,11 @@ usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... 
                                         [--metrics]
   --quick            shrink every scenario (the whole run takes well under 20 s)
   --json             one JSON line per result instead of a table
-  --scenario NAME    rtt, throughput, snapshot, hol, concurrency or restart (repeatable; default all)
+  --scenario NAME    rtt, throughput, snapshot, hol, concurrency, idle, growth or restart (repeatable; default all)
   --impl NAME        quicraft, inmem or raw-quinn (repeatable; default all)
   --runtime KIND     each node's tokio runtime: current (one thread, the default) or multi
-  --busy-poll US     QuicConfig::busy_poll window in microseconds (default 0: off, the
-                     transport's default); reported as busy_poll_us
+  --busy-poll US     QuicConfig::busy_poll window in microseconds (0: off; default: the
+                     transport's default); reported as busy_poll_us (null: the default)
   --stream-window B  QuicConfig::stream_receive_window in bytes (default: the transport's,
                      1250000); reported as stream_window (null: the default)
   --max-udp-payload B  QuicConfig::max_udp_payload (default: the transport's, 1452); 65527
@@ -600,7 +663,7 @@ impl Options {
                     let us: u64 = us
                         .parse()
                         .map_err(|_| format!("--busy-poll takes microseconds, not {us:?}"))?;
-                    options.tuning.busy_poll = Duration::from_micros(us);
+                    options.tuning.busy_poll = Some(Duration::from_micros(us));
                 }
                 "--stream-window" => {
                     let bytes = value()?;

@@ -21,9 +21,13 @@
 #![cfg(feature = "openraft")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{example_binary, free_udp_addr};
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -49,28 +53,6 @@ const SNAPSHOT_BYTES: &str = "32768";
 // ---------------------------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------------------------
-
-/// The example binary, built by `cargo test` next to the test binaries.
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let debug_dir = exe.parent().unwrap().parent().unwrap();
-    let path = debug_dir
-        .join("examples")
-        .join(format!("cluster{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build --example cluster`",
-        path.display()
-    );
-    path
-}
-
-fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn free_tcp() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -156,7 +138,7 @@ impl Cluster {
             nodes.insert(
                 id,
                 NodeProc {
-                    udp: free_udp(),
+                    udp: free_udp_addr(),
                     client: free_tcp(),
                     extra: Vec::new(),
                     child: None,
@@ -172,7 +154,7 @@ impl Cluster {
             .join(",");
         Self {
             ca,
-            binary: example_binary(),
+            binary: example_binary("cluster"),
             dir,
             peers,
             nodes,

@@ -6,9 +6,12 @@
 #![cfg(feature = "openraft")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{example_binary, free_udp_addr};
+
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -19,29 +22,6 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 const GUARD: Duration = Duration::from_secs(20);
-
-/// The example binary, built by `cargo test` next to the test binaries.
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let debug_dir = exe.parent().unwrap().parent().unwrap();
-    let path = debug_dir
-        .join("examples")
-        .join(format!("cluster{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build --example cluster`",
-        path.display()
-    );
-    path
-}
-
-/// A free UDP port on 127.0.0.1 (released again, for the node to bind).
-fn free_udp_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 struct Proc {
     child: Child,
@@ -107,7 +87,7 @@ fn leader_in(line: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_node_processes_replicate_and_fail_over() {
-    let binary = example_binary();
+    let binary = example_binary("cluster");
     let certs = std::env::temp_dir().join(format!("quicraft-procs-{}", std::process::id()));
     std::fs::create_dir_all(&certs).unwrap();
     let ca = ClusterCa::generate("procs").unwrap();

@@ -21,33 +21,18 @@ use quicraft::{
 use quinn::{Endpoint, RecvStream, SendStream};
 
 use common::Fixture;
+use common::wire::*;
 
 const GUARD: Duration = Duration::from_secs(20);
 const NODE: &str = "node";
 const HOSTILE: &str = "hostile";
 const HONEST: &str = "honest";
 
-const APPEND_ENTRIES: u8 = 0x01;
-const REQUEST_VOTE: u8 = 0x02;
-const INSTALL_SNAPSHOT: u8 = 0x04;
-const PIPELINE_OPEN: u8 = 0x06;
-const SNAPSHOT_DATA: u8 = 0x07;
-const RESPONSE: u8 = 0x80;
-const ERROR: u8 = 0x81;
-
 async fn guarded<F: Future>(what: &str, fut: F) -> F::Output {
     match tokio::time::timeout(GUARD, fut).await {
         Ok(out) => out,
         Err(_) => panic!("{what} did not finish within {GUARD:?}"),
     }
-}
-
-/// `kind | len u32 BE | body`.
-fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![kind];
-    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
-    out.extend_from_slice(body);
-    out
 }
 
 fn vote(id: &str, term: u64) -> RequestVoteRequest {

@@ -233,7 +233,7 @@ impl<T: Transport + Clone> Pair<T> {
     }
 }
 
-const CLUSTER: &str = "bench";
+pub(crate) const CLUSTER: &str = "bench";
 
 /// `QUICRAFT_BENCH_CC` (`cubic`, `newreno`, `bbr`) overrides the transport's default
 /// congestion controller.
@@ -250,14 +250,18 @@ fn congestion_controller() -> quicraft::CongestionController {
 /// line's `--busy-poll`, `--stream-window` and `--max-udp-payload`).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Tuning {
-    pub(crate) busy_poll: Duration,
+    /// `None`: the transport's default.
+    pub(crate) busy_poll: Option<Duration>,
     pub(crate) stream_window: Option<u32>,
     pub(crate) max_udp_payload: Option<u16>,
 }
 
 impl Tuning {
     fn apply(self, config: QuicConfig) -> QuicConfig {
-        let config = config.busy_poll(self.busy_poll);
+        let config = match self.busy_poll {
+            Some(window) => config.busy_poll(window),
+            None => config,
+        };
         let config = match self.stream_window {
             Some(window) => config.stream_receive_window(window),
             None => config,
@@ -354,7 +358,11 @@ pub(crate) fn inmem_pair(runtime: RuntimeKind) -> Pair<InmemTransport> {
 /// The follower: a heartbeat handler answering heartbeats on the fast path, and a consumer loop
 /// (a task on the current runtime) answering every AppendEntries and reading each snapshot to
 /// the end.
-fn serve<T: Transport>(transport: &T, mut incoming: quicraft::Incoming, header: RpcHeader) {
+pub(crate) fn serve<T: Transport>(
+    transport: &T,
+    mut incoming: quicraft::Incoming,
+    header: RpcHeader,
+) {
     let handler_header = header.clone();
     transport.set_heartbeat_handler(Some(Arc::new(move |rpc: Rpc| {
         rpc.respond(Ok(append_ack(&handler_header, 0).into()));

@@ -210,3 +210,24 @@ pub(crate) fn peak_rss_kb() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// CPU time (user + system) this process has used so far, all threads.
+pub(crate) fn process_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else {
+        return Duration::ZERO;
+    };
+    let micros = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec().max(0) as u64)
+            + Duration::from_micros(t.tv_usec().max(0) as u64)
+    };
+    micros(usage.user_time()) + micros(usage.system_time())
+}
+
+/// CPU microseconds per operation over a span that used `cpu` for `ops` operations.
+pub(crate) fn cpu_us_per(cpu: Duration, ops: u64) -> f64 {
+    if ops == 0 {
+        return f64::NAN;
+    }
+    cpu.as_secs_f64() * 1e6 / ops as f64
+}

@@ -324,7 +324,7 @@ impl FrameAssembler {
             let (kind, len) = decode_header(&self.header, self.max)?;
             self.declared = Some((kind, len));
             return if len == 0 {
-                self.finish(kind, Bytes::new()).map(Some)
+                self.finish(kind, Bytes::new(), Payloads::Copied).map(Some)
             } else {
                 Ok(None)
             };
@@ -334,8 +334,10 @@ impl FrameAssembler {
             return Err(self.overrun(piece.len()));
         }
         if piece.len() == len {
-            // The whole body in one piece: no buffer, no copy.
-            return self.finish(kind, piece).map(Some);
+            // The whole body in one piece: no buffer, no copy. The piece may be a slice of a
+            // larger receive buffer (a datagram, or several), which entry payloads sharing it
+            // would keep alive for as long as the engine keeps them: they are copied.
+            return self.finish(kind, piece, Payloads::Copied).map(Some);
         }
         if self.body.is_empty() {
             // The declared length at once: the buffer never regrows, and holds no more than
@@ -346,14 +348,20 @@ impl FrameAssembler {
         if piece.len() < missing {
             return Ok(None);
         }
+        // A buffer of exactly this frame: its entries' payloads share it, without a copy.
         let body = std::mem::take(&mut self.body).freeze();
-        self.finish(kind, body).map(Some)
+        self.finish(kind, body, Payloads::Shared).map(Some)
     }
 
-    fn finish(&mut self, kind: FrameKind, body: Bytes) -> Result<Frame, CodecError> {
+    fn finish(
+        &mut self,
+        kind: FrameKind,
+        body: Bytes,
+        payloads: Payloads,
+    ) -> Result<Frame, CodecError> {
         self.header_len = 0;
         self.declared = None;
-        decode_body_of(kind, &body)
+        decode_body_of(kind, &body, payloads)
     }
 
     fn overrun(&self, got: usize) -> CodecError {
@@ -391,7 +399,7 @@ pub(crate) fn decode(src: &mut BytesMut, max: usize) -> Result<Option<Frame>, Co
     }
     src.advance(HEADER_LEN);
     let body: Bytes = src.split_to(len).freeze();
-    decode_body_of(kind, &body).map(Some)
+    decode_body_of(kind, &body, Payloads::Copied).map(Some)
 }
 
 /// The kind and body length a frame's header declares: an unknown kind, or a length over
@@ -411,9 +419,28 @@ pub(crate) fn decode_header(
     }
 }
 
+/// Whether the entry payloads of a decoded AppendEntries share the frame's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Payloads {
+    /// Slices of the body (`command::decoding_from`): no copy. For a body in a buffer of its
+    /// own, which the entries then keep alive, and nothing else.
+    Shared,
+    /// Copies: for a body that is part of a larger buffer.
+    Copied,
+}
+
 /// Decodes the whole body of a frame whose header declared `kind` (and `body.len()`).
-pub(crate) fn decode_body_of(kind: FrameKind, body: &[u8]) -> Result<Frame, CodecError> {
+pub(crate) fn decode_body_of(
+    kind: FrameKind,
+    body: &Bytes,
+    payloads: Payloads,
+) -> Result<Frame, CodecError> {
     Ok(match kind {
+        FrameKind::AppendEntries if payloads == Payloads::Shared => {
+            Frame::AppendEntries(crate::command::decoding_from(body, || {
+                decode_body(kind, body)
+            })?)
+        }
         FrameKind::AppendEntries => Frame::AppendEntries(decode_body(kind, body)?),
         FrameKind::RequestVote => Frame::RequestVote(decode_body(kind, body)?),
         FrameKind::RequestPreVote => Frame::RequestPreVote(decode_body(kind, body)?),
@@ -443,6 +470,32 @@ pub(crate) fn decode_body_of(kind: FrameKind, body: &[u8]) -> Result<Frame, Code
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_payloads_share_an_own_buffer_and_copy_a_borrowed_one() {
+        use crate::command::{AppendEntriesRequest, Log, RpcHeader};
+        let mut request = AppendEntriesRequest::heartbeat(RpcHeader::new("n1", "n1"), 3);
+        request.entries = (1..=3)
+            .map(|i| Log::command(i, 3, vec![i as u8; 500]))
+            .collect();
+        let body = Bytes::from(postcard::to_stdvec(&request).unwrap());
+        let inside = |data: &Bytes| {
+            let (start, end) = (body.as_ptr() as usize, body.as_ptr() as usize + body.len());
+            (start..end).contains(&(data.as_ptr() as usize))
+        };
+        for (payloads, shared) in [(Payloads::Shared, true), (Payloads::Copied, false)] {
+            let Frame::AppendEntries(decoded) =
+                decode_body_of(FrameKind::AppendEntries, &body, payloads).unwrap()
+            else {
+                panic!("not an append")
+            };
+            assert_eq!(decoded, request);
+            assert!(
+                decoded.entries.iter().all(|e| inside(&e.data) == shared),
+                "{payloads:?}"
+            );
+        }
+    }
     use crate::command::{
         AppendEntriesResponse, Log, LogType, RequestVoteResponse, RpcHeader, TimeoutNowResponse,
     };

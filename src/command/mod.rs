@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use append::{AppendEntriesRequest, AppendEntriesResponse, MAX_ENTRIES_PER_APPEND};
 pub use header::{MAX_HEADER_ID_LEN, PROTOCOL_VERSION, RpcHeader};
 pub use ids::{ServerAddress, ServerId};
+pub(crate) use log::decoding_from;
 pub use log::{Log, LogType};
 pub use snapshot::{InstallSnapshotRequest, InstallSnapshotResponse};
 pub use timeout_now::{TimeoutNowRequest, TimeoutNowResponse};

@@ -67,6 +67,13 @@ pub struct QuicConfig {
     pub(super) handshake_rate_per_address: (u32, u32),
 }
 
+/// Streams a peer may open at first on a connection (see [`QuicConfig::max_streams`]).
+const INITIAL_STREAMS: u32 = 64;
+
+/// The default [`QuicConfig::busy_poll`] window: longer than a loopback or LAN round trip
+/// (20 – 40 µs when the other side is awake), short enough to cost little per packet.
+const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
+
 /// The default per-connection frame budget, in frames of `max_message_size`.
 const DEFAULT_FRAME_BUDGET_FRAMES: usize = 4;
 
@@ -94,7 +101,7 @@ impl QuicConfig {
             receive_window: 32 * 1024 * 1024,
             stream_receive_window: 1_250_000,
             udp_buffer_size: 4 * 1024 * 1024,
-            busy_poll: Duration::ZERO,
+            busy_poll: DEFAULT_BUSY_POLL,
             heartbeat_hedge: None,
             max_udp_payload: 1452,
             congestion: CongestionController::Bbr,
@@ -210,8 +217,10 @@ impl QuicConfig {
         self
     }
 
-    /// Concurrent RPC streams a peer may open to this node. Default 1024. Each allowed stream
-    /// costs a little memory up front; callers past the limit wait for a stream.
+    /// Concurrent RPC streams a peer may open to this node. Default 1024. A connection starts
+    /// with at most 64 and grants more, doubling up to this limit, as the peer uses them
+    /// (quinn keeps state for every stream a peer may open, so an idle connection stays
+    /// small); callers past the limit wait for a stream.
     pub fn max_streams(mut self, streams: u32) -> Self {
         self.max_streams = streams.max(1);
         self
@@ -279,16 +288,18 @@ impl QuicConfig {
     }
 
     /// How long the endpoint keeps polling its UDP socket after a datagram was sent or
-    /// received, instead of letting its thread park. Default zero (off).
+    /// received, instead of letting its thread park. Default 50 µs; zero turns it off.
     ///
     /// A parked thread costs a wake-up (tens of microseconds on an idle machine, more in a
     /// VM) when the next datagram lands; on loopback or a LAN that is most of an RPC's round
-    /// trip. With a window a little longer than the round trip (e.g. 100 µs), an answer finds
-    /// the thread awake: on the 2-vCPU machine of BENCHMARKS.md the heartbeat round trip went
-    /// from ~125 µs to ~40 µs. The price is CPU: the runtime thread that drives the endpoint
-    /// stays busy for the window after every packet, so a node that talks continuously keeps
-    /// a core busy. Polling yields to the runtime between checks, so other tasks still run.
-    /// Useless across a WAN, where the round trip is far longer than any sensible window.
+    /// trip. With a window a little longer than the round trip, an answer finds the thread
+    /// awake (Go's scheduler spins before it parks for the same reason; figures in
+    /// BENCHMARKS.md). The price is CPU, and only right after traffic: the runtime thread that
+    /// drives the endpoint stays runnable for the window after each packet (an idle node, with
+    /// a keep-alive every few seconds, spends next to nothing), so a node that talks
+    /// continuously keeps its thread busy. Polling yields to the runtime between checks, so
+    /// other tasks still run. Across a WAN the round trip is far longer than the window and the
+    /// spin buys nothing: turn it off there to save the CPU.
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.busy_poll = window;
         self
@@ -461,6 +472,11 @@ impl QuicConfig {
             rate_per_second: f64::from(rate),
             burst: f64::from(burst),
         }
+    }
+
+    /// The stream limit a connection starts with: grown with use up to `max_streams`.
+    pub(super) fn initial_streams(&self) -> u32 {
+        self.max_streams.min(INITIAL_STREAMS)
     }
 
     /// The per-connection frame budget in effect.

@@ -310,7 +310,7 @@ fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error
     transport
         .max_idle_timeout(Some(idle))
         .keep_alive_interval(config.keep_alive)
-        .max_concurrent_bidi_streams(config.max_streams.into())
+        .max_concurrent_bidi_streams(config.initial_streams().into())
         .max_concurrent_uni_streams(config.max_snapshot_streams.into())
         .receive_window(
             quinn::VarInt::from_u64(config.receive_window).unwrap_or(quinn::VarInt::MAX),

@@ -66,6 +66,7 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: Pe
         .budgets
         .of(&peer, inner.config.frame_budget(), &inner.stats);
     let parked = Parked::default();
+    let credit = StreamCredit::new(inner.config.initial_streams(), inner.config.max_streams);
     let mut expiry = tokio::time::interval(rendezvous.expiry_interval());
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -74,7 +75,9 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: Pe
             _ = expiry.tick() => rendezvous.expire(),
             bi = conn.conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
+                    let slot = credit.open(&conn.conn);
                     let stream = Stream {
+                        _slot: slot,
                         inner: inner.clone(),
                         peer: peer.clone(),
                         conn: conn.clone(),
@@ -122,8 +125,52 @@ impl Parked {
     }
 }
 
+/// The bidirectional streams a peer may open on one connection: granted as it uses them, from
+/// `QuicConfig::initial_streams` up to `max_streams`, doubling whenever three quarters of the
+/// current grant are in use. quinn keeps state for every stream a peer may open, so an idle
+/// connection holds little, and a busy one gets what it uses.
+struct StreamCredit {
+    open: Arc<std::sync::atomic::AtomicU32>,
+    limit: std::sync::atomic::AtomicU32,
+    max: u32,
+}
+
+/// One open request stream, counted until dropped.
+struct StreamSlot(Arc<std::sync::atomic::AtomicU32>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl StreamCredit {
+    fn new(initial: u32, max: u32) -> Self {
+        Self {
+            open: Arc::default(),
+            limit: initial.into(),
+            max,
+        }
+    }
+
+    /// Counts a stream the peer opened on `conn`, raising the peer's grant when it runs low.
+    fn open(&self, conn: &quinn::Connection) -> StreamSlot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let open = self.open.fetch_add(1, Relaxed) + 1;
+        let limit = self.limit.load(Relaxed);
+        if limit < self.max && u64::from(open) * 4 >= u64::from(limit) * 3 {
+            let raised = limit.saturating_mul(2).min(self.max);
+            self.limit.store(raised, Relaxed);
+            conn.set_max_concurrent_bi_streams(raised.into());
+        }
+        StreamSlot(self.open.clone())
+    }
+}
+
 /// One incoming stream and where it came from.
 struct Stream {
+    /// Counts the stream against its connection's grant while it is served.
+    _slot: StreamSlot,
     inner: Arc<Inner>,
     peer: ServerId,
     conn: PeerConn,

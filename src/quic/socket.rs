@@ -21,7 +21,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,19 @@ pub(super) struct QuicSocket {
     epoch: Instant,
     /// Nanoseconds after `epoch` of the last datagram sent or received.
     last_active: AtomicU64,
+    /// Whether the receive poll is spinning in the current window (set on its first spin).
+    spinning: AtomicBool,
+    /// Windows in a row whose spin ended without a datagram.
+    misses: AtomicU32,
+    /// Windows still to skip without spinning (after misses), and whether this one is.
+    skip: AtomicU32,
+    skipping: AtomicBool,
 }
+
+/// Missed windows in a row before spinning backs off.
+const MISSES_BEFORE_BACKOFF: u32 = 4;
+/// At most this many windows are skipped between two tries (2^6).
+const MAX_BACKOFF_EXPONENT: u32 = 6;
 
 impl QuicSocket {
     /// Wraps `inner` for packets of at most `max_packet` bytes, busy-polling for `window`.
@@ -58,6 +70,10 @@ impl QuicSocket {
             window,
             epoch: Instant::now(),
             last_active: AtomicU64::new(0),
+            spinning: AtomicBool::new(false),
+            misses: AtomicU32::new(0),
+            skip: AtomicU32::new(0),
+            skipping: AtomicBool::new(false),
         }
     }
 
@@ -66,16 +82,47 @@ impl QuicSocket {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Records traffic now (only when busy-polling: otherwise nothing reads it).
+    /// Records traffic now (only when busy-polling: otherwise nothing reads it), opening a
+    /// window, which is skipped while spinning is backing off.
     fn touch(&self) {
         if !self.window.is_zero() {
-            // Relaxed: a stale read only shortens or lengthens one spin by a few polls.
+            // Relaxed: a stale read only shortens or lengthens one spin by a few polls, and
+            // the back-off counts are a heuristic.
             self.last_active.store(self.now(), Ordering::Relaxed);
+            let skip = self.skip.load(Ordering::Relaxed);
+            if skip > 0 {
+                self.skip.store(skip - 1, Ordering::Relaxed);
+            }
+            self.skipping.store(skip > 0, Ordering::Relaxed);
+        }
+    }
+
+    /// A datagram arrived: a spin under way paid off.
+    fn spin_paid_off(&self) {
+        if self.spinning.swap(false, Ordering::Relaxed) {
+            self.misses.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The window closed without a datagram: a spin under way was wasted. After
+    /// [`MISSES_BEFORE_BACKOFF`] in a row, the next windows are skipped, twice as many each
+    /// further miss (up to 64), so a node whose answers come later than the window (a WAN, a
+    /// machine whose CPUs are all busy, where spinning only delays the thread that would
+    /// answer) stops paying for it, and tries again now and then.
+    fn spin_missed(&self) {
+        if !self.spinning.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let misses = self.misses.load(Ordering::Relaxed).saturating_add(1);
+        self.misses.store(misses, Ordering::Relaxed);
+        if misses >= MISSES_BEFORE_BACKOFF {
+            let exponent = (misses - MISSES_BEFORE_BACKOFF).min(MAX_BACKOFF_EXPONENT);
+            self.skip.store(1 << exponent, Ordering::Relaxed);
         }
     }
 
     fn in_window(&self) -> bool {
-        if self.window.is_zero() {
+        if self.window.is_zero() || self.skipping.load(Ordering::Relaxed) {
             return false;
         }
         let idle = self
@@ -117,6 +164,7 @@ impl AsyncUdpSocket for QuicSocket {
         match self.inner.poll_recv(cx, bufs, meta) {
             Poll::Ready(result) => {
                 if result.is_ok() {
+                    self.spin_paid_off();
                     self.touch();
                 }
                 Poll::Ready(result)
@@ -126,7 +174,10 @@ impl AsyncUdpSocket for QuicSocket {
                     // Pending now, polled again once the runtime has looked for I/O: the
                     // thread stays awake (other tasks still run in between) until the window
                     // closes. A fresh `yield_now` is always pending on its first poll.
+                    self.spinning.store(true, Ordering::Relaxed);
                     let _ = pin!(tokio::task::yield_now()).poll(cx);
+                } else {
+                    self.spin_missed();
                 }
                 Poll::Pending
             }
@@ -254,6 +305,32 @@ mod tests {
         // Never more than the socket itself supports.
         let socket = QuicSocket::new(Arc::new(Silent), 100, Duration::ZERO);
         assert_eq!(socket.max_transmit_segments(), 64);
+    }
+
+    #[test]
+    fn spinning_backs_off_after_windows_that_bring_nothing_and_resumes_when_one_does() {
+        let mut socket = QuicSocket::new(Arc::new(Silent), 1452, Duration::from_millis(100));
+        let window_without_answer = |socket: &mut QuicSocket| {
+            socket.try_send(&transmit(b"x")).unwrap();
+            let spun = poll_once(socket);
+            socket.epoch -= Duration::from_secs(1);
+            assert_eq!(poll_once(socket), 0, "the window passed");
+            spun
+        };
+        for _ in 0..MISSES_BEFORE_BACKOFF {
+            assert_eq!(window_without_answer(&mut socket), 1, "spins");
+        }
+        // Backing off: the next window is skipped, then one is tried again.
+        assert_eq!(window_without_answer(&mut socket), 0, "skipped");
+        assert_eq!(window_without_answer(&mut socket), 1, "tried again");
+        // That one missed too: two windows are skipped now.
+        assert_eq!(window_without_answer(&mut socket), 0);
+        assert_eq!(window_without_answer(&mut socket), 0);
+        assert_eq!(window_without_answer(&mut socket), 1);
+        // A datagram arriving while a spin is under way resets the back-off.
+        socket.spinning.store(true, Ordering::Relaxed);
+        socket.spin_paid_off();
+        assert_eq!(socket.misses.load(Ordering::Relaxed), 0);
     }
 
     #[test]

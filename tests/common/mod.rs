@@ -4,6 +4,7 @@
 
 pub mod logs;
 pub mod pattern;
+pub mod wire;
 
 use std::time::Duration;
 
