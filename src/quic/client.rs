@@ -176,16 +176,20 @@ async fn unary(
         stream = tracing::field::Empty,
     );
     let mut metrics = None;
-    let result = unary_call(
+    let call = unary_call(
         inner,
         (id, target),
         (kind, priority),
         request,
         started,
         (&span, &mut metrics),
-    )
-    .instrument(span.clone())
-    .await;
+    );
+    // Wrapped only when enabled: the wrapper is one more move of the call's state.
+    let result = if span.is_disabled() {
+        call.await
+    } else {
+        call.instrument(span.clone()).await
+    };
     record_call(inner, id, metrics, metric_kind, started, &result);
     result
 }
@@ -399,6 +403,7 @@ where
         stream = tracing::field::Empty,
     );
     let mut metrics = None;
+    // Snapshots are rare and long: always wrapped.
     let result = send_snapshot(inner, (id, target), request, data, (&span, &mut metrics))
         .instrument(span.clone())
         .await;

@@ -43,7 +43,8 @@ fn metric_kind(frame: &Frame) -> Option<Kind> {
 #[derive(Clone, Copy)]
 struct Served {
     kind: Kind,
-    started: std::time::Instant,
+    /// When the request was read whole (`None` for heartbeats, whose time is not recorded).
+    started: Option<std::time::Instant>,
 }
 
 /// How a request ended, by its answer (`None`: none was written).
@@ -284,7 +285,8 @@ impl Stream {
             // A pipeline (its appends are counted one by one) or a frame that opens nothing.
             return self.serve_other(frame, send, recv, reader).await;
         };
-        let started = std::time::Instant::now();
+        // Heartbeats' service times are not recorded: no clock read for them.
+        let started = (kind != Kind::Heartbeat).then(std::time::Instant::now);
         let span = tracing::debug_span!(
             "serve_rpc",
             peer = %self.peer,
@@ -293,16 +295,20 @@ impl Stream {
             stream = u64::from(recv.id()),
         );
         let served = Served { kind, started };
-        self.serve_request(frame, send, recv, rendezvous, held, served)
-            .instrument(span)
-            .await;
+        let serve = self.serve_request(frame, send, recv, rendezvous, held, served);
+        // Wrapped only when enabled: the wrapper is one more move of the request's state.
+        if span.is_disabled() {
+            serve.await
+        } else {
+            serve.instrument(span).await
+        }
     }
 
     /// Records how a request ended, before its answer is written (so a caller that has its
     /// answer finds it counted).
     fn record(&self, served: Served, outcome: ServeOutcome) {
         let answered = matches!(outcome, ServeOutcome::Ok | ServeOutcome::Error);
-        let elapsed = answered.then(|| served.started.elapsed());
+        let elapsed = served.started.filter(|_| answered).map(|s| s.elapsed());
         self.conn.metrics.served(served.kind, outcome, elapsed);
     }
 
