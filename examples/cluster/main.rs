@@ -37,6 +37,10 @@
 //! - `wait INDEX`: `OK` once this node has applied INDEX (at most 5 s, else `ERR ...`);
 //! - `leader`: `OK N` or `ERR no leader`; `status`: one line of the node's state;
 //! - `add ID ADDR`, `remove ID` (on the leader): membership changes.
+//!
+//! `--metrics ADDR` serves the transport's metrics (per peer: RPCs by kind and outcome,
+//! latencies, bytes, path RTT, loss, congestion window and MTU, ...) as Prometheus text at
+//! `http://ADDR/metrics`; the README lists them.
 
 mod demo;
 mod node;
