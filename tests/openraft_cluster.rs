@@ -470,13 +470,22 @@ async fn durable_nodes_resume_after_restart_and_catch_up_by_snapshot() {
         .unwrap()
         .raft
         .clone();
+    let mut first_ten = 0;
     for i in 0..10 {
-        write(leader.clone(), format!("k{i}"), format!("v{i}")).await;
+        first_ten = write(leader.clone(), format!("k{i}"), format!("v{i}")).await;
     }
 
-    // A follower stops; more writes, a snapshot, the log purged behind it.
+    // A follower stops; more writes, a snapshot, the log purged behind it. It has applied the
+    // first ten writes first (a write is acknowledged once a majority has it, which need not
+    // include this follower yet).
     let position = nodes.iter().position(|n| n.id != leader_id).unwrap();
     let behind = nodes.remove(position);
+    behind
+        .raft
+        .wait(Some(GUARD))
+        .applied_index_at_least(Some(first_ten), "the follower applies the first writes")
+        .await
+        .unwrap();
     let (behind_id, behind_addr) = (behind.id, behind.addr);
     let behind_applied = behind.raft.metrics().borrow().last_applied.unwrap().index;
     let behind_term = behind.raft.metrics().borrow().current_term;
