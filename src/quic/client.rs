@@ -218,7 +218,7 @@ async fn unary_call(
     inner
         .guarded(kind, deadline, async {
             let _active = conn.active();
-            let watchdog = inner.pool.watchdog(&conn, &inner.tasks, deadline);
+            let watchdog = inner.pool.watchdog(&conn.conn, &inner.tasks, deadline);
             let (mut send, mut recv) = conn
                 .conn
                 .open_bi()

@@ -142,8 +142,9 @@ struct Entry {
     /// Set while a new connection waits for the probe of the incumbent (see
     /// [`Pool::register`]); calls wait for it rather than use a connection that may be dead.
     settling: Option<Settling>,
-    /// The address calls last asked for: a different one means the peer moved.
-    target: Option<SocketAddr>,
+    /// The address the connection is confirmed for (it was dialled there, or calls named it
+    /// first): calls naming another address that is not the connection's mean the peer moved.
+    target: Option<ServerAddress>,
 }
 
 type Settling = Shared<BoxFuture<'static, ()>>;
@@ -212,9 +213,6 @@ impl Pool {
         id: &ServerId,
         target: &ServerAddress,
     ) -> Result<PeerConn, Error> {
-        // Parsed up front, but only an error when a dial needs it: a connection the peer
-        // dialled serves calls whatever address they name.
-        let addr = resolve(target);
         loop {
             let wait =
                 {
@@ -223,7 +221,7 @@ impl Pool {
                     if let Some(settling) = &entry.settling {
                         Wait::Settling(settling.clone())
                     } else {
-                        if let Some(conn) = self.usable(entry, addr.as_ref().ok(), target) {
+                        if let Some(conn) = self.usable(entry, target) {
                             return Ok(conn);
                         }
                         match &entry.dial {
@@ -254,13 +252,9 @@ impl Pool {
         }
     }
 
-    /// The entry's connection if calls to `addr` may use it; clears a dead one.
-    fn usable(
-        &self,
-        entry: &mut Entry,
-        addr: Option<&SocketAddr>,
-        target: &ServerAddress,
-    ) -> Option<PeerConn> {
+    /// The entry's connection if calls to `target` may use it; clears a dead one. The usual
+    /// case, the address it is confirmed for, is one string comparison.
+    fn usable(&self, entry: &mut Entry, target: &ServerAddress) -> Option<PeerConn> {
         let conn = entry.conn.clone()?;
         if !conn.is_alive() {
             // A connection closed by a refused certificate counts as a failed dial, so the
@@ -286,22 +280,23 @@ impl Pool {
             entry.target = None;
             return None;
         }
-        match (entry.target, addr) {
-            (Some(confirmed), Some(addr)) if confirmed != *addr => {
-                if conn.conn.remote_address() == *addr {
-                    entry.target = Some(*addr);
+        match &entry.target {
+            Some(confirmed) if confirmed == target => Some(conn),
+            Some(_) => match resolve(target) {
+                Ok(addr) if conn.conn.remote_address() == addr => {
+                    entry.target = Some(target.clone());
                     Some(conn)
-                } else {
-                    // The peer moved: dial it there. The register step keeps the old
-                    // connection only if it still answers.
-                    None
                 }
-            }
-            (None, Some(addr)) => {
-                entry.target = Some(*addr);
+                // The peer moved: dial it there. The register step keeps the old connection
+                // only if it still answers.
+                Ok(_) => None,
+                // Not an address to dial: the connection serves it, as any accepted one.
+                Err(_) => Some(conn),
+            },
+            None => {
+                entry.target = Some(target.clone());
                 Some(conn)
             }
-            _ => Some(conn),
         }
     }
 
@@ -320,7 +315,7 @@ impl Pool {
                 if let Some(entry) = self.entries().get_mut(id)
                     && entry.conn.as_ref().is_some_and(|c| c.same(&winner))
                 {
-                    entry.target = Some(addr);
+                    entry.target = Some(ServerAddress::from(addr));
                 }
                 Ok(winner)
             }
@@ -371,7 +366,7 @@ impl Pool {
     /// decides: the one dialled by the smaller server id wins (between two dialled by the
     /// same node, the newer), unless the winner is the older one and does not answer a probe
     /// (its peer crashed and restarted, or moved): then the new one wins. The loser is retired
-    /// (closed once idle); a dead incumbent is closed at once.
+    /// (closed once idle), a silent incumbent too, in case the probe was wrong.
     ///
     /// Cancel-safe: a cancelled probe leaves the incumbent in place and the new connection
     /// unregistered (it closes when its last handle drops).
@@ -477,7 +472,8 @@ impl Pool {
         if let Some(loser) = loser {
             self.retire(dialer, peer, entry, loser);
         }
-        entry.target = (winner.dialer == self.local_id).then(|| winner.conn.remote_address());
+        entry.target = (winner.dialer == self.local_id)
+            .then(|| ServerAddress::from(winner.conn.remote_address()));
         entry.conn = Some(winner.clone());
         winner
     }
@@ -507,9 +503,9 @@ impl Pool {
         dialer.spawn_retire(loser);
     }
 
-    /// How long a probe may wait for an answer: a few round trips plus the peer's ACK delay.
+    /// How long a probe of `conn` may wait for an answer.
     fn probe_timeout(&self, conn: &PeerConn) -> Duration {
-        (conn.conn.rtt() * 3 + PROBE_SLACK).clamp(PROBE_SLACK, self.probe_max.max(PROBE_SLACK))
+        probe_timeout(&conn.conn, self.probe_max)
     }
 
     /// Watches a call on `conn` that must be answered by `deadline`: if the call is dropped
@@ -517,17 +513,20 @@ impl Pool {
     /// closed if the peer does not answer. That is how a node learns that a peer restarted
     /// when the restarted process cannot reset the connection (it had dialled it and its
     /// handshake connection ID carries no reset token, or its reset keys changed).
-    pub(crate) fn watchdog(
+    ///
+    /// Costs nothing per call beyond the struct: it borrows, and reads the connection's RTT
+    /// (a lock in quinn) only when it fires.
+    pub(crate) fn watchdog<'a>(
         &self,
-        conn: &PeerConn,
-        tasks: &tokio_util::task::TaskTracker,
+        conn: &'a quinn::Connection,
+        tasks: &'a tokio_util::task::TaskTracker,
         deadline: Instant,
-    ) -> Watchdog {
+    ) -> Watchdog<'a> {
         Watchdog {
-            conn: conn.clone(),
-            tasks: tasks.clone(),
+            conn,
+            tasks,
             deadline,
-            timeout: self.probe_timeout(conn),
+            probe_max: self.probe_max,
             armed: true,
         }
     }
@@ -552,6 +551,19 @@ impl Pool {
             );
         }
         all
+    }
+
+    /// Closes every connection to `id` (the one in use and any being retired) with
+    /// `DISCONNECTED` and forgets the peer, its backoff included: the next call dials anew. A
+    /// dial under way is not stopped; if it completes, its connection is kept as usual.
+    pub(crate) fn disconnect(&self, id: &ServerId) {
+        let Some(entry) = self.entries().remove(id) else {
+            return;
+        };
+        for open in entry.conn.iter().chain(&entry.retiring) {
+            open.conn.close(conn::DISCONNECTED, b"disconnected");
+        }
+        tracing::debug!(peer = %id, "connections to the peer dropped");
     }
 
     /// Forgets every connection (on shutdown).
@@ -612,30 +624,36 @@ async fn probe(conn: quinn::Connection, timeout: Duration) -> bool {
     }
 }
 
+/// How long a probe may wait for an answer: a few round trips plus the peer's ACK delay, at
+/// most `max`.
+fn probe_timeout(conn: &quinn::Connection, max: Duration) -> Duration {
+    (conn.rtt() * 3 + PROBE_SLACK).clamp(PROBE_SLACK, max.max(PROBE_SLACK))
+}
+
 /// See [`Pool::watchdog`].
-pub(crate) struct Watchdog {
-    conn: PeerConn,
-    tasks: tokio_util::task::TaskTracker,
+pub(crate) struct Watchdog<'a> {
+    conn: &'a quinn::Connection,
+    tasks: &'a tokio_util::task::TaskTracker,
     deadline: Instant,
-    timeout: Duration,
+    probe_max: Duration,
     armed: bool,
 }
 
-impl Watchdog {
+impl Watchdog<'_> {
     /// The call got an answer (or failed on its own): nothing to check.
     pub(crate) fn answered(mut self) {
         self.armed = false;
     }
 }
 
-impl Drop for Watchdog {
+impl Drop for Watchdog<'_> {
     fn drop(&mut self) {
         // Dropped before its deadline: cancelled by the caller, which says nothing of the peer.
-        if !self.armed || Instant::now() < self.deadline || !self.conn.is_alive() {
+        if !self.armed || Instant::now() < self.deadline || self.conn.close_reason().is_some() {
             return;
         }
-        let conn = self.conn.conn.clone();
-        let timeout = self.timeout;
+        let conn = self.conn.clone();
+        let timeout = probe_timeout(&conn, self.probe_max);
         self.tasks.spawn(async move {
             if !probe(conn.clone(), timeout).await && conn.close_reason().is_none() {
                 tracing::info!(
@@ -686,19 +704,4 @@ fn resolve(target: &ServerAddress) -> Result<SocketAddr, Error> {
         peer: target.clone(),
         reason: "not an ip:port socket address".to_owned(),
     })
-}
-
-impl Pool {
-    /// Closes every connection to `id` (the one in use and any being retired) with
-    /// `DISCONNECTED` and forgets the peer, its backoff included: the next call dials anew. A
-    /// dial under way is not stopped; if it completes, its connection is kept as usual.
-    pub(crate) fn disconnect(&self, id: &ServerId) {
-        let Some(entry) = self.entries().remove(id) else {
-            return;
-        };
-        for open in entry.conn.iter().chain(&entry.retiring) {
-            open.conn.close(conn::DISCONNECTED, b"disconnected");
-        }
-        tracing::debug!(peer = %id, "connections to the peer dropped");
-    }
 }
