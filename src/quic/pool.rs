@@ -668,8 +668,9 @@ impl Drop for Watchdog<'_> {
 
 /// Clears an entry's `settling` mark if the register that set it is cancelled mid-probe
 /// (otherwise the register clears it when it decides, under the same lock).
-/// Dropped after the mark is cleared (fields drop after `drop` runs), `_done` then wakes the
-/// calls and registrations waiting for the contest.
+///
+/// `_done` drops after `drop` has run (fields drop last), so the calls and registrations
+/// waiting for the contest are woken only once the mark is cleared.
 struct Settled<'a> {
     pool: &'a Pool,
     peer: &'a ServerId,

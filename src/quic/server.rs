@@ -467,6 +467,9 @@ impl Stream {
             .saturating_mul(CONSUMER_WAIT_FACTOR);
         let held = held.map(|held| Box::new(held) as Held);
         let dispatched = tokio::select! {
+            // The queue first: it usually takes the request at once, and then the connection's
+            // state (behind a lock in quinn) is not looked at.
+            biased;
             dispatched = tokio::time::timeout(wait, self.inner.dispatcher.dispatch_held(rpc, held)) => dispatched,
             // Nobody to answer: dropping the wait drops the request and what it held.
             _ = self.conn.conn.closed() => return None,
