@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{RpcKind, ServerAddress};
+use crate::tls::TlsError;
 
 /// Why an RPC failed, typed so an engine can choose: back off ([`Error::Unreachable`]), retry
 /// ([`Error::ConnectionLost`], [`Error::Timeout`]), or give up ([`Error::Shutdown`]).
@@ -78,7 +79,7 @@ pub enum Error {
     },
     /// The configuration given to the transport is unusable.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     /// A local I/O error, such as reading the snapshot source.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -89,6 +90,27 @@ impl Error {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Self::Unreachable { .. })
     }
+}
+
+/// Why a configuration is unusable ([`Error::Config`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The certificate, key, roots or revocation lists cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A QUIC setting quinn refuses.
+    #[error("{setting}: {source}")]
+    Quic {
+        /// The setting, with its value.
+        setting: String,
+        /// quinn's reason.
+        #[source]
+        source: quinn::ConfigError,
+    },
+    /// Settings out of range or contradicting each other, or no runtime to run in.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// A limit a request must keep to, named by [`Error::LimitExceeded`]. Both transports enforce

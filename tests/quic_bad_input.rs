@@ -852,7 +852,7 @@ async fn a_budget_smaller_than_the_frame_limit_is_refused_at_bind() {
         .max_message_size(1 << 20)
         .max_buffered_bytes_per_peer((1 << 20) - 1);
     match QuicTransport::bind(config).await {
-        Err(quicraft::Error::Config(why)) => {
+        Err(quicraft::Error::Config(quicraft::ConfigError::Invalid(why))) => {
             assert!(why.contains("max_buffered_bytes_per_peer"), "{why}");
         }
         other => panic!("expected a configuration error, got {other:?}"),

@@ -379,7 +379,8 @@ async fn transport_cannot_bind_with_a_certificate_of_another_cluster() {
     let fixture = Fixture::new("prod");
     let other = fixture.issue_with("n1", &NodeCertOptions::default().cluster("other"));
     match QuicTransport::bind(fixture.config_for(other.identity)).await {
-        Err(Error::Config(message)) => {
+        Err(Error::Config(quicraft::ConfigError::Tls(error))) => {
+            let message = error.to_string();
             assert!(message.contains("spiffe://other/node/n1"), "{message}");
         }
         Err(other) => panic!("expected Error::Config, got {other:?}"),

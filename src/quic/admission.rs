@@ -24,9 +24,8 @@ use std::time::{Duration, Instant};
 
 use super::codes;
 use super::metrics::{self, HandshakeFailure};
-use super::pool::PeerConn;
+use super::pool::Pool;
 use super::stats::Counters;
-use super::{Inner, server};
 use crate::command::ServerId;
 use crate::sanitize::untrusted;
 use crate::tls::peer_spiffe_id;
@@ -224,13 +223,25 @@ pub(super) fn configure(server: &mut quinn::ServerConfig) {
         .incoming_buffer_size_total(ATTEMPT_BUFFER_TOTAL);
 }
 
+/// The accepting side of a node: what it admits, and where admitted connections go.
+pub(super) struct Acceptor {
+    pub(super) pool: Arc<Pool>,
+    pub(super) limits: Limits,
+    /// The cluster every peer's certificate must name (a node's cluster never changes).
+    pub(super) cluster: String,
+    pub(super) handshake_timeout: Duration,
+    pub(super) stats: Arc<Counters>,
+    pub(super) shutdown: tokio_util::sync::CancellationToken,
+    pub(super) tasks: tokio_util::task::TaskTracker,
+}
+
 /// Accepts connections until shutdown: decides on each attempt at once, then runs each
 /// admitted handshake on its own task.
-pub(super) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
-    let admission = Admission::new(inner.config.admission_limits(), inner.stats.clone());
+pub(super) async fn accept_loop(acceptor: Arc<Acceptor>, endpoint: quinn::Endpoint) {
+    let admission = Admission::new(acceptor.limits, acceptor.stats.clone());
     loop {
         let incoming = tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
+            _ = acceptor.shutdown.cancelled() => return,
             incoming = endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { return };
@@ -243,10 +254,12 @@ pub(super) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
             now,
         ) {
             Decision::Accept(guard) => {
-                inner.tasks.spawn(accept(inner.clone(), incoming, guard));
+                acceptor
+                    .tasks
+                    .spawn(accept(acceptor.clone(), incoming, guard));
             }
             Decision::Retry => {
-                inner.stats.handshake_retried();
+                acceptor.stats.handshake_retried();
                 tracing::trace!(%remote, "asking an incoming handshake to validate its address");
                 if let Err(e) = incoming.retry() {
                     // Only when the attempt already carried a Retry token, which `may_retry`
@@ -255,7 +268,7 @@ pub(super) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 }
             }
             Decision::Refuse(why) => {
-                inner.stats.handshake_refused();
+                acceptor.stats.handshake_refused();
                 admission.log_refusal(remote, why, now);
                 incoming.refuse();
             }
@@ -264,11 +277,11 @@ pub(super) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
 }
 
 /// Runs one admitted handshake, checks who the peer is, and serves the connection.
-async fn accept(inner: Arc<Inner>, incoming: quinn::Incoming, in_progress: InProgress) {
+async fn accept(acceptor: Arc<Acceptor>, incoming: quinn::Incoming, in_progress: InProgress) {
     let remote = incoming.remote_address();
-    let timeout = inner.config.connect_timeout;
+    let timeout = acceptor.handshake_timeout;
     let handshake = tokio::select! {
-        _ = inner.shutdown.cancelled() => return,
+        _ = acceptor.shutdown.cancelled() => return,
         handshake = tokio::time::timeout(timeout, incoming) => handshake,
     };
     drop(in_progress);
@@ -301,7 +314,7 @@ async fn accept(inner: Arc<Inner>, incoming: quinn::Incoming, in_progress: InPro
     };
     // The TLS verifier proved the chain and the cluster; the node id names the peer.
     let peer = match peer_spiffe_id(conn.peer_identity()) {
-        Ok(id) if id.cluster() == inner.tls().cluster() => ServerId::from(id.node()),
+        Ok(id) if id.cluster() == acceptor.cluster => ServerId::from(id.node()),
         Ok(id) => {
             tracing::warn!(%remote, peer = %id, "refusing a peer of another cluster");
             conn.close(codes::conn::IDENTITY, b"wrong cluster");
@@ -317,9 +330,7 @@ async fn accept(inner: Arc<Inner>, incoming: quinn::Incoming, in_progress: InPro
     };
     tracing::debug!(%remote, %peer, "accepted connection");
     metrics::connection_opened(&peer, "accepted");
-    let conn = PeerConn::new(conn, peer.clone(), inner.peer_metrics.peer(&peer));
-    inner.pool.register(&inner, &peer, conn.clone()).await;
-    server::serve_connection(inner, peer, conn).await;
+    acceptor.pool.accepted(peer, conn).await;
 }
 
 #[cfg(test)]

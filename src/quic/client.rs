@@ -12,8 +12,9 @@ use super::io::{
     FrameReader, ReadFrameError, ResetOnDrop, WriteFrameError, copy_exact_to_stream, write_frame,
 };
 use super::metrics::{CallOutcome, CountingRead, Kind, PeerMetrics};
-use super::pool::PeerConn;
-use super::{Inner, priority};
+use super::pool::{PeerConn, Pool};
+use super::priority;
+use super::stats::Counters;
 use crate::codec::{self, Frame};
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, Command, InstallSnapshotRequest,
@@ -23,10 +24,33 @@ use crate::command::{
 };
 use crate::error::{Error, ErrorCode};
 use crate::transport::{
-    check_entries, check_request, encode_error, snapshot_timeout, stream_until_answer,
+    AddressResolver, check_entries, check_request, encode_error, snapshot_timeout,
+    stream_until_answer,
 };
 
-impl Inner {
+/// The calling side of a node: the pool it calls through, where it finds peers, and the
+/// settings calls read.
+pub(crate) struct Client {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) resolver: AddressResolver,
+    pub(crate) settings: CallSettings,
+    /// The node's counters (hedged heartbeats).
+    pub(crate) stats: Arc<Counters>,
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    pub(crate) tasks: tokio_util::task::TaskTracker,
+}
+
+/// The settings of [`QuicConfig`](super::QuicConfig) that calls read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CallSettings {
+    pub(crate) rpc_timeout: std::time::Duration,
+    pub(crate) max_message_size: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) snapshot_bytes_per_timeout: u64,
+    pub(crate) heartbeat_hedge: Option<std::time::Duration>,
+}
+
+impl Client {
     /// The connection to `id`, dialled at the provider's address for it or at `target`, by
     /// `deadline`. A connection not up by then is [`Error::Unreachable`], never
     /// [`Error::Timeout`]: whichever of the dial's own timeout and the RPC's deadline comes
@@ -34,7 +58,7 @@ impl Inner {
     /// this before [`guarded`](Self::guarded) starts the rest of the RPC, so the two deadlines
     /// never race.
     pub(super) async fn connection(
-        self: &Arc<Self>,
+        &self,
         id: &ServerId,
         target: &ServerAddress,
         deadline: Instant,
@@ -47,7 +71,7 @@ impl Inner {
         let got = tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => return Err(Error::Shutdown),
-            got = tokio::time::timeout_at(deadline, self.pool.get(self, id, &target)) => got,
+            got = tokio::time::timeout_at(deadline, self.pool.get(id, &target)) => got,
         };
         match got {
             Ok(conn) => Ok((conn?, target)),
@@ -144,21 +168,21 @@ pub(super) fn term_of(frame: &Frame) -> u64 {
 /// Records a call's outcome and latency in the peer's metrics: those its connection carries,
 /// or (when it failed before it had one) the peer's from the registry.
 pub(super) fn record_call<T>(
-    inner: &Inner,
+    client: &Client,
     id: &ServerId,
     metrics: Option<Arc<PeerMetrics>>,
     kind: Kind,
     started: Instant,
     result: &Result<T, Error>,
 ) {
-    let metrics = metrics.unwrap_or_else(|| inner.peer_metrics.peer(id));
+    let metrics = metrics.unwrap_or_else(|| client.pool.peer_metrics(id));
     metrics.call(kind, CallOutcome::of(result), started.elapsed());
 }
 
 /// One request on a new bidirectional stream, and its answer, in a `rpc` span (debug level:
 /// peer, kind, term, and the stream once opened), recorded in the peer's metrics.
 async fn unary(
-    inner: &Arc<Inner>,
+    client: &Arc<Client>,
     id: &ServerId,
     target: &ServerAddress,
     kind: RpcKind,
@@ -177,7 +201,7 @@ async fn unary(
     );
     let mut metrics = None;
     let call = unary_call(
-        inner,
+        client,
         (id, target),
         (kind, priority),
         request,
@@ -190,7 +214,7 @@ async fn unary(
     } else {
         call.instrument(span.clone()).await
     };
-    record_call(inner, id, metrics, metric_kind, started, &result);
+    record_call(client, id, metrics, metric_kind, started, &result);
     result
 }
 
@@ -198,27 +222,27 @@ async fn unary(
 /// encoded before anything else, so one that exceeds them dials nothing. Leaves the
 /// connection's metric handles in `metrics` once it has one.
 async fn unary_call(
-    inner: &Arc<Inner>,
+    client: &Arc<Client>,
     (id, target): (&ServerId, &ServerAddress),
     (kind, priority): (RpcKind, i32),
     request: Frame,
     started: Instant,
     (span, metrics): (&tracing::Span, &mut Option<Arc<PeerMetrics>>),
 ) -> Result<Response, Error> {
-    let deadline = started + inner.config.rpc_timeout;
-    let max = inner.config.max_message_size;
+    let deadline = started + client.settings.rpc_timeout;
+    let max = client.settings.max_message_size;
     if let Frame::AppendEntries(append) = &request {
         check_entries(append)?;
     }
     let mut encoded = BytesMut::with_capacity(256);
     codec::encode(&request, &mut encoded, max).map_err(|e| encode_error(kind, e))?;
     let encoded = encoded.freeze();
-    let (conn, peer) = inner.connection(id, target, deadline).await?;
+    let (conn, peer) = client.connection(id, target, deadline).await?;
     *metrics = Some(conn.metrics.clone());
-    inner
+    client
         .guarded(kind, deadline, async {
             let _active = conn.active();
-            let watchdog = inner.pool.watchdog(&conn.conn, &inner.tasks, deadline);
+            let watchdog = client.pool.watchdog(&conn.conn, deadline);
             let (mut send, mut recv) = conn
                 .conn
                 .open_bi()
@@ -242,7 +266,7 @@ async fn unary_call(
 macro_rules! unary_call {
     ($name:ident, $request:ty, $response:ty, $kind:ident, $priority:expr) => {
         pub(super) async fn $name(
-            inner: &Arc<Inner>,
+            client: &Arc<Client>,
             id: &ServerId,
             target: &ServerAddress,
             request: $request,
@@ -250,7 +274,7 @@ macro_rules! unary_call {
             #[allow(clippy::redundant_closure_call)]
             let priority = ($priority)(&request);
             let response = unary(
-                inner,
+                client,
                 id,
                 target,
                 RpcKind::$kind,
@@ -268,15 +292,15 @@ macro_rules! unary_call {
 /// AppendEntries on its own stream; a heartbeat hedged when `QuicConfig::heartbeat_hedge`
 /// says so.
 pub(super) async fn append_entries(
-    inner: &Arc<Inner>,
+    client: &Arc<Client>,
     id: &ServerId,
     target: &ServerAddress,
     request: AppendEntriesRequest,
 ) -> Result<AppendEntriesResponse, Error> {
     let kind = RpcKind::AppendEntries;
     let heartbeat = request.is_heartbeat();
-    let response = match inner.config.heartbeat_hedge {
-        Some(delay) if heartbeat => hedged_heartbeat(inner, id, target, request, delay).await?,
+    let response = match client.settings.heartbeat_hedge {
+        Some(delay) if heartbeat => hedged_heartbeat(client, id, target, request, delay).await?,
         _ => {
             let priority = if heartbeat {
                 priority::CONTROL
@@ -284,7 +308,7 @@ pub(super) async fn append_entries(
                 priority::APPEND
             };
             unary(
-                inner,
+                client,
                 id,
                 target,
                 kind,
@@ -306,21 +330,21 @@ pub(super) async fn append_entries(
 ///
 /// Cancel-safe: dropping it drops both calls.
 async fn hedged_heartbeat(
-    inner: &Arc<Inner>,
+    client: &Arc<Client>,
     id: &ServerId,
     target: &ServerAddress,
     request: AppendEntriesRequest,
     delay: std::time::Duration,
 ) -> Result<Response, Error> {
     let kind = RpcKind::AppendEntries;
-    let deadline = Instant::now() + inner.config.rpc_timeout;
+    let deadline = Instant::now() + client.settings.rpc_timeout;
     // The delay counts from when the request can go out, not from a dial.
-    inner.connection(id, target, deadline).await?;
-    inner
+    client.connection(id, target, deadline).await?;
+    client
         .guarded(kind, deadline, async {
             let copy = Frame::AppendEntries(request.clone());
             let original = unary(
-                inner,
+                client,
                 id,
                 target,
                 kind,
@@ -333,13 +357,13 @@ async fn hedged_heartbeat(
                 answer = &mut original => return answer,
                 () = tokio::time::sleep(delay) => {}
             }
-            let counters = &inner.stats;
+            let counters = &client.stats;
             counters.heartbeat_copy_sent();
-            let peer_metrics = inner.peer_metrics.peer(id);
+            let peer_metrics = client.pool.peer_metrics(id);
             peer_metrics.heartbeat_copy_sent();
             tracing::trace!(peer = %id, ?delay, "heartbeat unanswered: sending a copy");
             let copy = async {
-                match unary(inner, id, target, kind, priority::CONTROL, copy).await {
+                match unary(client, id, target, kind, priority::CONTROL, copy).await {
                     Ok(answer) => answer,
                     // Left to the original, which ends by the shared deadline.
                     Err(_) => std::future::pending().await,
@@ -385,7 +409,7 @@ unary_call!(
 /// In a `rpc` span (debug level) and recorded in the peer's metrics like the unary calls; the
 /// data's bytes are counted as they are read from `data`.
 pub(super) async fn install_snapshot<R>(
-    inner: &Arc<Inner>,
+    client: &Arc<Client>,
     id: &ServerId,
     target: &ServerAddress,
     request: InstallSnapshotRequest,
@@ -404,7 +428,7 @@ where
     );
     let mut metrics = None;
     // Snapshots are rare and long: always wrapped.
-    let result = send_snapshot(inner, (id, target), request, data, (&span, &mut metrics))
+    let result = send_snapshot(client, (id, target), request, data, (&span, &mut metrics))
         .instrument(span.clone())
         .await;
     if result.is_ok()
@@ -412,13 +436,13 @@ where
     {
         metrics.snapshot_sent();
     }
-    record_call(inner, id, metrics, Kind::InstallSnapshot, started, &result);
+    record_call(client, id, metrics, Kind::InstallSnapshot, started, &result);
     result
 }
 
 /// [`install_snapshot`] without the span and the call's metrics.
 async fn send_snapshot<R>(
-    inner: &Arc<Inner>,
+    client: &Arc<Client>,
     (id, target): (&ServerId, &ServerAddress),
     request: InstallSnapshotRequest,
     data: R,
@@ -429,17 +453,17 @@ where
 {
     let size = request.size;
     let timeout = snapshot_timeout(
-        inner.config.rpc_timeout,
+        client.settings.rpc_timeout,
         size,
-        inner.config.snapshot_bytes_per_timeout,
+        client.settings.snapshot_bytes_per_timeout,
     );
     let deadline = Instant::now() + timeout;
-    let max = inner.config.max_message_size;
+    let max = client.settings.max_message_size;
     check_request(&Command::InstallSnapshot(request.clone()), max)?;
-    let (conn, peer) = inner.connection(id, target, deadline).await?;
+    let (conn, peer) = client.connection(id, target, deadline).await?;
     *metrics = Some(conn.metrics.clone());
     let mut data = CountingRead::new(data, conn.metrics.snapshot_sent_bytes());
-    let response = inner
+    let response = client
         .guarded(RpcKind::InstallSnapshot, deadline, async {
             let _active = conn.active();
             let data_stream = conn

@@ -491,10 +491,10 @@ impl QuicConfig {
     pub(super) fn check_frame_budget(&self) -> Result<(), crate::Error> {
         let budget = self.frame_budget();
         if budget < self.max_message_size {
-            return Err(crate::Error::Config(format!(
+            return Err(crate::Error::Config(crate::ConfigError::Invalid(format!(
                 "max_buffered_bytes_per_peer ({budget}) is smaller than max_message_size ({})",
                 self.max_message_size
-            )));
+            ))));
         }
         Ok(())
     }

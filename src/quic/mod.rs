@@ -5,6 +5,7 @@ mod admission;
 mod client;
 mod codes;
 mod config;
+mod connector;
 mod io;
 mod metrics;
 mod pipeline;
@@ -18,10 +19,8 @@ mod socket;
 mod stats;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,13 +34,15 @@ use crate::command::{
     RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse,
     ServerAddress, ServerId, TimeoutNowRequest, TimeoutNowResponse,
 };
-use crate::error::Error;
-use crate::tls::{SERVER_NAME, TlsContext};
+use crate::error::{ConfigError, Error};
+use crate::tls::TlsContext;
 use crate::transport::{
     AddressResolver, AppendPipeline, Dispatcher, HeartbeatHandler, Incoming, Transport, decode_peer,
 };
-use metrics::HandshakeFailure;
-use pool::{DialFailure, PeerConn, Pool};
+use client::{CallSettings, Client};
+use connector::Connector;
+use pool::{Pool, PoolTiming};
+use server::{ServeLimits, Server};
 
 /// Stream priorities: higher is sent first (quinn `SendStream::set_priority`).
 mod priority {
@@ -75,30 +76,31 @@ mod priority {
 ///   a peer unreachable after several dials, bad input from a peer).
 #[derive(Clone)]
 pub struct QuicTransport {
-    inner: Arc<Inner>,
+    node: Arc<Node>,
 }
 
-pub(crate) struct Inner {
-    config: QuicConfig,
+/// One node: its calling and serving sides, and what they share (the pool of connections,
+/// the shutdown signal, the tasks).
+struct Node {
     local_id: ServerId,
     local_addr: ServerAddress,
     socket_addr: SocketAddr,
-    /// Swapped whole by `reload_tls`; dials and accepts take a clone.
-    tls: std::sync::RwLock<TlsContext>,
-    tls_reloads: tokio::sync::watch::Sender<u64>,
-    transport_config: Arc<quinn::TransportConfig>,
-    endpoint: Mutex<Option<quinn::Endpoint>>,
-    pool: Pool,
-    /// What the node's connections hold (`QuicTransport::stats`), shared by their streams.
-    stats: Arc<stats::Counters>,
-    /// What each peer's requests may hold, shared by the peer's connections.
-    budgets: io::PeerBudgets,
-    /// Each peer's metric handles.
-    peer_metrics: metrics::PeerRegistry,
-    dispatcher: Dispatcher,
-    resolver: AddressResolver,
+    client: Arc<Client>,
+    server: Arc<Server>,
+    /// Whether stale revocation lists fail closed, for the files watched.
+    enforce_next_update: bool,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+}
+
+impl Node {
+    fn pool(&self) -> &Arc<Pool> {
+        &self.client.pool
+    }
+
+    fn connector(&self) -> &Connector {
+        self.client.pool.connector()
+    }
 }
 
 impl QuicTransport {
@@ -114,19 +116,16 @@ impl QuicTransport {
             config.identity.clone(),
             config.roots.clone(),
         )
-        .map_err(|e| Error::Config(e.to_string()))?
+        .map_err(|e| Error::Config(e.into()))?
         .with_revocation(config.revocation.clone());
         let local_id = ServerId::from(tls.local_id().node());
         config.check_frame_budget()?;
         let transport_config = Arc::new(transport_config(&config)?);
-        let mut server_config = tls
-            .server_config()
-            .map_err(|e| Error::Config(e.to_string()))?;
-        server_config.transport_config(transport_config.clone());
-        admission::configure(&mut server_config);
+        let server_config = connector::server_config(&tls, &transport_config)?;
         let socket = udp_socket(config.bind, config.udp_buffer_size)?;
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| Error::Config("QuicTransport::bind needs a tokio runtime".to_owned()))?;
+        let runtime = quinn::default_runtime().ok_or_else(|| {
+            ConfigError::Invalid("QuicTransport::bind needs a tokio runtime".to_owned())
+        })?;
         let socket: Arc<dyn quinn::AsyncUdpSocket> = Arc::new(socket::QuicSocket::new(
             runtime.wrap_udp_socket(socket)?,
             config.max_udp_payload,
@@ -139,64 +138,110 @@ impl QuicTransport {
             runtime,
         )?;
         let socket_addr = endpoint.local_addr()?;
-        let local_addr = ServerAddress::from(config.advertise.unwrap_or(socket_addr));
-        let (dispatcher, incoming) = Dispatcher::new(config.consumer_capacity);
-        let inner = Arc::new(Inner {
-            pool: Pool::new(
-                local_id.clone(),
-                config.backoff_base,
-                config.backoff_max,
-                config.connect_timeout,
-            ),
-            resolver: AddressResolver::new(config.address_provider.clone()),
-            stats: Arc::default(),
-            budgets: io::PeerBudgets::default(),
-            peer_metrics: metrics::PeerRegistry::default(),
-            local_id,
-            local_addr,
-            socket_addr,
-            tls: std::sync::RwLock::new(tls),
-            tls_reloads: tokio::sync::watch::Sender::new(0),
+        let connector = Connector::new(
+            endpoint.clone(),
+            tls,
             transport_config,
-            endpoint: Mutex::new(Some(endpoint.clone())),
+            config.connect_timeout,
+        );
+
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let stats = Arc::<stats::Counters>::default();
+        let (dispatcher, incoming) = Dispatcher::new(config.consumer_capacity);
+        let server = Arc::new(Server {
+            limits: ServeLimits {
+                max_message_size: config.max_message_size,
+                rpc_timeout: config.rpc_timeout,
+                max_in_flight: config.max_in_flight,
+                max_snapshot_streams: config.max_snapshot_streams,
+                initial_streams: config.initial_streams(),
+                max_streams: config.max_streams,
+                frame_budget: config.frame_budget(),
+            },
             dispatcher,
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            config,
+            budgets: io::PeerBudgets::default(),
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
         });
-        inner
-            .tasks
-            .spawn(admission::accept_loop(inner.clone(), endpoint));
+        let timing = PoolTiming {
+            backoff_base: config.backoff_base,
+            backoff_max: config.backoff_max,
+            probe_max: config.connect_timeout,
+            retire_grace: config.rpc_timeout + config.connect_timeout,
+        };
+        let pool = Arc::new(Pool::new(
+            local_id.clone(),
+            timing,
+            connector,
+            server.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        let client = Arc::new(Client {
+            pool: pool.clone(),
+            resolver: AddressResolver::new(config.address_provider.clone()),
+            settings: CallSettings {
+                rpc_timeout: config.rpc_timeout,
+                max_message_size: config.max_message_size,
+                max_in_flight: config.max_in_flight,
+                snapshot_bytes_per_timeout: config.snapshot_bytes_per_timeout,
+                heartbeat_hedge: config.heartbeat_hedge,
+            },
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        });
+        let acceptor = Arc::new(admission::Acceptor {
+            pool: pool.clone(),
+            limits: config.admission_limits(),
+            cluster: config.cluster.clone(),
+            handshake_timeout: config.connect_timeout,
+            stats,
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        });
+        tasks.spawn(admission::accept_loop(acceptor, endpoint));
         metrics::describe();
-        inner.tasks.spawn(inner.clone().sample_metrics());
-        if let Some((files, interval)) = inner.config.watch.clone() {
-            inner
-                .tasks
-                .spawn(inner.clone().watch_files(files, interval));
+        tasks.spawn(metrics::sample(pool, server.clone()));
+        let node = Arc::new(Node {
+            local_id,
+            local_addr: ServerAddress::from(config.advertise.unwrap_or(socket_addr)),
+            socket_addr,
+            client,
+            server,
+            enforce_next_update: config.revocation.enforces_next_update(),
+            shutdown,
+            tasks,
+        });
+        if let Some((files, interval)) = config.watch {
+            node.tasks
+                .spawn(reload::watch_files(node.clone(), files, interval));
         }
-        tracing::info!(id = %inner.local_id, addr = %inner.socket_addr, "quicraft transport listening");
-        Ok((Self { inner }, incoming))
+        tracing::info!(id = %node.local_id, addr = %node.socket_addr, "quicraft transport listening");
+        Ok((Self { node }, incoming))
     }
 
     /// This node's server id, from its certificate.
     pub fn local_id(&self) -> &ServerId {
-        &self.inner.local_id
+        &self.node.local_id
     }
 
     /// The UDP address the endpoint is bound to (with the real port when bound to port 0).
     pub fn local_socket_addr(&self) -> SocketAddr {
-        self.inner.socket_addr
+        self.node.socket_addr
     }
 
     /// The peers this node holds a live connection to, with whether this node dialled it.
     pub fn connections(&self) -> Vec<ConnectionInfo> {
-        self.inner
-            .pool
+        self.node
+            .pool()
             .connections()
             .into_iter()
             .filter(|(_, c)| c.is_alive())
             .map(|(peer, c)| ConnectionInfo {
-                dialled_by_us: c.dialer == self.inner.local_id,
+                dialled_by_us: c.dialer == self.node.local_id,
                 remote: c.conn.remote_address(),
                 rtt: c.conn.rtt(),
                 mtu: c.conn.stats().path.current_mtu,
@@ -207,20 +252,24 @@ impl QuicTransport {
 
     /// QUIC connections open on this node's endpoint, including any being retired.
     pub fn open_connections(&self) -> usize {
-        self.inner.endpoint().map_or(0, |e| e.open_connections())
+        self.node
+            .connector()
+            .endpoint()
+            .map_or(0, |e| e.open_connections())
     }
 
     /// Tasks the transport is running (accept loop, connections, streams). Zero after
     /// [`close`](Transport::close).
     pub fn task_count(&self) -> usize {
-        self.inner.tasks.len()
+        self.node.tasks.len()
     }
 
     /// What the transport holds for its peers now: bytes of incoming frames (and their peak
     /// since bind), RPCs queued for the consumer, request streams being served. Cheap enough
     /// to poll: atomic loads and one short lock.
     pub fn stats(&self) -> TransportStats {
-        self.inner.stats.stats(self.inner.dispatcher.queued())
+        let server = &self.node.server;
+        server.stats.stats(server.dispatcher.queued())
     }
 }
 
@@ -244,8 +293,8 @@ pub struct ConnectionInfo {
 impl std::fmt::Debug for QuicTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuicTransport")
-            .field("id", &self.inner.local_id)
-            .field("addr", &self.inner.socket_addr)
+            .field("id", &self.node.local_id)
+            .field("addr", &self.node.socket_addr)
             .finish_non_exhaustive()
     }
 }
@@ -277,11 +326,11 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpS
 fn endpoint_config(config: &QuicConfig) -> Result<quinn::EndpointConfig, Error> {
     let keys = match &config.reset_secret {
         Some(secret) if secret.len() < reset::MIN_SECRET_LEN => {
-            return Err(Error::Config(format!(
+            return Err(Error::Config(ConfigError::Invalid(format!(
                 "the stateless reset secret has {} bytes; at least {} are needed",
                 secret.len(),
                 reset::MIN_SECRET_LEN
-            )));
+            ))));
         }
         Some(secret) => reset::ResetKeys::derive(secret),
         None => reset::ResetKeys::derive(config.identity.key().secret_der()),
@@ -292,7 +341,10 @@ fn endpoint_config(config: &QuicConfig) -> Result<quinn::EndpointConfig, Error> 
     let accept = config.max_udp_payload.max(1472);
     endpoint
         .max_udp_payload_size(accept)
-        .map_err(|e| Error::Config(format!("max UDP payload {accept}: {e}")))?;
+        .map_err(|source| ConfigError::Quic {
+            setting: format!("max UDP payload {accept}"),
+            source,
+        })?;
     Ok(endpoint)
 }
 
@@ -302,7 +354,7 @@ const PROBE_DATAGRAM_BUFFER: usize = 1024;
 fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error> {
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|_| {
-        Error::Config(format!(
+        ConfigError::Invalid(format!(
             "idle timeout {:?} is too long",
             config.idle_timeout
         ))
@@ -335,168 +387,9 @@ fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error
     Ok(transport)
 }
 
-impl Inner {
-    fn endpoint(&self) -> Option<quinn::Endpoint> {
-        self.endpoint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn dial_failure_shutdown(&self) -> Option<DialFailure> {
-        self.shutdown
-            .is_cancelled()
-            .then_some(DialFailure::Shutdown)
-    }
-
-    /// Dials `id` at `addr` and serves the connection; the pool learns the outcome.
-    async fn dial(
-        self: Arc<Self>,
-        id: ServerId,
-        addr: SocketAddr,
-    ) -> Result<PeerConn, DialFailure> {
-        let outcome = self.connect(&id, addr).await;
-        if let Ok(conn) = &outcome {
-            self.tasks.spawn(server::serve_connection(
-                self.clone(),
-                id.clone(),
-                conn.clone(),
-            ));
-        }
-        self.pool.dial_finished(&self, &id, outcome).await
-    }
-
-    async fn connect(&self, id: &ServerId, addr: SocketAddr) -> Result<PeerConn, DialFailure> {
-        if let Some(failure) = self.dial_failure_shutdown() {
-            return Err(failure);
-        }
-        let endpoint = self.endpoint().ok_or(DialFailure::Shutdown)?;
-        let mut client = self
-            .tls()
-            .client_config(id.as_str())
-            .map_err(|e| DialFailure::Unreachable(format!("cannot dial {id}: {e}")))?;
-        client.transport_config(self.transport_config.clone());
-        let connecting = endpoint
-            .connect_with(client, addr, SERVER_NAME)
-            .map_err(|e| DialFailure::Unreachable(format!("cannot dial {addr}: {e}")))?;
-        let timeout = self.config.connect_timeout;
-        let connected = tokio::select! {
-            _ = self.shutdown.cancelled() => return Err(DialFailure::Shutdown),
-            connected = tokio::time::timeout(timeout, connecting) => connected,
-        };
-        match connected {
-            Ok(Ok(conn)) => {
-                tracing::debug!(peer = %id, %addr, "connected");
-                metrics::connection_opened(id, "dialled");
-                Ok(PeerConn::new(
-                    conn,
-                    self.local_id.clone(),
-                    self.peer_metrics.peer(id),
-                ))
-            }
-            Ok(Err(e)) if codes::is_authentication_failure(&e) => {
-                match codes::refused_by_peer(&e) {
-                    Some(why) => {
-                        tracing::warn!("node {id} at {addr} refused this node: {why}");
-                        metrics::handshake_failed("outgoing", HandshakeFailure::RefusedByPeer);
-                    }
-                    // Refused here: the verifier logged why, in one line.
-                    None => {
-                        tracing::debug!(peer = %id, %addr, "handshake refused by this node");
-                        metrics::handshake_failed("outgoing", HandshakeFailure::RefusedHere);
-                    }
-                }
-                // The close reason is the peer's text.
-                let e = crate::sanitize::untrusted(e);
-                Err(DialFailure::Authentication(format!(
-                    "handshake with {id} at {addr} refused: {e}"
-                )))
-            }
-            Ok(Err(e)) => {
-                metrics::handshake_failed("outgoing", HandshakeFailure::Failed);
-                Err(DialFailure::Unreachable(format!(
-                    "handshake with {addr} failed: {}",
-                    crate::sanitize::untrusted(e)
-                )))
-            }
-            Err(_) => {
-                metrics::handshake_failed("outgoing", HandshakeFailure::Timeout);
-                Err(DialFailure::Unreachable(format!(
-                    "no handshake with {addr} within {timeout:?}"
-                )))
-            }
-        }
-    }
-
-    /// Every [`metrics::SAMPLE_INTERVAL`] until shutdown: publishes each peer's RPC counts,
-    /// mirrors [`TransportStats`] and
-    /// each peer's frame budget in use, and adds what quinn counted on each connection (bytes,
-    /// packets, losses) to its peer's metrics, with the path gauges (RTT, congestion window,
-    /// MTU) from the connection calls use.
-    async fn sample_metrics(self: Arc<Self>) {
-        let mut sampler = metrics::Sampler::default();
-        let mut tick = tokio::time::interval(metrics::SAMPLE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => {
-                    // What was counted since the last tick.
-                    self.peer_metrics.flush();
-                    return;
-                }
-                _ = tick.tick() => {}
-            }
-            self.peer_metrics.flush();
-            metrics::node(&self.stats.stats(self.dispatcher.queued()));
-            let primary: std::collections::HashSet<usize> = self
-                .pool
-                .connections()
-                .iter()
-                .map(|(_, c)| c.conn.stable_id())
-                .collect();
-            let mut next = sampler.begin();
-            for (peer, conn) in self.pool.every_connection() {
-                let is_primary = primary.contains(&conn.conn.stable_id());
-                sampler.connection(&mut next, &conn.metrics, &conn.conn, is_primary);
-                if is_primary {
-                    metrics::peer_frame_bytes(&conn.metrics, self.budgets.used(&peer));
-                }
-            }
-            sampler.finish(next);
-        }
-    }
-
-    /// How long a connection that lost the tie-break stays open for calls already on it.
-    fn retire_grace(&self) -> std::time::Duration {
-        self.config.rpc_timeout + self.config.connect_timeout
-    }
-}
-
-impl pool::Dialer for Arc<Inner> {
-    fn spawn_dial(
-        &self,
-        id: ServerId,
-        addr: SocketAddr,
-    ) -> BoxFuture<'static, Result<PeerConn, DialFailure>> {
-        let handle = self.tasks.spawn(self.clone().dial(id, addr));
-        async move { handle.await.unwrap_or(Err(DialFailure::Shutdown)) }.boxed()
-    }
-
-    fn spawn_retire(&self, loser: PeerConn) {
-        let grace = self.retire_grace();
-        let shutdown = self.shutdown.clone();
-        self.tasks.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = pool::retire(loser, grace) => {}
-            }
-        });
-    }
-}
-
 impl Transport for QuicTransport {
     fn local_addr(&self) -> ServerAddress {
-        self.inner.local_addr.clone()
+        self.node.local_addr.clone()
     }
 
     async fn append_entries(
@@ -505,7 +398,7 @@ impl Transport for QuicTransport {
         target: &ServerAddress,
         request: AppendEntriesRequest,
     ) -> Result<AppendEntriesResponse, Error> {
-        client::append_entries(&self.inner, id, target, request).await
+        client::append_entries(&self.node.client, id, target, request).await
     }
 
     async fn request_vote(
@@ -514,7 +407,7 @@ impl Transport for QuicTransport {
         target: &ServerAddress,
         request: RequestVoteRequest,
     ) -> Result<RequestVoteResponse, Error> {
-        client::request_vote(&self.inner, id, target, request).await
+        client::request_vote(&self.node.client, id, target, request).await
     }
 
     async fn request_pre_vote(
@@ -523,7 +416,7 @@ impl Transport for QuicTransport {
         target: &ServerAddress,
         request: RequestPreVoteRequest,
     ) -> Result<RequestPreVoteResponse, Error> {
-        client::request_pre_vote(&self.inner, id, target, request).await
+        client::request_pre_vote(&self.node.client, id, target, request).await
     }
 
     async fn timeout_now(
@@ -532,7 +425,7 @@ impl Transport for QuicTransport {
         target: &ServerAddress,
         request: TimeoutNowRequest,
     ) -> Result<TimeoutNowResponse, Error> {
-        client::timeout_now(&self.inner, id, target, request).await
+        client::timeout_now(&self.node.client, id, target, request).await
     }
 
     async fn install_snapshot<R>(
@@ -545,7 +438,7 @@ impl Transport for QuicTransport {
     where
         R: AsyncRead + Send + Unpin + 'static,
     {
-        client::install_snapshot(&self.inner, id, target, request, data).await
+        client::install_snapshot(&self.node.client, id, target, request, data).await
     }
 
     async fn append_entries_pipeline(
@@ -553,11 +446,11 @@ impl Transport for QuicTransport {
         id: &ServerId,
         target: &ServerAddress,
     ) -> Result<AppendPipeline, Error> {
-        pipeline::open(&self.inner, id, target).await
+        pipeline::open(&self.node.client, id, target).await
     }
 
     fn encode_peer(&self, id: &ServerId, addr: &ServerAddress) -> Vec<u8> {
-        self.inner.resolver.encode_peer(id, addr)
+        self.node.client.resolver.encode_peer(id, addr)
     }
 
     fn decode_peer(&self, encoded: &[u8]) -> Result<ServerAddress, Error> {
@@ -565,40 +458,36 @@ impl Transport for QuicTransport {
     }
 
     fn set_heartbeat_handler(&self, handler: Option<HeartbeatHandler>) {
-        self.inner.dispatcher.set_heartbeat_handler(handler);
+        self.node.server.dispatcher.set_heartbeat_handler(handler);
     }
 
     fn disconnect_peer(&self, id: &ServerId) {
-        self.inner.pool.disconnect(id);
+        self.node.pool().disconnect(id);
     }
 
     async fn close(&self) {
-        let inner = &self.inner;
-        inner.shutdown.cancel();
-        inner.dispatcher.close();
-        let endpoint = inner
-            .endpoint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        inner.tasks.close();
+        let node = &self.node;
+        node.shutdown.cancel();
+        node.server.dispatcher.close();
+        let endpoint = node.connector().take_endpoint();
+        node.tasks.close();
         if let Some(endpoint) = endpoint {
             // Each connection is closed here, with the code, before the pool drops its handles:
             // `Endpoint::close` only asks each connection's driver to close, and a connection
             // whose last handle is dropped before its driver gets to that closes at once with
             // code 0 and no reason.
-            for (_, peer) in inner.pool.every_connection() {
+            for (_, peer) in node.pool().every_connection() {
                 peer.conn.close(codes::conn::SHUTDOWN, b"shutdown");
             }
             endpoint.close(codes::conn::SHUTDOWN, b"shutdown");
-            inner.pool.clear();
-            inner.tasks.wait().await;
+            node.pool().clear();
+            node.tasks.wait().await;
             // Let the peers learn of the close; bounded, so a vanished peer cannot stall it.
             let _ =
                 tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
-            tracing::info!(id = %inner.local_id, "quicraft transport closed");
+            tracing::info!(id = %node.local_id, "quicraft transport closed");
         } else {
-            inner.tasks.wait().await;
+            node.tasks.wait().await;
         }
     }
 }

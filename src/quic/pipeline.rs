@@ -10,12 +10,13 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::client::Client;
 use super::client::{answer, answer_read_error, request_write_error};
 use super::codes::{self, stream};
 use super::io::{FrameReader, write_frame};
 use super::metrics::{CallOutcome, Kind};
 use super::pool::{ActiveGuard, PeerConn};
-use super::{Inner, priority};
+use super::priority;
 use bytes::BytesMut;
 
 use crate::codec::{self, Frame, FrameKind};
@@ -30,7 +31,7 @@ use crate::transport::{
 type Answer = oneshot::Sender<Result<AppendEntriesResponse, Error>>;
 
 struct QuicSink {
-    inner: Arc<Inner>,
+    client: Arc<Client>,
     id: ServerId,
     target: ServerAddress,
     lane: Mutex<Lane>,
@@ -54,15 +55,15 @@ struct Lane {
 /// Opens a pipeline stream to `id` (its first frame is `PipelineOpen`) and starts reading
 /// its answers.
 async fn open_lane(
-    inner: &Arc<Inner>,
+    client: &Arc<Client>,
     id: &ServerId,
     target: &ServerAddress,
     closed: &CancellationToken,
 ) -> Result<Lane, Error> {
-    let config = &inner.config;
+    let config = &client.settings;
     let deadline = tokio::time::Instant::now() + config.rpc_timeout;
-    let (conn, peer) = inner.connection(id, target, deadline).await?;
-    let (send, recv, active) = inner
+    let (conn, peer) = client.connection(id, target, deadline).await?;
+    let (send, recv, active) = client
         .guarded(RpcKind::AppendEntries, deadline, async {
             let active = conn.active();
             let (mut send, recv) = conn
@@ -80,7 +81,7 @@ async fn open_lane(
     let (answers, answers_rx) = mpsc::unbounded_channel();
     let reader_done = CancellationToken::new();
     let failed = Arc::new(AtomicBool::new(false));
-    inner.tasks.spawn(read_answers(
+    client.tasks.spawn(read_answers(
         recv,
         answers_rx,
         closed.clone(),
@@ -100,18 +101,18 @@ async fn open_lane(
 
 /// Opens a pipeline to `id`: a stream whose first frame is `PipelineOpen`.
 pub(super) async fn open(
-    inner: &Arc<Inner>,
+    client: &Arc<Client>,
     id: &ServerId,
     target: &ServerAddress,
 ) -> Result<AppendPipeline, Error> {
-    let config = &inner.config;
+    let config = &client.settings;
     if config.max_in_flight < 2 {
         return Err(Error::PipelineNotSupported);
     }
-    let closed = inner.shutdown.child_token();
-    let lane = open_lane(inner, id, target, &closed).await?;
+    let closed = client.shutdown.child_token();
+    let lane = open_lane(client, id, target, &closed).await?;
     let sink = QuicSink {
-        inner: inner.clone(),
+        client: client.clone(),
         id: id.clone(),
         target: target.clone(),
         lane: Mutex::new(lane),
@@ -122,7 +123,7 @@ pub(super) async fn open(
         sink,
         config.max_in_flight,
         config.rpc_timeout,
-        &inner.shutdown,
+        &client.shutdown,
     )
 }
 
@@ -132,7 +133,7 @@ impl QuicSink {
     /// anything is sent on the new one, so the follower still sees the appends in order.
     async fn move_lane(&self, lane: &mut Lane) -> Result<(), Error> {
         let _ = lane.send.finish();
-        let timeout = self.inner.config.rpc_timeout;
+        let timeout = self.client.settings.rpc_timeout;
         tokio::select! {
             _ = lane.reader_done.cancelled() => {}
             _ = self.closed.cancelled() => return Err(Error::PipelineClosed),
@@ -145,7 +146,7 @@ impl QuicSink {
             return Err(Error::PipelineClosed);
         }
         tracing::debug!(peer = %lane.peer, "pipeline moved off a retired connection");
-        *lane = open_lane(&self.inner, &self.id, &self.target, &self.closed).await?;
+        *lane = open_lane(&self.client, &self.id, &self.target, &self.closed).await?;
         Ok(())
     }
 }

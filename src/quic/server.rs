@@ -7,21 +7,24 @@ use std::sync::Arc;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::client::term_of;
 use super::codes::stream;
+use super::io::PeerBudgets;
 use super::io::{FrameBudget, FrameReader, ReadFrameError, Reservation, write_frame};
 use super::metrics::{Kind, ServeOutcome};
 use super::pool::PeerConn;
+use super::priority;
 use super::rendezvous::Rendezvous;
 use super::snapshot_data::{SnapshotData, data_read_error};
-use super::{Inner, priority};
+use super::stats::Counters;
 use crate::codec::Frame;
 use crate::command::{Command, RpcKind, ServerId};
 use crate::error::{ErrorCode, RemoteError};
 use crate::sanitize::untrusted;
-use crate::transport::{Delivered, Held, Responder, Rpc, RpcResult, SnapshotReader};
+use crate::transport::{Delivered, Dispatcher, Held, Responder, Rpc, RpcResult, SnapshotReader};
 
 /// How many RPC timeouts a request waits for the consumer to take it before it is answered
 /// `UNAVAILABLE` (see `Stream::dispatch`).
@@ -56,56 +59,84 @@ fn serve_outcome(answer: Option<&RpcResult>) -> ServeOutcome {
     }
 }
 
-/// Serves the streams `peer` opens on `conn` until it closes or this node shuts down.
-pub(super) async fn serve_connection(inner: Arc<Inner>, peer: ServerId, conn: PeerConn) {
-    let rendezvous = Arc::new(Rendezvous::new(
-        inner.config.max_snapshot_streams as usize,
-        inner.config.rpc_timeout,
-    ));
-    // What the peer's requests may hold at once, over all of its connections.
-    let budget = inner
-        .budgets
-        .of(&peer, inner.config.frame_budget(), &inner.stats);
-    let parked = Parked::default();
-    let credit = StreamCredit::new(inner.config.initial_streams(), inner.config.max_streams);
-    let mut expiry = tokio::time::interval(rendezvous.expiry_interval());
-    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            _ = expiry.tick() => rendezvous.expire(),
-            bi = conn.conn.accept_bi() => match bi {
-                Ok((send, recv)) => {
-                    let slot = credit.open(&conn.conn);
-                    let stream = Stream {
-                        _slot: slot,
-                        inner: inner.clone(),
-                        peer: peer.clone(),
-                        conn: conn.clone(),
-                        parked: parked.clone(),
-                        budget: budget.clone(),
-                    };
-                    inner.tasks.spawn(stream.serve_bi(send, recv, rendezvous.clone()));
-                }
-                Err(e) => {
-                    tracing::debug!(%peer, error = %untrusted(&e), "connection ended");
-                    return;
-                }
-            },
-            uni = conn.conn.accept_uni() => match uni {
-                Ok(recv) => {
-                    // Held, unread, until its InstallSnapshot request claims it.
-                    let id = u64::from(recv.id());
-                    tracing::trace!(%peer, stream = id, "snapshot data stream");
-                    if let Err(why) = rendezvous.data_arrived(id, recv) {
-                        tracing::warn!(%peer, stream = id, why, "snapshot data stream refused");
+/// What serving peers' streams needs: the limits, the consumer's queue, each peer's frame
+/// budget and the node's counters.
+pub(crate) struct Server {
+    pub(crate) limits: ServeLimits,
+    pub(crate) dispatcher: Dispatcher,
+    /// What each peer's requests may hold, shared by the peer's connections.
+    pub(crate) budgets: PeerBudgets,
+    /// What the node's connections hold (`QuicTransport::stats`), shared by their streams.
+    pub(crate) stats: Arc<Counters>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
+/// The settings of [`QuicConfig`](super::QuicConfig) that serving reads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServeLimits {
+    pub(crate) max_message_size: usize,
+    pub(crate) rpc_timeout: std::time::Duration,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_snapshot_streams: u32,
+    pub(crate) initial_streams: u32,
+    pub(crate) max_streams: u32,
+    pub(crate) frame_budget: usize,
+}
+
+impl Server {
+    /// Serves the streams `peer` opens on `conn` until it closes or this node shuts down.
+    ///
+    /// Cancel-safe: cancelling it stops accepting streams; those being served go on.
+    pub(crate) async fn serve_connection(self: Arc<Self>, peer: ServerId, conn: PeerConn) {
+        let limits = self.limits;
+        let rendezvous = Arc::new(Rendezvous::new(
+            limits.max_snapshot_streams as usize,
+            limits.rpc_timeout,
+        ));
+        // What the peer's requests may hold at once, over all of its connections.
+        let budget = self.budgets.of(&peer, limits.frame_budget, &self.stats);
+        let parked = Parked::default();
+        let credit = StreamCredit::new(limits.initial_streams, limits.max_streams);
+        let mut expiry = tokio::time::interval(rendezvous.expiry_interval());
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = expiry.tick() => rendezvous.expire(),
+                bi = conn.conn.accept_bi() => match bi {
+                    Ok((send, recv)) => {
+                        let slot = credit.open(&conn.conn);
+                        let stream = Stream {
+                            _slot: slot,
+                            server: self.clone(),
+                            peer: peer.clone(),
+                            conn: conn.clone(),
+                            parked: parked.clone(),
+                            budget: budget.clone(),
+                        };
+                        self.tasks.spawn(stream.serve_bi(send, recv, rendezvous.clone()));
                     }
-                }
-                Err(e) => {
-                    tracing::debug!(%peer, error = %untrusted(&e), "connection ended");
-                    return;
-                }
-            },
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %untrusted(&e), "connection ended");
+                        return;
+                    }
+                },
+                uni = conn.conn.accept_uni() => match uni {
+                    Ok(recv) => {
+                        // Held, unread, until its InstallSnapshot request claims it.
+                        let id = u64::from(recv.id());
+                        tracing::trace!(%peer, stream = id, "snapshot data stream");
+                        if let Err(why) = rendezvous.data_arrived(id, recv) {
+                            tracing::warn!(%peer, stream = id, why, "snapshot data stream refused");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %untrusted(&e), "connection ended");
+                        return;
+                    }
+                },
+            }
         }
     }
 }
@@ -172,7 +203,7 @@ impl StreamCredit {
 struct Stream {
     /// Counts the stream against its connection's grant while it is served.
     _slot: StreamSlot,
-    inner: Arc<Inner>,
+    server: Arc<Server>,
     peer: ServerId,
     conn: PeerConn,
     /// The connection's requests whose callers gave up.
@@ -183,7 +214,7 @@ struct Stream {
 
 impl Stream {
     fn max(&self) -> usize {
-        self.inner.config.max_message_size
+        self.server.limits.max_message_size
     }
 
     /// Answers a request that cannot be served with an error frame, and stops reading.
@@ -233,11 +264,11 @@ impl Stream {
         rendezvous: Arc<Rendezvous>,
     ) {
         let _active = self.conn.active();
-        let _serving = self.inner.stats.request_stream();
+        let _serving = self.server.stats.request_stream();
         let mut reader = FrameReader::with_budget(self.max(), self.budget.clone());
         // A peer that trickles its request must not hold the stream forever, nor may a request
         // wait forever for its connection's budget.
-        let timeout = self.inner.config.rpc_timeout;
+        let timeout = self.server.limits.rpc_timeout;
         let first = tokio::time::timeout(timeout, reader.next(&mut recv)).await;
         let frame = match first {
             Ok(Ok(Some(frame))) => frame,
@@ -410,7 +441,7 @@ impl Stream {
         let Some(extra) = decoded.checked_sub(have).filter(|extra| *extra > 0) else {
             return Ok(held);
         };
-        let timeout = self.inner.config.rpc_timeout;
+        let timeout = self.server.limits.rpc_timeout;
         let more = match tokio::time::timeout(timeout, self.budget.reserve(extra)).await {
             Ok(Ok(more)) => more,
             Ok(Err(_)) => {
@@ -461,8 +492,8 @@ impl Stream {
         // deadline pass (`Error::Timeout`) before this answer could reach it: the outcome of a
         // consumer that does not read does not depend on a race between the two.
         let wait = self
-            .inner
-            .config
+            .server
+            .limits
             .rpc_timeout
             .saturating_mul(CONSUMER_WAIT_FACTOR);
         let held = held.map(|held| Box::new(held) as Held);
@@ -470,7 +501,7 @@ impl Stream {
             // The queue first: it usually takes the request at once, and then the connection's
             // state (behind a lock in quinn) is not looked at.
             biased;
-            dispatched = tokio::time::timeout(wait, self.inner.dispatcher.dispatch_held(rpc, held)) => dispatched,
+            dispatched = tokio::time::timeout(wait, self.server.dispatcher.dispatch_held(rpc, held)) => dispatched,
             // Nobody to answer: dropping the wait drops the request and what it held.
             _ = self.conn.conn.closed() => return None,
         };
@@ -512,7 +543,7 @@ impl Stream {
             Err(error) => Frame::Error(error),
         };
         tokio::select! {
-            _ = self.inner.shutdown.cancelled() => {
+            _ = self.server.shutdown.cancelled() => {
                 let _ = send.reset(stream::SHUTDOWN);
             }
             written = write_frame(send, &frame, self.max()) => match written {
@@ -555,7 +586,7 @@ impl Stream {
             rendezvous.clone(),
             claimed.clone(),
             transfer_id,
-            (self.inner.config.rpc_timeout, sender_gone.clone()),
+            (self.server.limits.rpc_timeout, sender_gone.clone()),
             FrameReader::with_budget(self.max(), self.budget.clone()),
             self.conn.metrics.snapshot_received_bytes(),
         );
@@ -596,7 +627,7 @@ impl Stream {
             ),
             Ready(RpcResult),
         }
-        let (tx, mut rx) = mpsc::channel::<Queued>(self.inner.config.max_in_flight.max(1));
+        let (tx, mut rx) = mpsc::channel::<Queued>(self.server.limits.max_in_flight.max(1));
         let read_requests = async move {
             loop {
                 let refuse = |what: String| {
@@ -642,7 +673,7 @@ impl Stream {
                 // Dispatch in order here; the answer is awaited on its own, so the next
                 // request does not wait for this one's handler.
                 let rpc = Rpc::new(command, None, responder);
-                match self.inner.dispatcher.dispatch_held(rpc, held).await {
+                match self.server.dispatcher.dispatch_held(rpc, held).await {
                     Ok(delivered) => {
                         let queued = match delivered {
                             Delivered::Queued(queued) => Some(queued),
@@ -685,7 +716,7 @@ impl Stream {
         };
         let _active = self.conn.active();
         tokio::select! {
-            _ = self.inner.shutdown.cancelled() => {}
+            _ = self.server.shutdown.cancelled() => {}
             // What the pipeline holds, read or queued for the consumer, goes with its
             // connection (dropping the two halves withdraws their queued requests).
             _ = self.conn.conn.closed() => {}

@@ -1,122 +1,32 @@
 //! The connections to peers: at most one live QUIC connection per peer, shared by every
 //! caller and used in both directions, dialled lazily, re-dialled with capped exponential
-//! backoff.
+//! backoff. The pool dials through its [`Connector`], serves every connection it keeps
+//! through the [`Server`], and retires the losers of the tie-break itself.
+
+mod peer_conn;
+mod probe;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub(crate) use peer_conn::{ActiveGuard, DialFailure, PeerConn};
+pub(crate) use probe::Watchdog;
 
 use super::codes::{self, conn};
-use super::metrics::{self, PeerMetrics};
+use super::connector::Connector;
+use super::metrics::{self, PeerMetrics, PeerRegistry};
+use super::server::Server;
 use crate::command::{ServerAddress, ServerId};
 use crate::error::Error;
-
-/// One QUIC connection to a peer, with who dialled it (for the tie-break) and a count of the
-/// streams this node has under way on it (so a retired connection closes only when idle).
-#[derive(Clone)]
-pub(crate) struct PeerConn {
-    pub(crate) conn: quinn::Connection,
-    pub(crate) dialer: ServerId,
-    /// The peer's metric handles, shared by all of its connections.
-    pub(crate) metrics: Arc<PeerMetrics>,
-    active: Arc<Active>,
-}
-
-#[derive(Default)]
-struct Active {
-    count: AtomicUsize,
-    idle: Notify,
-    /// Set when the connection lost the tie-break and is being retired: long-lived users
-    /// (pipelines) move to the winner.
-    retiring: AtomicBool,
-}
-
-/// Counts one stream under way on a connection while it lives.
-pub(crate) struct ActiveGuard(Arc<Active>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-impl PeerConn {
-    pub(crate) fn new(
-        conn: quinn::Connection,
-        dialer: ServerId,
-        metrics: Arc<PeerMetrics>,
-    ) -> Self {
-        Self {
-            conn,
-            dialer,
-            metrics,
-            active: Arc::default(),
-        }
-    }
-
-    pub(crate) fn is_alive(&self) -> bool {
-        self.conn.close_reason().is_none()
-    }
-
-    /// True once the connection lost the tie-break: it closes after its grace period.
-    pub(crate) fn is_retiring(&self) -> bool {
-        self.active.retiring.load(Ordering::Acquire)
-    }
-
-    fn mark_retiring(&self) {
-        self.active.retiring.store(true, Ordering::Release);
-    }
-
-    fn same(&self, other: &PeerConn) -> bool {
-        self.conn.stable_id() == other.conn.stable_id()
-    }
-
-    /// Marks a stream under way until the guard drops.
-    pub(crate) fn active(&self) -> ActiveGuard {
-        self.active.count.fetch_add(1, Ordering::AcqRel);
-        ActiveGuard(self.active.clone())
-    }
-
-    async fn wait_idle(&self) {
-        loop {
-            let idle = self.active.idle.notified();
-            if self.active.count.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
-}
-
-/// Why a dial failed, kept to answer calls during the backoff.
-#[derive(Clone, Debug)]
-pub(crate) enum DialFailure {
-    Unreachable(String),
-    Authentication(String),
-    Shutdown,
-}
-
-impl DialFailure {
-    pub(crate) fn into_error(self, peer: &ServerAddress) -> Error {
-        match self {
-            Self::Unreachable(reason) => Error::Unreachable {
-                peer: peer.clone(),
-                reason,
-            },
-            Self::Authentication(reason) => Error::Authentication(reason),
-            Self::Shutdown => Error::Shutdown,
-        }
-    }
-}
 
 type Dial = Shared<BoxFuture<'static, Result<PeerConn, DialFailure>>>;
 
@@ -149,24 +59,28 @@ struct Entry {
 
 type Settling = Shared<BoxFuture<'static, ()>>;
 
-/// What the pool needs from the transport: starting a dial (which must complete on its own,
-/// whoever waits) and retiring a connection that lost the tie-break.
-pub(crate) trait Dialer: Send + Sync + 'static {
-    fn spawn_dial(
-        &self,
-        id: ServerId,
-        addr: SocketAddr,
-    ) -> BoxFuture<'static, Result<PeerConn, DialFailure>>;
-    fn spawn_retire(&self, loser: PeerConn);
+/// The pool's timing: reconnect backoff, how long a probe may take, how long a retired
+/// connection stays open for the calls already on it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PoolTiming {
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    /// The longest a probe of an incumbent connection may take (the connect timeout).
+    pub(crate) probe_max: Duration,
+    /// How long a connection that lost the tie-break stays open for calls already on it.
+    pub(crate) retire_grace: Duration,
 }
 
 pub(crate) struct Pool {
     local_id: ServerId,
     entries: Mutex<HashMap<ServerId, Entry>>,
-    backoff_base: Duration,
-    backoff_max: Duration,
-    /// The longest a probe of an incumbent connection may take.
-    probe_max: Duration,
+    timing: PoolTiming,
+    connector: Connector,
+    server: Arc<Server>,
+    /// Each peer's metric handles, shared by all of its connections.
+    peer_metrics: PeerRegistry,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
 }
 
 /// Where a [`Pool::register`] stands after looking at the entry.
@@ -185,17 +99,37 @@ enum Wait {
 impl Pool {
     pub(crate) fn new(
         local_id: ServerId,
-        backoff_base: Duration,
-        backoff_max: Duration,
-        probe_max: Duration,
+        timing: PoolTiming,
+        connector: Connector,
+        server: Arc<Server>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> Self {
         Self {
             local_id,
             entries: Mutex::new(HashMap::new()),
-            backoff_base,
-            backoff_max,
-            probe_max,
+            timing,
+            connector,
+            server,
+            peer_metrics: PeerRegistry::default(),
+            shutdown,
+            tasks,
         }
+    }
+
+    /// What dials: the endpoint and the TLS setup in force.
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// The metric handles of `peer`.
+    pub(crate) fn peer_metrics(&self, peer: &ServerId) -> Arc<PeerMetrics> {
+        self.peer_metrics.peer(peer)
+    }
+
+    /// Every peer's metric handles.
+    pub(crate) fn peer_registry(&self) -> &PeerRegistry {
+        &self.peer_metrics
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, Entry>> {
@@ -208,8 +142,7 @@ impl Pool {
     /// may belong to a dead process). Concurrent callers share one dial; during the backoff
     /// after a failed dial, calls fail at once.
     pub(crate) async fn get(
-        &self,
-        dialer: &dyn Dialer,
+        self: &Arc<Self>,
         id: &ServerId,
         target: &ServerAddress,
     ) -> Result<PeerConn, Error> {
@@ -238,7 +171,7 @@ impl Pool {
                                     return Err(backing_off(failure, target, retry_at));
                                 }
                                 let addr = resolve(target)?;
-                                let dial = dialer.spawn_dial(id.clone(), addr).shared();
+                                let dial = self.spawn_dial(id.clone(), addr);
                                 entry.dial = Some(dial.clone());
                                 Wait::Dial(dial)
                             }
@@ -300,17 +233,62 @@ impl Pool {
         }
     }
 
+    /// Starts a dial of `id` at `addr` on a task of its own, so that it completes whoever
+    /// waits for it.
+    fn spawn_dial(self: &Arc<Self>, id: ServerId, addr: SocketAddr) -> Dial {
+        let handle = self.tasks.spawn(self.clone().dial(id, addr));
+        async move { handle.await.unwrap_or(Err(DialFailure::Shutdown)) }
+            .boxed()
+            .shared()
+    }
+
+    /// Dials `id` at `addr`, serves the connection, and records the outcome.
+    async fn dial(
+        self: Arc<Self>,
+        id: ServerId,
+        addr: SocketAddr,
+    ) -> Result<PeerConn, DialFailure> {
+        let outcome = if self.shutdown.is_cancelled() {
+            Err(DialFailure::Shutdown)
+        } else {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => Err(DialFailure::Shutdown),
+                dialled = self.connector.connect(&id, addr) => dialled,
+            }
+        };
+        let outcome = outcome.map(|conn| {
+            let conn = PeerConn::new(conn, self.local_id.clone(), self.peer_metrics(&id));
+            self.tasks.spawn(
+                self.server
+                    .clone()
+                    .serve_connection(id.clone(), conn.clone()),
+            );
+            conn
+        });
+        self.dial_finished(&id, outcome).await
+    }
+
+    /// Adds a connection `peer` dialled to this node (its identity checked), and serves it
+    /// until it closes.
+    ///
+    /// Cancel-safe as [`register`](Self::register) is; cancelling it stops serving the
+    /// connection.
+    pub(crate) async fn accepted(&self, peer: ServerId, conn: quinn::Connection) {
+        let conn = PeerConn::new(conn, peer.clone(), self.peer_metrics(&peer));
+        self.register(&peer, conn.clone()).await;
+        self.server.clone().serve_connection(peer, conn).await;
+    }
+
     /// Records the outcome of a dial to `id` started by [`get`](Self::get).
-    pub(crate) async fn dial_finished(
+    async fn dial_finished(
         &self,
-        dialer: &dyn Dialer,
         id: &ServerId,
         outcome: Result<PeerConn, DialFailure>,
     ) -> Result<PeerConn, DialFailure> {
         match outcome {
             Ok(conn) => {
                 let addr = conn.conn.remote_address();
-                let winner = self.register(dialer, id, conn).await;
+                let winner = self.register(id, conn).await;
                 // Whichever won, calls to the address just dialled may use it.
                 if let Some(entry) = self.entries().get_mut(id)
                     && entry.conn.as_ref().is_some_and(|c| c.same(&winner))
@@ -354,9 +332,10 @@ impl Pool {
         entry.failures = entry.failures.saturating_add(1);
         let exponent = (entry.failures - 1).min(16);
         let delay = self
+            .timing
             .backoff_base
             .saturating_mul(1 << exponent)
-            .min(self.backoff_max);
+            .min(self.timing.backoff_max);
         entry.retry_at = Some(Instant::now() + delay);
         entry.last_failure = Some(failure);
     }
@@ -370,17 +349,12 @@ impl Pool {
     ///
     /// Cancel-safe: a cancelled probe leaves the incumbent in place and the new connection
     /// unregistered (it closes when its last handle drops).
-    pub(crate) async fn register(
-        &self,
-        dialer: &dyn Dialer,
-        peer: &ServerId,
-        new: PeerConn,
-    ) -> PeerConn {
+    async fn register(&self, peer: &ServerId, new: PeerConn) -> PeerConn {
         loop {
             let step = {
                 let mut entries = self.entries();
                 let entry = entries.entry(peer.clone()).or_default();
-                self.contest(dialer, peer, entry, &new)
+                self.contest(peer, entry, &new)
             };
             let (incumbent, probe, done) = match step {
                 Contest::Decided(winner) => return winner,
@@ -404,7 +378,7 @@ impl Pool {
             entry.settling = None;
             return match entry.conn.clone() {
                 Some(current) if current.same(&incumbent) && answered && current.is_alive() => {
-                    self.retire(dialer, peer, entry, new);
+                    self.retire(peer, entry, new);
                     current
                 }
                 Some(current) if current.same(&incumbent) => {
@@ -415,7 +389,7 @@ impl Pool {
                     );
                     // Retired, not closed: should the probe have been wrong (a peer too busy
                     // to answer in time), what runs on it still finishes.
-                    self.install(dialer, peer, entry, new, Some(incumbent))
+                    self.install(peer, entry, new, Some(incumbent))
                 }
                 // The incumbent went away meanwhile: decide again against what is there now.
                 _ => {
@@ -427,13 +401,7 @@ impl Pool {
     }
 
     /// The first step of [`register`](Self::register), under the lock.
-    fn contest(
-        &self,
-        dialer: &dyn Dialer,
-        peer: &ServerId,
-        entry: &mut Entry,
-        new: &PeerConn,
-    ) -> Contest {
+    fn contest(&self, peer: &ServerId, entry: &mut Entry, new: &PeerConn) -> Contest {
         if let Some(settling) = &entry.settling {
             return Contest::Wait(settling.clone());
         }
@@ -445,14 +413,14 @@ impl Pool {
         }
         let incumbent = match entry.conn.clone() {
             Some(existing) if existing.is_alive() && !existing.same(new) => existing,
-            _ => return Contest::Decided(self.install(dialer, peer, entry, new.clone(), None)),
+            _ => return Contest::Decided(self.install(peer, entry, new.clone(), None)),
         };
         if new.dialer <= incumbent.dialer {
-            let winner = self.install(dialer, peer, entry, new.clone(), Some(incumbent));
+            let winner = self.install(peer, entry, new.clone(), Some(incumbent));
             return Contest::Decided(winner);
         }
         let timeout = self.probe_timeout(&incumbent);
-        let probe = probe(incumbent.conn.clone(), timeout).boxed();
+        let probe = probe::probe(incumbent.conn.clone(), timeout).boxed();
         // Resolves when `done` is dropped, which happens only once `settling` is cleared (see
         // `Settled`): a waiter woken by it never finds the mark still set, and never spins.
         let (done, settled) = oneshot::channel::<()>();
@@ -463,14 +431,13 @@ impl Pool {
     /// Makes `winner` the connection calls use, retiring `loser` if there is one.
     fn install(
         &self,
-        dialer: &dyn Dialer,
         peer: &ServerId,
         entry: &mut Entry,
         winner: PeerConn,
         loser: Option<PeerConn>,
     ) -> PeerConn {
         if let Some(loser) = loser {
-            self.retire(dialer, peer, entry, loser);
+            self.retire(peer, entry, loser);
         }
         entry.target = (winner.dialer == self.local_id)
             .then(|| ServerAddress::from(winner.conn.remote_address()));
@@ -480,7 +447,7 @@ impl Pool {
 
     /// Retires a connection that lost the tie-break: it closes once idle after a grace
     /// period. At most [`MAX_RETIRING_PER_PEER`] wait; beyond that the oldest closes at once.
-    fn retire(&self, dialer: &dyn Dialer, peer: &ServerId, entry: &mut Entry, loser: PeerConn) {
+    fn retire(&self, peer: &ServerId, entry: &mut Entry, loser: PeerConn) {
         tracing::debug!(
             %peer,
             retired_dialled_by = %loser.dialer,
@@ -500,16 +467,23 @@ impl Pool {
                 .conn
                 .close(conn::DUPLICATE, b"too many connections from one peer");
         }
-        dialer.spawn_retire(loser);
+        let grace = self.timing.retire_grace;
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = retire(loser, grace) => {}
+            }
+        });
     }
 
     /// How long a probe of `conn` may wait for an answer.
     fn probe_timeout(&self, conn: &PeerConn) -> Duration {
-        probe_timeout(&conn.conn, self.probe_max)
+        probe::probe_timeout(&conn.conn, self.timing.probe_max)
     }
 
     /// Watches a call on `conn` that must be answered by `deadline`: if the call is dropped
-    /// unanswered after its deadline, the connection is probed on a task of `tasks`, and
+    /// unanswered after its deadline, the connection is probed on a task of the pool's, and
     /// closed if the peer does not answer. That is how a node learns that a peer restarted
     /// when the restarted process cannot reset the connection (it had dialled it and its
     /// handshake connection ID carries no reset token, or its reset keys changed).
@@ -517,18 +491,11 @@ impl Pool {
     /// Costs nothing per call beyond the struct: it borrows, and reads the connection's RTT
     /// (a lock in quinn) only when it fires.
     pub(crate) fn watchdog<'a>(
-        &self,
+        &'a self,
         conn: &'a quinn::Connection,
-        tasks: &'a tokio_util::task::TaskTracker,
         deadline: Instant,
     ) -> Watchdog<'a> {
-        Watchdog {
-            conn,
-            tasks,
-            deadline,
-            probe_max: self.probe_max,
-            armed: true,
-        }
+        Watchdog::new(conn, &self.tasks, deadline, self.timing.probe_max)
     }
 
     /// Every connection the pool holds (live or not), for inspection.
@@ -572,100 +539,6 @@ impl Pool {
     }
 }
 
-/// Closes a connection that lost the tie-break: after `grace` (time for the peer to have
-/// moved its new calls to the winner), once this node has nothing under way on it. Pipelines
-/// move to the winner at their next append (see `quic::pipeline`), so what still runs on the
-/// loser finishes: a snapshot in the middle of its data is not cut.
-pub(crate) async fn retire(loser: PeerConn, grace: Duration) {
-    tokio::time::sleep(grace).await;
-    loser.wait_idle().await;
-    loser.conn.close(conn::DUPLICATE, b"duplicate connection");
-}
-
-/// Added to a probe's wait for an answer: the peer may delay its ACK by up to 25 ms (QUIC's
-/// default `max_ack_delay`), and a loaded peer (or a loaded machine) takes longer. A live peer
-/// answers within a round trip and the probe ends then; a restarted one resets the connection
-/// at once; only a peer gone silent costs the whole wait.
-const PROBE_SLACK: Duration = Duration::from_millis(250);
-
-/// Whether the peer still answers on `conn` within `timeout`. Sends an empty DATAGRAM frame
-/// (ack-eliciting, ignored by the peer's application; sent again halfway in case one is
-/// lost) and watches for any packet arriving on the connection. A peer that restarted
-/// answers with a stateless reset (the connection closes at once); a peer gone silent does
-/// not answer at all.
-async fn probe(conn: quinn::Connection, timeout: Duration) -> bool {
-    let before = conn.stats().udp_rx.datagrams;
-    let start = Instant::now();
-    let deadline = start + timeout;
-    // A peer that takes no datagrams leaves only its own traffic to show it is alive.
-    let _ = conn.send_datagram(bytes::Bytes::new());
-    let mut resent = false;
-    let step = (timeout / 16).max(Duration::from_millis(1));
-    loop {
-        if conn.close_reason().is_some() {
-            return false;
-        }
-        if conn.stats().udp_rx.datagrams > before {
-            tracing::trace!(after = ?start.elapsed(), "probe answered");
-            return true;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return false;
-        }
-        if !resent && now >= start + timeout / 2 {
-            let _ = conn.send_datagram(bytes::Bytes::new());
-            resent = true;
-        }
-        tokio::select! {
-            _ = conn.closed() => return false,
-            _ = tokio::time::sleep(step) => {}
-        }
-    }
-}
-
-/// How long a probe may wait for an answer: a few round trips plus the peer's ACK delay, at
-/// most `max`.
-fn probe_timeout(conn: &quinn::Connection, max: Duration) -> Duration {
-    (conn.rtt() * 3 + PROBE_SLACK).clamp(PROBE_SLACK, max.max(PROBE_SLACK))
-}
-
-/// See [`Pool::watchdog`].
-pub(crate) struct Watchdog<'a> {
-    conn: &'a quinn::Connection,
-    tasks: &'a tokio_util::task::TaskTracker,
-    deadline: Instant,
-    probe_max: Duration,
-    armed: bool,
-}
-
-impl Watchdog<'_> {
-    /// The call got an answer (or failed on its own): nothing to check.
-    pub(crate) fn answered(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Watchdog<'_> {
-    fn drop(&mut self) {
-        // Dropped before its deadline: cancelled by the caller, which says nothing of the peer.
-        if !self.armed || Instant::now() < self.deadline || self.conn.close_reason().is_some() {
-            return;
-        }
-        let conn = self.conn.clone();
-        let timeout = probe_timeout(&conn, self.probe_max);
-        self.tasks.spawn(async move {
-            if !probe(conn.clone(), timeout).await && conn.close_reason().is_none() {
-                tracing::info!(
-                    remote = %conn.remote_address(),
-                    "a call timed out and the connection did not answer a probe; closing it"
-                );
-                conn.close(conn::STALE, b"no answer to a probe");
-            }
-        });
-    }
-}
-
 /// Clears an entry's `settling` mark if the register that set it is cancelled mid-probe
 /// (otherwise the register clears it when it decides, under the same lock).
 ///
@@ -705,4 +578,14 @@ fn resolve(target: &ServerAddress) -> Result<SocketAddr, Error> {
         peer: target.clone(),
         reason: "not an ip:port socket address".to_owned(),
     })
+}
+
+/// Closes a connection that lost the tie-break: after `grace` (time for the peer to have
+/// moved its new calls to the winner), once this node has nothing under way on it. Pipelines
+/// move to the winner at their next append (see `quic::pipeline`), so what still runs on the
+/// loser finishes: a snapshot in the middle of its data is not cut.
+async fn retire(loser: PeerConn, grace: Duration) {
+    tokio::time::sleep(grace).await;
+    loser.wait_idle().await;
+    loser.conn.close(conn::DUPLICATE, b"duplicate connection");
 }

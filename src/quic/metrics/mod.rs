@@ -21,6 +21,10 @@
 //! this node's engine dialled), `kind`, `outcome`, `direction` and `reason` take the fixed
 //! values listed here. Nothing unbounded (a stream id, an address, an error text) is a label.
 
+mod sampler;
+
+pub(crate) use sampler::sample;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -677,84 +681,8 @@ impl PeerRegistry {
     }
 }
 
-/// What the sampler last read of one connection (quinn's counters are per connection and
-/// start at zero; the metrics are per peer and only grow).
-#[derive(Default, Clone, Copy)]
-pub(crate) struct Seen {
-    tx_bytes: u64,
-    rx_bytes: u64,
-    sent_packets: u64,
-    lost_packets: u64,
-    congestion_events: u64,
-}
-
-/// The sampler's memory between two samples.
-#[derive(Default)]
-pub(crate) struct Sampler {
-    seen: HashMap<usize, Seen>,
-}
-
-impl Sampler {
-    /// Adds what `conn` (to the peer of `metrics`) did since the last sample to the peer's
-    /// counters; with `primary`, also sets the peer's path gauges from it.
-    pub(crate) fn connection(
-        &mut self,
-        next: &mut HashMap<usize, Seen>,
-        metrics: &PeerMetrics,
-        conn: &quinn::Connection,
-        primary: bool,
-    ) {
-        let stats = conn.stats();
-        let now = Seen {
-            tx_bytes: stats.udp_tx.bytes,
-            rx_bytes: stats.udp_rx.bytes,
-            sent_packets: stats.path.sent_packets,
-            lost_packets: stats.path.lost_packets,
-            congestion_events: stats.path.congestion_events,
-        };
-        let before = self
-            .seen
-            .get(&conn.stable_id())
-            .copied()
-            .unwrap_or_default();
-        let handles = metrics.path();
-        handles
-            .sent_bytes
-            .increment(now.tx_bytes.saturating_sub(before.tx_bytes));
-        handles
-            .received_bytes
-            .increment(now.rx_bytes.saturating_sub(before.rx_bytes));
-        handles
-            .sent_packets
-            .increment(now.sent_packets.saturating_sub(before.sent_packets));
-        handles
-            .lost_packets
-            .increment(now.lost_packets.saturating_sub(before.lost_packets));
-        handles.congestion_events.increment(
-            now.congestion_events
-                .saturating_sub(before.congestion_events),
-        );
-        if primary {
-            handles.rtt.set(stats.path.rtt.as_secs_f64());
-            handles.cwnd.set(stats.path.cwnd as f64);
-            handles.mtu.set(f64::from(stats.path.current_mtu));
-        }
-        next.insert(conn.stable_id(), now);
-    }
-
-    /// Ends a sample: connections not seen in it are forgotten.
-    pub(crate) fn finish(&mut self, next: HashMap<usize, Seen>) {
-        self.seen = next;
-    }
-
-    /// A fresh map for the next sample.
-    pub(crate) fn begin(&self) -> HashMap<usize, Seen> {
-        HashMap::with_capacity(self.seen.len())
-    }
-}
-
 /// Sets the peer's frame-budget gauge.
-pub(crate) fn peer_frame_bytes(metrics: &PeerMetrics, bytes: usize) {
+fn peer_frame_bytes(metrics: &PeerMetrics, bytes: usize) {
     metrics.path().frame_bytes.set(bytes as f64);
 }
 
