@@ -35,8 +35,12 @@ pub enum Error {
     ConnectionLost {
         /// The peer's address.
         peer: ServerAddress,
-        /// What went wrong.
+        /// What went wrong, in words.
         reason: String,
+        /// The failure underneath, when there is one: quinn's connection, read or write error,
+        /// or the error that broke a pipeline (shared by the appends it failed).
+        #[source]
+        source: Option<Cause>,
     },
     /// No answer came in time.
     #[error("{rpc} timed out after {after:?}")]
@@ -85,7 +89,32 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// The cause kept under an error: shared, so that one failure can fail several RPCs.
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 impl Error {
+    /// [`Error::ConnectionLost`] with no cause underneath.
+    pub(crate) fn lost(peer: &ServerAddress, reason: impl Into<String>) -> Self {
+        Self::ConnectionLost {
+            peer: peer.clone(),
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// [`Error::ConnectionLost`] because of `cause`.
+    pub(crate) fn lost_by(
+        peer: &ServerAddress,
+        reason: impl Into<String>,
+        cause: impl Into<Cause>,
+    ) -> Self {
+        Self::ConnectionLost {
+            peer: peer.clone(),
+            reason: reason.into(),
+            source: Some(cause.into()),
+        }
+    }
+
     /// True for errors after which the caller should back off before calling this peer again.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Self::Unreachable { .. })

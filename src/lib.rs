@@ -72,7 +72,7 @@ pub use command::{
     RequestVoteResponse, Response, RpcHeader, RpcKind, ServerAddress, ServerId, TimeoutNowRequest,
     TimeoutNowResponse,
 };
-pub use error::{ConfigError, Error, ErrorCode, Limit, RemoteError};
+pub use error::{Cause, ConfigError, Error, ErrorCode, Limit, RemoteError};
 pub use inmem::{Faults, InmemConfig, InmemTransport};
 #[cfg(feature = "openraft")]
 pub use openraft_adapter::{

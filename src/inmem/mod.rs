@@ -274,10 +274,7 @@ impl InmemTransport {
 
 impl Route {
     fn lost(&self, reason: &str) -> Error {
-        Error::ConnectionLost {
-            peer: self.target.clone(),
-            reason: reason.to_owned(),
-        }
+        Error::lost(&self.target, reason)
     }
 
     /// Turns what came back on a responder's channel into the caller's result.

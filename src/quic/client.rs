@@ -147,10 +147,7 @@ pub(super) fn answer(
             "{peer} answered {kind} with a {} frame",
             other.kind().name()
         ))),
-        None => Err(Error::ConnectionLost {
-            peer: peer.clone(),
-            reason: "stream ended without an answer".to_owned(),
-        }),
+        None => Err(Error::lost(peer, "stream ended without an answer")),
     }
 }
 

@@ -3,7 +3,9 @@
 use quinn::{ConnectionError, ReadError, VarInt, WriteError};
 
 use crate::command::ServerAddress;
-use crate::error::Error;
+use std::sync::Arc;
+
+use crate::error::{Cause, Error};
 use crate::sanitize::untrusted;
 
 /// Stream error codes (RESET_STREAM / STOP_SENDING), as `docs/PROTOCOL.md` lists them.
@@ -95,12 +97,14 @@ pub(crate) fn connection_error(peer: &ServerAddress, error: &ConnectionError) ->
         // their guard (`Inner::guarded`, the pipeline's closed token) instead.
         ConnectionError::LocallyClosed => "closed by this node".to_owned(),
         // The peer chose the close reason: sanitized.
+        ConnectionError::ApplicationClosed(_) | ConnectionError::ConnectionClosed(_) => {
+            format!("closed by the peer: {}", untrusted(error))
+        }
+        ConnectionError::TimedOut => "the peer stopped answering (idle timeout)".to_owned(),
+        ConnectionError::Reset => "the peer restarted (stateless reset)".to_owned(),
         other => untrusted(other).to_string(),
     };
-    Error::ConnectionLost {
-        peer: peer.clone(),
-        reason,
-    }
+    Error::lost_by(peer, reason, Arc::new(error.clone()) as Cause)
 }
 
 /// The caller-facing error for a failed stream read.
@@ -108,10 +112,7 @@ pub(crate) fn read_error(peer: &ServerAddress, error: &ReadError) -> Error {
     match error {
         ReadError::ConnectionLost(e) => connection_error(peer, e),
         ReadError::Reset(code) => reset_error(peer, *code),
-        other => Error::ConnectionLost {
-            peer: peer.clone(),
-            reason: other.to_string(),
-        },
+        other => Error::lost_by(peer, "stream read failed", Arc::new(other.clone()) as Cause),
     }
 }
 
@@ -120,23 +121,18 @@ pub(crate) fn write_error(peer: &ServerAddress, error: &WriteError) -> Error {
     match error {
         WriteError::ConnectionLost(e) => connection_error(peer, e),
         WriteError::Stopped(code) => reset_error(peer, *code),
-        other => Error::ConnectionLost {
-            peer: peer.clone(),
-            reason: other.to_string(),
-        },
+        other => Error::lost_by(
+            peer,
+            "stream write failed",
+            Arc::new(other.clone()) as Cause,
+        ),
     }
 }
 
 fn reset_error(peer: &ServerAddress, code: VarInt) -> Error {
     match code {
         stream::BAD_FRAME => Error::Protocol(format!("{peer} refused a frame on this stream")),
-        stream::SHUTDOWN => Error::ConnectionLost {
-            peer: peer.clone(),
-            reason: "peer shutting down".to_owned(),
-        },
-        other => Error::ConnectionLost {
-            peer: peer.clone(),
-            reason: format!("stream closed by peer with code {other}"),
-        },
+        stream::SHUTDOWN => Error::lost(peer, "peer shutting down"),
+        other => Error::lost(peer, format!("stream closed by peer with code {other}")),
     }
 }

@@ -23,7 +23,7 @@ use crate::codec::{self, Frame, FrameKind};
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, RpcKind, ServerAddress, ServerId,
 };
-use crate::error::Error;
+use crate::error::{Cause, Error};
 use crate::transport::{
     AppendPipeline, BoxFuture, PipelineSink, ResponseFuture, check_entries, encode_error,
 };
@@ -173,10 +173,7 @@ async fn read_answers(
         let frame = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => {
-                break Error::ConnectionLost {
-                    peer: peer.clone(),
-                    reason: "pipeline ended".to_owned(),
-                };
+                break Error::lost(&peer, "pipeline ended");
             }
             Err(e) => break answer_read_error(&peer, e),
         };
@@ -200,18 +197,19 @@ async fn read_answers(
     while let Ok(slot) = slots.try_recv() {
         waiting.push_back(slot);
     }
-    let reason = failure.to_string();
     if !waiting.is_empty() {
         failed.store(true, Ordering::Release);
     }
+    // Any other failure is shared by every append it fails, as their cause.
+    let (closed_by, cause): (fn() -> Error, Option<Cause>) = match failure {
+        Error::PipelineClosed => (|| Error::PipelineClosed, None),
+        Error::Shutdown => (|| Error::Shutdown, None),
+        other => (|| Error::PipelineClosed, Some(Arc::new(other))),
+    };
     for slot in waiting {
-        let error = match &failure {
-            Error::PipelineClosed => Error::PipelineClosed,
-            Error::Shutdown => Error::Shutdown,
-            _ => Error::ConnectionLost {
-                peer: peer.clone(),
-                reason: reason.clone(),
-            },
+        let error = match &cause {
+            None => closed_by(),
+            Some(cause) => Error::lost_by(&peer, "the pipeline failed", cause.clone()),
         };
         let _ = slot.send(Err(error));
     }
@@ -245,12 +243,9 @@ impl PipelineSink for QuicSink {
             let peer = lane.peer.clone();
             let metrics = lane.conn.metrics.clone();
             let response: ResponseFuture = Box::pin(async move {
-                let result = rx.await.unwrap_or_else(|_| {
-                    Err(Error::ConnectionLost {
-                        peer,
-                        reason: "pipeline reader stopped".to_owned(),
-                    })
-                });
+                let result = rx
+                    .await
+                    .unwrap_or_else(|_| Err(Error::lost(&peer, "pipeline reader stopped")));
                 metrics.call(kind, CallOutcome::of(&result), started.elapsed());
                 result
             });
