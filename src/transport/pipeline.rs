@@ -5,8 +5,6 @@
 //! [`PipelineSink`] that puts requests on the wire in the order it is given them.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -20,8 +18,7 @@ use crate::error::Error;
 /// The `max_in_flight` used when a configuration says 0.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 
-/// A boxed future, as object-safe traits return them.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use futures_util::future::BoxFuture;
 
 /// Resolves to the response of one pipelined request.
 pub type ResponseFuture = BoxFuture<'static, Result<AppendEntriesResponse, Error>>;

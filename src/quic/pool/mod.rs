@@ -330,12 +330,7 @@ impl Pool {
 
     fn record_failure(&self, entry: &mut Entry, failure: DialFailure) {
         entry.failures = entry.failures.saturating_add(1);
-        let exponent = (entry.failures - 1).min(16);
-        let delay = self
-            .timing
-            .backoff_base
-            .saturating_mul(1 << exponent)
-            .min(self.timing.backoff_max);
+        let delay = backoff(&self.timing, entry.failures, fastrand::f64());
         entry.retry_at = Some(Instant::now() + delay);
         entry.last_failure = Some(failure);
     }
@@ -572,6 +567,18 @@ fn backing_off(failure: DialFailure, target: &ServerAddress, retry_at: Instant) 
     }
 }
 
+/// The wait after the `failures`-th failed dial in a row: the base doubled per failure up to
+/// the maximum, of which a random half (`unit` in `[0, 1)`) is taken off, so that the nodes
+/// that lost a peer together do not all dial it again in the same instant.
+fn backoff(timing: &PoolTiming, failures: u32, unit: f64) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    let ceiling = timing
+        .backoff_base
+        .saturating_mul(1 << exponent)
+        .min(timing.backoff_max);
+    ceiling.mul_f64(1.0 - unit.clamp(0.0, 1.0) / 2.0)
+}
+
 /// A peer address must be `ip:port`: the transport does not resolve names on the RPC path.
 fn resolve(target: &ServerAddress) -> Result<SocketAddr, Error> {
     target.as_str().parse().map_err(|_| Error::Unreachable {
@@ -588,4 +595,38 @@ async fn retire(loser: PeerConn, grace: Duration) {
     tokio::time::sleep(grace).await;
     loser.wait_idle().await;
     loser.conn.close(conn::DUPLICATE, b"duplicate connection");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing() -> PoolTiming {
+        PoolTiming {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            probe_max: Duration::from_secs(1),
+            retire_grace: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_takes_off_up_to_half_at_random() {
+        let t = timing();
+        assert_eq!(backoff(&t, 1, 0.0), Duration::from_millis(100));
+        assert_eq!(backoff(&t, 2, 0.0), Duration::from_millis(200));
+        assert_eq!(backoff(&t, 4, 0.0), Duration::from_millis(800));
+        assert_eq!(backoff(&t, 40, 0.0), Duration::from_secs(10));
+        assert_eq!(backoff(&t, 4, 1.0), Duration::from_millis(400));
+        assert_eq!(backoff(&t, 4, 0.5), Duration::from_millis(600));
+        // Two nodes that failed together wait different times.
+        let waits: std::collections::HashSet<Duration> =
+            (0..32).map(|_| backoff(&t, 3, fastrand::f64())).collect();
+        assert!(waits.len() > 1);
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w > Duration::from_millis(200) && *w <= Duration::from_millis(400))
+        );
+    }
 }
