@@ -598,11 +598,11 @@ usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... 
   --scenario NAME    rtt, throughput, snapshot, hol, concurrency, idle, growth or restart (repeatable; default all)
   --impl NAME        quicraft, inmem or raw-quinn (repeatable; default all)
   --runtime KIND     each node's tokio runtime: current (one thread, the default) or multi
-  --busy-poll US     QuicConfig::busy_poll window in microseconds (0: off; default: the
+  --busy-poll US     QuicTuning::busy_poll window in microseconds (0: off; default: the
                      transport's default); reported as busy_poll_us (null: the default)
-  --stream-window B  QuicConfig::stream_receive_window in bytes (default: the transport's,
+  --stream-window B  QuicTuning::stream_receive_window in bytes (default: the transport's,
                      1250000); reported as stream_window (null: the default)
-  --max-udp-payload B  QuicConfig::max_udp_payload (default: the transport's, 1452); 65527
+  --max-udp-payload B  QuicTuning::max_udp_payload (default: the transport's, 1452); 65527
                      lets path MTU discovery use loopback's 64 KiB MTU; reported as
                      max_udp_payload (null: the default)
   --metrics          record the transport's metrics in a Prometheus recorder (as the cluster

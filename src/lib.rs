@@ -79,7 +79,8 @@ pub use openraft_adapter::{
     NodeAddress, OPENRAFT_ERROR, QuicraftNetwork, QuicraftNetworkFactory, WireError, serve_raft,
 };
 pub use quic::{
-    CongestionController, ConnectionInfo, QuicConfig, QuicTransport, TlsFiles, TransportStats,
+    CongestionController, ConnectionInfo, QuicConfig, QuicTransport, QuicTuning, TlsFiles,
+    TransportStats,
 };
 pub use tls::{
     ALPN, CaRoots, ClusterCa, GeneratedNode, Identity, NodeCertOptions, RevocationLists, SpiffeId,

@@ -312,9 +312,12 @@ async fn receiver_shut_down_mid_snapshot_fails_both_ends_and_a_retry_is_byte_exa
     // A short idle timeout bounds the sender's wait even if the close were lost on the way;
     // 16 MiB per rpc_timeout (5 s) gives the 256 MiB snapshot an 80 s deadline.
     let tune = |c: QuicConfig| {
-        c.idle_timeout(Duration::from_secs(5))
-            .keep_alive(Some(Duration::from_secs(1)))
-            .snapshot_timeout_scale(16 * 1024 * 1024)
+        c.tuning(
+            quicraft::QuicTuning::default()
+                .idle_timeout(Duration::from_secs(5))
+                .keep_alive(Some(Duration::from_secs(1))),
+        )
+        .snapshot_timeout_scale(16 * 1024 * 1024)
     };
     let snapshot_deadline = Duration::from_secs(80);
     let (a, _a_in) = bind(tune(fx.config("n1"))).await;
@@ -672,9 +675,12 @@ async fn silently_cut_link_fails_50_pipelined_appends_in_order_and_a_new_pipelin
     let backoff = Duration::from_millis(20);
     let fx = Fixture::new("pipeline-cut");
     let tune = |c: QuicConfig| {
-        c.idle_timeout(idle_timeout)
-            .keep_alive(Some(Duration::from_millis(300)))
-            .rpc_timeout(rpc_timeout)
+        c.tuning(
+            quicraft::QuicTuning::default()
+                .idle_timeout(idle_timeout)
+                .keep_alive(Some(Duration::from_millis(300))),
+        )
+        .rpc_timeout(rpc_timeout)
     };
     let (b, mut b_in) = bind(tune(fx.config("n2"))).await;
     let relay = Relay::start(b.local_socket_addr()).await;

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use common::Fixture;
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, Command, Error, Incoming, InstallSnapshotRequest,
-    InstallSnapshotResponse, QuicTransport, RequestVoteRequest, RequestVoteResponse, Response, Rpc,
-    RpcHeader, Transport,
+    InstallSnapshotResponse, QuicTransport, QuicTuning, RequestVoteRequest, RequestVoteResponse,
+    Response, Rpc, RpcHeader, Transport,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
@@ -200,12 +200,18 @@ async fn two_nodes_calling_each_other_share_one_connection() {
 async fn a_large_max_udp_payload_is_reached_on_loopback_and_kept_under_bulk_transfer() {
     common::init_tracing();
     let fx = Fixture::new("mtu");
-    let (a, _a_in) = QuicTransport::bind(fx.config("n1").max_udp_payload(16_384))
-        .await
-        .unwrap();
-    let (b, b_in) = QuicTransport::bind(fx.config("n2").max_udp_payload(16_384))
-        .await
-        .unwrap();
+    let (a, _a_in) = QuicTransport::bind(
+        fx.config("n1")
+            .tuning(QuicTuning::default().max_udp_payload(16_384)),
+    )
+    .await
+    .unwrap();
+    let (b, b_in) = QuicTransport::bind(
+        fx.config("n2")
+            .tuning(QuicTuning::default().max_udp_payload(16_384)),
+    )
+    .await
+    .unwrap();
     serve(&b, b_in);
     // Discovery probes ride on the connection's own timers; keep calling until they are
     // acknowledged (bounded: 2,000 round trips, far more than the few probes need).

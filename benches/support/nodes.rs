@@ -14,7 +14,8 @@ use bytes::Bytes;
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, ClusterCa, Command, InmemConfig, InmemTransport,
     InstallSnapshotRequest, InstallSnapshotResponse, Log, NodeCertOptions, QuicConfig,
-    QuicTransport, RemoteError, Rpc, RpcHeader, ServerAddress, ServerId, SnapshotReader, Transport,
+    QuicTransport, QuicTuning, RemoteError, Rpc, RpcHeader, ServerAddress, ServerId,
+    SnapshotReader, Transport,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::oneshot;
@@ -257,18 +258,18 @@ pub(crate) struct Tuning {
 }
 
 impl Tuning {
-    fn apply(self, config: QuicConfig) -> QuicConfig {
-        let config = match self.busy_poll {
-            Some(window) => config.busy_poll(window),
-            None => config,
+    fn apply(self, tuning: QuicTuning) -> QuicTuning {
+        let tuning = match self.busy_poll {
+            Some(window) => tuning.busy_poll(window),
+            None => tuning,
         };
-        let config = match self.stream_window {
-            Some(window) => config.stream_receive_window(window),
-            None => config,
+        let tuning = match self.stream_window {
+            Some(window) => tuning.stream_receive_window(window),
+            None => tuning,
         };
         match self.max_udp_payload {
-            Some(bytes) => config.max_udp_payload(bytes),
-            None => config,
+            Some(bytes) => tuning.max_udp_payload(bytes),
+            None => tuning,
         }
     }
 }
@@ -282,11 +283,12 @@ pub(crate) fn quic_pair(runtime: RuntimeKind, tuning: Tuning) -> Pair<QuicTransp
             .issue_node(node, &NodeCertOptions::default())
             .expect("issue a node certificate")
             .identity;
-        let config = QuicConfig::new(CLUSTER, identity, ca.roots())
+        QuicConfig::new(CLUSTER, identity, ca.roots())
             .bind("127.0.0.1:0".parse().expect("an address"))
             .max_in_flight(MAX_IN_FLIGHT)
-            .congestion_controller(congestion_controller());
-        tuning.apply(config)
+            .tuning(
+                tuning.apply(QuicTuning::default().congestion_controller(congestion_controller())),
+            )
     };
 
     let follower_node = NodeThread::start("follower", runtime);

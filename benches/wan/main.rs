@@ -414,7 +414,10 @@ fn quic_config(ca: &ClusterCa, node: &str, bind: std::net::SocketAddr) -> QuicCo
     QuicConfig::new(CLUSTER, identity, ca.roots())
         .bind(bind)
         .rpc_timeout(Duration::from_secs(60))
-        .congestion_controller(QUIC_CC.get().copied().unwrap_or_default())
+        .tuning(
+            quicraft::QuicTuning::default()
+                .congestion_controller(QUIC_CC.get().copied().unwrap_or_default()),
+        )
         .heartbeat_hedge(HEARTBEAT_HEDGE.get().copied())
 }
 

@@ -17,6 +17,7 @@ mod server;
 mod snapshot_data;
 mod socket;
 mod stats;
+mod tuning;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,9 +26,10 @@ use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{CongestionController, QuicConfig};
+pub use config::QuicConfig;
 pub use reload::TlsFiles;
 pub use stats::TransportStats;
+pub use tuning::{CongestionController, QuicTuning};
 
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -120,16 +122,20 @@ impl QuicTransport {
         .with_revocation(config.revocation.clone());
         let local_id = ServerId::from(tls.local_id().node());
         config.check_frame_budget()?;
-        let transport_config = Arc::new(transport_config(&config)?);
+        let transport_config = Arc::new(
+            config
+                .tuning
+                .transport_config(config.initial_streams(), config.max_snapshot_streams)?,
+        );
         let server_config = connector::server_config(&tls, &transport_config)?;
-        let socket = udp_socket(config.bind, config.udp_buffer_size)?;
+        let socket = udp_socket(config.bind, config.tuning.udp_buffer_size)?;
         let runtime = quinn::default_runtime().ok_or_else(|| {
             ConfigError::Invalid("QuicTransport::bind needs a tokio runtime".to_owned())
         })?;
         let socket: Arc<dyn quinn::AsyncUdpSocket> = Arc::new(socket::QuicSocket::new(
             runtime.wrap_udp_socket(socket)?,
-            config.max_udp_payload,
-            config.busy_poll,
+            config.tuning.max_udp_payload,
+            config.tuning.busy_poll,
         ));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(&config)?,
@@ -286,7 +292,7 @@ pub struct ConnectionInfo {
     /// The current round-trip time estimate.
     pub rtt: std::time::Duration,
     /// The largest UDP payload the path is known to carry (path MTU discovery's current
-    /// figure, at most [`QuicConfig::max_udp_payload`]).
+    /// figure, at most [`QuicTuning::max_udp_payload`]).
     pub mtu: u16,
 }
 
@@ -338,7 +344,7 @@ fn endpoint_config(config: &QuicConfig) -> Result<quinn::EndpointConfig, Error> 
     let mut endpoint = keys.endpoint_config();
     // The largest datagram this node accepts, which peers' path MTU discovery may not exceed;
     // quinn's default (1472) would cap `max_udp_payload` settings above it.
-    let accept = config.max_udp_payload.max(1472);
+    let accept = config.tuning.max_udp_payload.max(1472);
     endpoint
         .max_udp_payload_size(accept)
         .map_err(|source| ConfigError::Quic {
@@ -346,45 +352,6 @@ fn endpoint_config(config: &QuicConfig) -> Result<quinn::EndpointConfig, Error> 
             source,
         })?;
     Ok(endpoint)
-}
-
-/// Bytes of received datagrams a connection keeps (quinn drops the oldest beyond it).
-const PROBE_DATAGRAM_BUFFER: usize = 1024;
-
-fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Error> {
-    let mut transport = quinn::TransportConfig::default();
-    let idle = quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|_| {
-        ConfigError::Invalid(format!(
-            "idle timeout {:?} is too long",
-            config.idle_timeout
-        ))
-    })?;
-    transport
-        .max_idle_timeout(Some(idle))
-        .keep_alive_interval(config.keep_alive)
-        .max_concurrent_bidi_streams(config.initial_streams().into())
-        .max_concurrent_uni_streams(config.max_snapshot_streams.into())
-        .receive_window(
-            quinn::VarInt::from_u64(config.receive_window).unwrap_or(quinn::VarInt::MAX),
-        )
-        .stream_receive_window(quinn::VarInt::from_u32(config.stream_receive_window));
-    let congestion: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> =
-        match config.congestion {
-            CongestionController::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
-            CongestionController::NewReno => Arc::new(quinn::congestion::NewRenoConfig::default()),
-            CongestionController::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
-        };
-    transport
-        .congestion_controller_factory(congestion)
-        .initial_rtt(config.initial_rtt)
-        .send_window(config.send_window);
-    // Datagrams carry only the connection probes of `pool` (empty, never read): a small
-    // buffer bounds what a peer's datagrams can make this node hold per connection.
-    transport.datagram_receive_buffer_size(Some(PROBE_DATAGRAM_BUFFER));
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(config.max_udp_payload);
-    transport.mtu_discovery_config(Some(mtu));
-    Ok(transport)
 }
 
 impl Transport for QuicTransport {

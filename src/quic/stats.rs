@@ -19,7 +19,7 @@ pub struct TransportStats {
     /// at their decoded size). Each peer's share, over all of its connections, is at most
     /// `QuicConfig::max_buffered_bytes_per_peer`.
     ///
-    /// Not counted: bytes QUIC still holds unread (bounded by `QuicConfig::receive_window`
+    /// Not counted: bytes QUIC still holds unread (bounded by `QuicTuning::receive_window`
     /// per connection), the at most 5 header bytes of each stream, answers this node reads
     /// for its own calls, and snapshot data (streamed to the consumer's reader as it is read).
     pub frame_bytes_buffered: usize,

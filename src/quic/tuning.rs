@@ -1,0 +1,195 @@
+//! QUIC and UDP tuning of a [`QuicTransport`](super::QuicTransport): what the connections and
+//! the socket do underneath the RPCs. The defaults suit a LAN or one host and work across a
+//! WAN; BENCHMARKS.md has what each setting changes, measured.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{ConfigError, Error};
+
+/// Transport tuning, given to [`QuicConfig::tuning`](super::QuicConfig::tuning). Every
+/// setting has a default chosen for Raft's traffic (small, latency-sensitive RPCs beside bulk
+/// snapshots), which may differ from quinn's.
+///
+/// ```
+/// use std::time::Duration;
+/// use quicraft::{CongestionController, QuicTuning};
+///
+/// // Across regions: no spinning, a closer first RTT guess.
+/// let wan = QuicTuning::default()
+///     .busy_poll(Duration::ZERO)
+///     .initial_rtt(Duration::from_millis(50))
+///     .congestion_controller(CongestionController::Bbr);
+/// # let _ = wan;
+/// ```
+#[derive(Debug, Clone)]
+pub struct QuicTuning {
+    pub(super) idle_timeout: Duration,
+    pub(super) keep_alive: Option<Duration>,
+    pub(super) receive_window: u64,
+    pub(super) stream_receive_window: u32,
+    pub(super) send_window: u64,
+    pub(super) udp_buffer_size: usize,
+    pub(super) max_udp_payload: u16,
+    pub(super) congestion: CongestionController,
+    pub(super) initial_rtt: Duration,
+    pub(super) busy_poll: Duration,
+}
+
+impl Default for QuicTuning {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Some(Duration::from_secs(5)),
+            receive_window: 32 * 1024 * 1024,
+            stream_receive_window: 1_250_000,
+            send_window: 10 * 1024 * 1024,
+            udp_buffer_size: 4 * 1024 * 1024,
+            max_udp_payload: 1452,
+            congestion: CongestionController::Bbr,
+            initial_rtt: Duration::from_millis(333),
+            busy_poll: Duration::from_micros(50),
+        }
+    }
+}
+
+impl QuicTuning {
+    /// A connection silent this long is closed. Default 30 s. Keep-alive stops an idle but
+    /// healthy connection from reaching it.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Interval of keep-alive packets, or `None` for none. Default 5 s: a dead peer is noticed
+    /// within the idle timeout even when no RPC is under way, for a few bytes per interval.
+    pub fn keep_alive(mut self, interval: Option<Duration>) -> Self {
+        self.keep_alive = interval;
+        self
+    }
+
+    /// Bytes a peer may have in flight to this node over all streams of its connection (QUIC
+    /// connection flow control). Default 32 MiB, at least 64 KiB. Bounds what one peer can make
+    /// this node buffer; below the link's bandwidth-delay product it caps throughput.
+    pub fn receive_window(mut self, bytes: u64) -> Self {
+        self.receive_window = bytes.max(64 * 1024);
+        self
+    }
+
+    /// Bytes a peer may have in flight to this node on any one stream (QUIC stream flow
+    /// control). Default 1,250,000 (quinn's), at least 16 KiB. Smaller keeps a heartbeat
+    /// from queueing behind a snapshot on a short link; on a long one a stream's rate is at
+    /// most window ÷ RTT, so keep it at or above the bandwidth-delay product there.
+    pub fn stream_receive_window(mut self, bytes: u32) -> Self {
+        self.stream_receive_window = bytes.max(16 * 1024);
+        self
+    }
+
+    /// Bytes this node may have in flight unacknowledged per connection. Default 10 MiB
+    /// (quinn's), at least 64 KiB. It must cover the bandwidth-delay product to fill a long fat
+    /// link; larger lets more data queue behind a slow peer.
+    pub fn send_window(mut self, bytes: u64) -> Self {
+        self.send_window = bytes.max(64 * 1024);
+        self
+    }
+
+    /// Size asked for the UDP socket's send and receive buffers; 0 keeps the system's.
+    /// Default 4 MiB: the usual system default (about 208 KiB) drops packets at full speed,
+    /// which congestion control reads as loss. Linux caps it at `net.core.rmem_max` /
+    /// `wmem_max`; larger absorbs bursts but lets a queue build up.
+    pub fn udp_buffer_size(mut self, bytes: usize) -> Self {
+        self.udp_buffer_size = bytes;
+        self
+    }
+
+    /// The largest UDP payload path MTU discovery may try. Default 1452 (a 1500-byte Ethernet
+    /// path), at least 1200. Raise it where the path carries more (8952 on a jumbo-frame LAN,
+    /// 65527 on loopback): fewer, larger packets cost less CPU per byte. A value too high
+    /// costs only lost probes, but quinn sizes its receive buffers by it.
+    pub fn max_udp_payload(mut self, bytes: u16) -> Self {
+        self.max_udp_payload = bytes.max(1200);
+        self
+    }
+
+    /// The congestion controller. Default [`CongestionController::Bbr`], which keeps a
+    /// snapshot moving on a lossy long link where loss-based controllers back off. Cubic is
+    /// more conservative and fairer to loss-based flows sharing a congested link.
+    pub fn congestion_controller(mut self, controller: CongestionController) -> Self {
+        self.congestion = controller;
+        self
+    }
+
+    /// The round-trip time assumed before the first measurement. Default 333 ms (QUIC's
+    /// recommendation). Set it near the real RTT (e.g. 50 ms across regions) so the first
+    /// retransmissions of a new connection are not late.
+    pub fn initial_rtt(mut self, rtt: Duration) -> Self {
+        self.initial_rtt = rtt;
+        self
+    }
+
+    /// How long the endpoint keeps polling its socket after a datagram, instead of parking
+    /// its thread; zero turns it off. Default 50 µs, backing off when the spin finds nothing.
+    /// On a LAN or one host an answer then finds the thread awake (no wake-up in the round
+    /// trip), for CPU right after traffic only. Across a WAN it buys nothing: turn it off.
+    pub fn busy_poll(mut self, window: Duration) -> Self {
+        self.busy_poll = window;
+        self
+    }
+
+    /// quinn's transport settings for these values: `initial_streams` bidirectional and
+    /// `snapshot_streams` unidirectional streams per connection at first.
+    pub(super) fn transport_config(
+        &self,
+        initial_streams: u32,
+        snapshot_streams: u32,
+    ) -> Result<quinn::TransportConfig, Error> {
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
+            ConfigError::Invalid(format!("idle timeout {:?} is too long", self.idle_timeout))
+        })?;
+        let congestion: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> = match self
+            .congestion
+        {
+            CongestionController::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+            CongestionController::NewReno => Arc::new(quinn::congestion::NewRenoConfig::default()),
+            CongestionController::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        };
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(self.max_udp_payload);
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(self.keep_alive)
+            .max_concurrent_bidi_streams(initial_streams.into())
+            .max_concurrent_uni_streams(snapshot_streams.into())
+            .receive_window(
+                quinn::VarInt::from_u64(self.receive_window).unwrap_or(quinn::VarInt::MAX),
+            )
+            .stream_receive_window(quinn::VarInt::from_u32(self.stream_receive_window))
+            .congestion_controller_factory(congestion)
+            .initial_rtt(self.initial_rtt)
+            .send_window(self.send_window)
+            // Datagrams carry only the connection probes of `pool` (empty, never read): a
+            // small buffer bounds what a peer's datagrams can make this node hold.
+            .datagram_receive_buffer_size(Some(PROBE_DATAGRAM_BUFFER))
+            .mtu_discovery_config(Some(mtu));
+        Ok(transport)
+    }
+}
+
+/// Bytes of received datagrams a connection keeps (quinn drops the oldest beyond it).
+const PROBE_DATAGRAM_BUFFER: usize = 1024;
+
+/// Congestion controllers [`QuicTuning::congestion_controller`] can choose, as quinn
+/// implements them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CongestionController {
+    /// CUBIC (RFC 9438): loss-based, quinn's default.
+    Cubic,
+    /// NewReno (RFC 9002's reference controller): loss-based, conservative.
+    NewReno,
+    /// BBR (version 1, quinn's experimental implementation): model-based, tolerant of
+    /// random loss. quicraft's default.
+    #[default]
+    Bbr,
+}
