@@ -44,11 +44,7 @@ impl InmemConfig {
     /// pipelining off (as in hashicorp/raft). More overlaps more latency but holds more
     /// requests in memory.
     pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
-        self.max_in_flight = if max_in_flight == 0 {
-            crate::DEFAULT_MAX_IN_FLIGHT
-        } else {
-            max_in_flight
-        };
+        self.max_in_flight = crate::transport::max_in_flight_or_default(max_in_flight);
         self
     }
 

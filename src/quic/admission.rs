@@ -288,17 +288,8 @@ async fn accept(acceptor: Arc<Acceptor>, incoming: quinn::Incoming, in_progress:
     let conn = match handshake {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) if codes::is_authentication_failure(&e) => {
-            match codes::refused_by_peer(&e) {
-                Some(why) => {
-                    tracing::warn!("the peer dialling from {remote} refused this node: {why}");
-                    metrics::handshake_failed("incoming", HandshakeFailure::RefusedByPeer);
-                }
-                // Refused here: the verifier logged why, in one line.
-                None => {
-                    tracing::debug!(%remote, "incoming handshake refused by this node");
-                    metrics::handshake_failed("incoming", HandshakeFailure::RefusedHere);
-                }
-            }
+            let peer = format_args!("the peer dialling from {remote}");
+            super::connector::handshake_refused("incoming", peer, &e);
             return;
         }
         Ok(Err(e)) => {

@@ -217,11 +217,7 @@ impl QuicConfig {
     /// Outstanding AppendEntries per pipeline. Default 128; 0 means the default, 1 turns
     /// pipelining off. More hides more latency and holds more requests in memory.
     pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
-        self.max_in_flight = if max_in_flight == 0 {
-            crate::DEFAULT_MAX_IN_FLIGHT
-        } else {
-            max_in_flight
-        };
+        self.max_in_flight = crate::transport::max_in_flight_or_default(max_in_flight);
         self
     }
 

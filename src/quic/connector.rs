@@ -122,17 +122,7 @@ impl Connector {
                 Ok(conn)
             }
             Ok(Err(e)) if codes::is_authentication_failure(&e) => {
-                match codes::refused_by_peer(&e) {
-                    Some(why) => {
-                        tracing::warn!("node {id} at {addr} refused this node: {why}");
-                        metrics::handshake_failed("outgoing", HandshakeFailure::RefusedByPeer);
-                    }
-                    // Refused here: the verifier logged why, in one line.
-                    None => {
-                        tracing::debug!(peer = %id, %addr, "handshake refused by this node");
-                        metrics::handshake_failed("outgoing", HandshakeFailure::RefusedHere);
-                    }
-                }
+                handshake_refused("outgoing", format_args!("node {id} at {addr}"), &e);
                 // The close reason is the peer's text.
                 let e = crate::sanitize::untrusted(e);
                 Err(DialFailure::Authentication(format!(
@@ -166,4 +156,24 @@ pub(crate) fn server_config(
     server_config.transport_config(transport.clone());
     super::admission::configure(&mut server_config);
     Ok(server_config)
+}
+
+/// Logs and counts a handshake that ended because a certificate was refused: a warning in
+/// plain words when `peer` (described for the log) refused this node; only a debug line when
+/// this node refused the peer, whose verifier has logged why in one line.
+pub(crate) fn handshake_refused(
+    direction: &'static str,
+    peer: std::fmt::Arguments<'_>,
+    error: &quinn::ConnectionError,
+) {
+    match codes::refused_by_peer(error) {
+        Some(why) => {
+            tracing::warn!("{peer} refused this node: {why}");
+            metrics::handshake_failed(direction, HandshakeFailure::RefusedByPeer);
+        }
+        None => {
+            tracing::debug!("handshake with {peer} refused by this node");
+            metrics::handshake_failed(direction, HandshakeFailure::RefusedHere);
+        }
+    }
 }

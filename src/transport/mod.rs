@@ -17,6 +17,7 @@ pub use limits::DEFAULT_MAX_MESSAGE_SIZE;
 pub(crate) use limits::{check_entries, check_request, encode_error};
 pub use peer::ServerAddressProvider;
 pub(crate) use peer::{AddressResolver, decode_peer};
+pub(crate) use pipeline::max_in_flight_or_default;
 pub use pipeline::{
     AppendCompletion, AppendPipeline, BoxFuture, DEFAULT_MAX_IN_FLIGHT, PipelineSink,
     ResponseFuture,

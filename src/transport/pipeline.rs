@@ -18,6 +18,15 @@ use crate::error::Error;
 /// The `max_in_flight` used when a configuration says 0.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 
+/// A `max_in_flight` setting as both transports read it: 0 means the default.
+pub(crate) fn max_in_flight_or_default(max_in_flight: usize) -> usize {
+    if max_in_flight == 0 {
+        DEFAULT_MAX_IN_FLIGHT
+    } else {
+        max_in_flight
+    }
+}
+
 pub use futures_util::future::BoxFuture;
 
 /// Resolves to the response of one pipelined request.
