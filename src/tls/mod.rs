@@ -34,7 +34,8 @@ mod explain;
 mod generate;
 mod identity;
 mod pem;
-mod verify;
+mod policy;
+mod verifier;
 
 use std::path::PathBuf;
 
@@ -46,7 +47,7 @@ pub use generate::{ClusterCa, GeneratedNode, NodeCertOptions};
 pub(crate) use identity::MAX_NODE_ID_LEN;
 pub use identity::{SpiffeId, validate_cluster_name, validate_node_id};
 pub use pem::{CaRoots, Identity};
-pub use verify::verify_node_chain;
+pub use policy::verify_node_chain;
 
 /// Errors of the TLS and certificate layer.
 #[derive(Debug, thiserror::Error)]
@@ -182,19 +183,16 @@ pub enum TlsError {
     },
 
     /// A certificate revocation list does not parse.
-    #[error("invalid certificate revocation list: {reason}")]
+    #[error("invalid certificate revocation list: {source}")]
     InvalidCrl {
         /// What the parser reported.
-        reason: String,
+        #[source]
+        source: webpki::Error,
     },
 
     /// rustls rejected a certificate, key or configuration.
     #[error("TLS error: {0}")]
     Rustls(#[from] rustls::Error),
-
-    /// The client-certificate verifier could not be built from the CA roots.
-    #[error("cannot build the client certificate verifier: {0}")]
-    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
 
     /// The rustls configuration is not usable for QUIC (no TLS 1.3 initial cipher suite).
     #[error("TLS configuration unusable for QUIC: {0}")]
