@@ -109,7 +109,10 @@ impl TlsContext {
     /// [`rustls::CertificateError::Revoked`]); [`TlsError::NotANodeCertificate`]; the
     /// identity errors of [`SpiffeId::from_certificate`]; [`TlsError::IdentityMismatch`] for
     /// a node of another cluster.
-    pub fn verify_peer_chain(&self, chain: &[CertificateDer<'_>]) -> Result<SpiffeId, TlsError> {
+    pub(crate) fn verify_peer_chain(
+        &self,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<SpiffeId, TlsError> {
         let (leaf, intermediates) = chain.split_first().ok_or_else(|| TlsError::NoCertificate {
             what: "the peer's chain".to_owned(),
         })?;

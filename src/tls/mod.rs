@@ -1,17 +1,22 @@
-//! TLS and certificates (layer 4): PEM loading, node identities, certificate generation and
-//! the rustls configurations the QUIC transport runs on.
+//! TLS and certificates (layer 4): PEM loading, node identities, certificate generation,
+//! revocation lists, the trust policy, and the rustls configurations the QUIC transport runs
+//! on.
 //!
 //! Every connection is mutual TLS 1.3 with ALPN [`ALPN`] and 0-RTT off. A cluster CA
 //! ([`ClusterCa`]) signs every node certificate; a node's identity is the one URI SAN
 //! `spiffe://<cluster>/node/<node-id>` in its certificate ([`SpiffeId`]).
 //!
-//! - A dialler ([`TlsContext::client_config`]) accepts a server only if its chain leads to the
-//!   CA roots, is valid now, and names exactly the node it meant to reach. The TLS server name
-//!   is ignored: identity is the SPIFFE id.
-//! - A listener ([`TlsContext::server_config`]) requires a client certificate, accepts it only
-//!   if its chain leads to the CA roots, is valid now, and names a node of the same cluster.
-//!   Which node the client is comes from [`peer_spiffe_id`] after the handshake; binding each
-//!   request to that id is the RPC layer's job.
+//! One policy decides every certificate: its chain leads to the CA roots, it is valid now,
+//! it is not revoked by the [`RevocationLists`] in use, it is a node certificate, and it
+//! names an accepted node. Both sides of a handshake and [`verify_node_chain`] apply it.
+//!
+//! - A dialler ([`TlsContext::client_config`]) accepts a server only if the policy accepts it
+//!   and it names exactly the node the dialler meant to reach. The TLS server name is
+//!   ignored: identity is the SPIFFE id.
+//! - A listener ([`TlsContext::server_config`]) requires a client certificate and accepts it
+//!   only if the policy accepts it and it names a node of the same cluster. Which node the
+//!   client is, the transport reads from the connection's peer certificate after the
+//!   handshake; binding each request to that id is the RPC layer's job.
 //!
 //! Loading a node's files:
 //!
