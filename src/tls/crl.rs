@@ -185,3 +185,38 @@ impl fmt::Debug for RevocationLists {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use crate::tls::generate::test_support::{ca, node};
+
+    #[test]
+    fn lists_are_parsed_at_load_and_merge_their_next_update() {
+        let ca = ca("prod");
+        let n1 = node(&ca, "n1");
+        let soon = ca
+            .revocation_list_pem(&[n1.identity.leaf()], 1, time::Duration::hours(1))
+            .expect("CRL");
+        let later = ca
+            .revocation_list_pem(&[], 2, time::Duration::days(7))
+            .expect("CRL");
+        let soon = RevocationLists::from_pem(soon.as_bytes()).expect("parses");
+        let later = RevocationLists::from_pem(later.as_bytes())
+            .expect("parses")
+            .enforce_next_update(true);
+        assert!(soon.next_update() < later.next_update());
+        let both = later.clone().merged(soon.clone());
+        assert_eq!(both.lists().len(), 2);
+        assert_eq!(both.next_update(), soon.next_update());
+        assert!(both.enforces_next_update());
+        assert!(RevocationLists::none().is_empty());
+        assert_eq!(RevocationLists::none().next_update(), None);
+
+        let err = RevocationLists::from_der(b"not a CRL".to_vec()).expect_err("garbage");
+        assert!(matches!(err, TlsError::InvalidCrl { .. }), "{err}");
+        assert!(err.source().is_some(), "the parser's error is kept");
+    }
+}

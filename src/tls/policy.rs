@@ -18,7 +18,10 @@ use rustls::{
     OtherError, RootCertStore, SignatureScheme,
 };
 
-use super::identity::excerpt;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::error::X509Error;
+
+use super::identity::{excerpt, parse_certificate};
 use super::{CaRoots, RevocationLists, SpiffeId, TlsError};
 
 /// Everything a chain is checked against: the CA roots, the crypto provider and the
@@ -154,8 +157,10 @@ impl TrustPolicy {
                 .map(drop)
             })
             .map_err(pki_refusal)?;
-        check_node_usages(leaf).map_err(Refusal::NotANode)?;
-        let id = SpiffeId::from_certificate(leaf).map_err(Refusal::Identity)?;
+        // One parse of the leaf serves both the usages and the SPIFFE id.
+        let parsed = parse_certificate(leaf).map_err(Refusal::NotANode)?;
+        check_node_usages(&parsed).map_err(Refusal::NotANode)?;
+        let id = SpiffeId::from_parsed(&parsed).map_err(Refusal::Identity)?;
         let expected = match accept {
             Accept::AnyNode => return Ok(id),
             Accept::NodeOf(cluster) if id.cluster() == cluster => return Ok(id),
@@ -247,21 +252,18 @@ fn verify_node_chain_at(
 ///
 /// # Errors
 /// [`TlsError::NotANodeCertificate`] naming the missing usage;
-/// [`TlsError::MalformedCertificate`] if the certificate or an extension does not parse (or
-/// an extension appears twice).
-fn check_node_usages(leaf: &CertificateDer<'_>) -> Result<(), TlsError> {
-    let malformed = |e: &dyn std::fmt::Display| TlsError::MalformedCertificate {
+/// [`TlsError::MalformedCertificate`] if an extension does not parse (or appears twice).
+fn check_node_usages(cert: &X509Certificate<'_>) -> Result<(), TlsError> {
+    let malformed = |e: X509Error| TlsError::MalformedCertificate {
         reason: excerpt(&e.to_string()),
     };
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| malformed(&e))?;
     let refuse = |reason| Err(TlsError::NotANodeCertificate { reason });
-    match cert.key_usage().map_err(|e| malformed(&e))? {
+    match cert.key_usage().map_err(malformed)? {
         Some(usage) if usage.value.digital_signature() => {}
         Some(_) => return refuse("key usage lacks digitalSignature"),
         None => return refuse("no key usage extension (digitalSignature is required)"),
     }
-    match cert.extended_key_usage().map_err(|e| malformed(&e))? {
+    match cert.extended_key_usage().map_err(malformed)? {
         Some(usage) if usage.value.server_auth && usage.value.client_auth => Ok(()),
         Some(_) => refuse("extended key usage lacks serverAuth or clientAuth"),
         None => refuse("no extended key usage extension (serverAuth and clientAuth are required)"),
