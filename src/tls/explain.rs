@@ -56,6 +56,11 @@ fn chain_refusal(error: &rustls::Error, leaf: &CertificateDer<'_>, whose: &str) 
             "{whose} was issued by a CA for which this node has no revocation list, and \
              revocation lists are in use"
         ),
+        CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. } => format!(
+            "{whose} could not be checked: a revocation list of this node is past its \
+             nextUpdate time, and stale lists are refused (load a fresh list)"
+        ),
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
             format!(
                 "{whose} is not a node certificate (it needs key usage digitalSignature and \
