@@ -18,16 +18,11 @@ use quicraft::{
     QuicTransport, RequestPreVoteRequest, RequestVoteRequest, RequestVoteResponse, RpcHeader,
     ServerAddress, ServerId, TimeoutNowRequest, TlsContext, Transport,
 };
-use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{ConnectionError, Endpoint};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls13_signature};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use time::OffsetDateTime;
 
 use common::Fixture;
+use common::tls::{client_presenting, client_without_certificate};
 
 /// Bound on any single wait, so a broken transport fails the test instead of hanging it.
 const GUARD: Duration = Duration::from_secs(10);
@@ -122,93 +117,6 @@ fn vote_frame(id: &str, term: u64) -> Vec<u8> {
     frame(
         0x02,
         &postcard::to_stdvec(&vote(id, "127.0.0.1:1", term)).unwrap(),
-    )
-}
-
-/// Accepts any server certificate (but still checks the handshake signature), so that a test
-/// can get far enough for the *server* to judge the client certificate.
-#[derive(Debug)]
-struct AcceptAnyServer(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // QUIC is TLS 1.3 only.
-        Err(rustls::Error::General("TLS 1.2 is not used by QUIC".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn ring() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn tls13_client() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
-    rustls::ClientConfig::builder_with_provider(ring())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-}
-
-fn quinn_client(mut config: rustls::ClientConfig) -> quinn::ClientConfig {
-    config.alpn_protocols = vec![quicraft::ALPN.to_vec()];
-    quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(config).unwrap()))
-}
-
-/// A raw client that trusts the cluster CA (standard WebPKI name check against the node
-/// certificate's `localhost` SAN) and presents no client certificate at all.
-fn client_without_certificate(fixture: &Fixture) -> quinn::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in fixture.ca.roots().certificates() {
-        roots.add(cert.clone()).unwrap();
-    }
-    quinn_client(
-        tls13_client()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
-/// A raw client that accepts any server and presents `node`'s certificate.
-fn client_presenting(node: &quicraft::GeneratedNode) -> quinn::ClientConfig {
-    let key = PrivateKeyDer::from_pem_slice(node.key_pem.as_bytes()).unwrap();
-    quinn_client(
-        tls13_client()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(ring())))
-            .with_client_auth_cert(node.identity.chain().to_vec(), key)
-            .unwrap(),
     )
 }
 
@@ -377,7 +285,7 @@ async fn client_certificate_of_another_ca_is_refused_by_the_server() {
 #[tokio::test]
 async fn transport_cannot_bind_with_a_certificate_of_another_cluster() {
     let fixture = Fixture::new("prod");
-    let other = fixture.issue_with("n1", &NodeCertOptions::default().cluster("other"));
+    let other = fixture.issue_of_cluster("other", "n1");
     match QuicTransport::bind(fixture.config_for(other.identity)).await {
         Err(Error::Config(quicraft::ConfigError::Tls(error))) => {
             let message = error.to_string();
@@ -394,7 +302,7 @@ async fn client_certificate_of_another_cluster_signed_by_the_same_ca_is_refused(
     let fixture = Fixture::new("prod");
     let (n2, mut incoming) = fixture.node("n2").await;
     let addr = n2.local_socket_addr();
-    let other = fixture.issue_with("n1", &NodeCertOptions::default().cluster("other"));
+    let other = fixture.issue_of_cluster("other", "n1");
 
     // As a node of cluster "other" would dial: its own verifier refuses n2 (wrong cluster), so
     // no connection is made and nothing is delivered.
@@ -421,7 +329,7 @@ async fn client_certificate_of_another_cluster_signed_by_the_same_ca_is_refused(
 async fn server_certificate_of_another_cluster_signed_by_the_same_ca_is_refused() {
     common::init_tracing();
     let fixture = Fixture::new("prod");
-    let other = fixture.issue_with("n1", &NodeCertOptions::default().cluster("other"));
+    let other = fixture.issue_of_cluster("other", "n1");
     // A QuicTransport cannot run with that certificate, so serve it from raw quinn.
     let server_config = TlsContext::new("other", other.identity, fixture.ca.roots())
         .unwrap()

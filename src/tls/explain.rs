@@ -6,11 +6,39 @@ use rustls::{AlertDescription, CertificateError};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::SpiffeId;
+use super::policy::Refusal;
+use super::{SpiffeId, TlsError};
 
 /// Why a peer's (or this node's own) certificate was refused, in words: `whose` names it
 /// ("node n2's certificate", "this node's own certificate").
-pub(crate) fn refusal(error: &rustls::Error, leaf: &CertificateDer<'_>, whose: &str) -> String {
+pub(crate) fn refusal(refusal: &Refusal, leaf: &CertificateDer<'_>, whose: &str) -> String {
+    match refusal {
+        Refusal::Chain(error) => chain_refusal(error, leaf, whose),
+        Refusal::NotANode(TlsError::NotANodeCertificate { reason }) => format!(
+            "{whose} is not a node certificate ({reason}; it needs key usage digitalSignature \
+             and extended key usages serverAuth and clientAuth)"
+        ),
+        Refusal::NotANode(error) => format!("{whose} could not be read: {error}"),
+        Refusal::Identity(error) => format!("{whose} does not name an accepted node: {error}"),
+    }
+}
+
+/// True when `refusal` is about the validity period, which this host's clock may be wrong
+/// about.
+pub(crate) fn outside_validity_period(refusal: &Refusal) -> bool {
+    matches!(
+        refusal,
+        Refusal::Chain(rustls::Error::InvalidCertificate(
+            CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. }
+        ))
+    )
+}
+
+/// [`refusal`] for a refusal of WebPKI (the chain).
+fn chain_refusal(error: &rustls::Error, leaf: &CertificateDer<'_>, whose: &str) -> String {
     let rustls::Error::InvalidCertificate(error) = error else {
         return format!("{whose} could not be checked: {error}");
     };
@@ -27,6 +55,11 @@ pub(crate) fn refusal(error: &rustls::Error, leaf: &CertificateDer<'_>, whose: &
         CertificateError::UnknownRevocationStatus => format!(
             "{whose} was issued by a CA for which this node has no revocation list, and \
              revocation lists are in use"
+        ),
+        CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. } => format!(
+            "{whose} could not be checked: a revocation list of this node is past its \
+             nextUpdate time, and stale lists are refused (load a fresh list)"
         ),
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
             format!(
@@ -123,7 +156,7 @@ mod tests {
             .unwrap();
         let leaf = &node.identity.chain()[0];
         let words = refusal(
-            &rustls::Error::InvalidCertificate(CertificateError::Expired),
+            &Refusal::Chain(rustls::Error::InvalidCertificate(CertificateError::Expired)),
             leaf,
             &whose(leaf),
         );
@@ -138,7 +171,9 @@ mod tests {
         let node = ca.issue_node("n1", &NodeCertOptions::default()).unwrap();
         let leaf = &node.identity.chain()[0];
         let words = refusal(
-            &rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+            &Refusal::Chain(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
             leaf,
             "x",
         );

@@ -55,8 +55,8 @@ impl ClusterCa {
     }
 
     /// Like [`ClusterCa::generate`], with the subject's common name (`None`: `quicraft
-    /// <cluster> CA <creation time>`, distinct per CA) and how long the certificate is valid from now (it starts an hour ago,
-    /// to tolerate clock skew) chosen by the caller.
+    /// <cluster> CA <creation time>`, distinct per CA) and how long the certificate is valid
+    /// from now (it starts an hour ago, to tolerate clock skew) chosen by the caller.
     ///
     /// # Errors
     /// [`TlsError::InvalidClusterName`]; [`TlsError::InvalidCa`] if `valid_for` is not
@@ -155,16 +155,14 @@ impl ClusterCa {
         }
     }
 
-    /// Issues a certificate and a fresh ECDSA P-256 key for node `node` of this CA's cluster
-    /// (or of [`NodeCertOptions::cluster`] if set).
+    /// Issues a certificate and a fresh ECDSA P-256 key for node `node` of this CA's cluster.
     ///
     /// The certificate carries the URI SAN `spiffe://<cluster>/node/<node>`, the DNS and IP
     /// SANs of `opts`, CN `node`, key usage digitalSignature, extended key usages serverAuth
     /// and clientAuth, and the validity period of `opts` (which may lie in the past).
     ///
     /// # Errors
-    /// [`TlsError::InvalidNodeId`], [`TlsError::InvalidClusterName`],
-    /// [`TlsError::InvalidValidity`], [`TlsError::Generation`] (e.g. a DNS name rcgen cannot
+    /// [`TlsError::InvalidNodeId`], [`TlsError::InvalidValidity`], [`TlsError::Generation`] (e.g. a DNS name rcgen cannot
     /// encode), or any error of [`Identity::new`].
     pub fn issue_node(
         &self,
@@ -189,16 +187,14 @@ impl ClusterCa {
         opts: &NodeCertOptions,
     ) -> Result<(Certificate, KeyPair), TlsError> {
         validate_node_id(node)?;
-        let cluster = opts.cluster.as_deref().unwrap_or(&self.cluster);
-        let id = SpiffeId::new(cluster, node)?;
+        let id = SpiffeId::new(self.cluster.as_str(), node)?;
         let mut uris = vec![id.to_uri()];
         uris.extend(opts.extra_uri_sans.iter().cloned());
         self.issue_raw_cert(node, uris, opts)
     }
 
     /// Issues an end-entity certificate with common name `common_name`, exactly the URI SANs
-    /// `uris`, and the DNS/IP SANs and validity of `opts` (its cluster override and extra URIs
-    /// are not used here).
+    /// `uris`, and the DNS/IP SANs and validity of `opts` (its extra URIs are not used here).
     pub(crate) fn issue_raw_cert(
         &self,
         common_name: &str,
@@ -253,14 +249,13 @@ impl fmt::Debug for ClusterCa {
 /// setters.
 ///
 /// Defaults: DNS name `localhost`, IP addresses `127.0.0.1` and `::1`, valid from an hour ago
-/// (computed when `default()` is called) for 365 days, the CA's own cluster.
+/// (computed when `default()` is called) for 365 days.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeCertOptions {
     dns_names: Vec<String>,
     ips: Vec<IpAddr>,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
-    cluster: Option<String>,
     extra_uri_sans: Vec<String>,
 }
 
@@ -275,7 +270,6 @@ impl Default for NodeCertOptions {
             ],
             not_before: now - BACKDATE,
             not_after: now + NODE_VALIDITY,
-            cluster: None,
             extra_uri_sans: Vec::new(),
         }
     }
@@ -312,14 +306,6 @@ impl NodeCertOptions {
     #[must_use]
     pub fn not_after(mut self, at: OffsetDateTime) -> Self {
         self.not_after = at;
-        self
-    }
-
-    /// Writes `cluster` into the SPIFFE id instead of the CA's own cluster: the CA then signs
-    /// a certificate claiming membership of another cluster (for testing that peers reject it).
-    #[must_use]
-    pub fn cluster(mut self, cluster: impl Into<String>) -> Self {
-        self.cluster = Some(cluster.into());
         self
     }
 
@@ -412,7 +398,6 @@ fn check_ca_certificate(cert_der: &CertificateDer<'_>, key: &KeyPair) -> Result<
     Ok(())
 }
 
-/// Shared setup for the TLS layer's unit tests.
 /// Revocation lists, signed by the CA.
 impl ClusterCa {
     /// A certificate revocation list signed by this CA that revokes `revoked` (matched by
@@ -458,6 +443,7 @@ impl ClusterCa {
     }
 }
 
+/// Shared setup for the TLS layer's unit tests.
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::{ClusterCa, GeneratedNode, NodeCertOptions};
@@ -471,6 +457,14 @@ pub(crate) mod test_support {
     /// A node certificate with default options.
     pub(crate) fn node(ca: &ClusterCa, node: &str) -> GeneratedNode {
         node_with(ca, node, &NodeCertOptions::default())
+    }
+
+    /// A node certificate naming `cluster`, signed by `ca` (whose own cluster may be another):
+    /// the same CA loaded for that cluster issues it.
+    pub(crate) fn node_of_cluster(ca: &ClusterCa, cluster: &str, node: &str) -> GeneratedNode {
+        let key = ca.key_pem();
+        let as_other = ClusterCa::from_pem(ca.cert_pem(), &key, cluster).expect("CA reloads");
+        self::node(&as_other, node)
     }
 
     /// A node certificate with `opts`.
@@ -552,11 +546,10 @@ mod tests {
     }
 
     #[test]
-    fn node_options_cluster_override_and_validity() {
+    fn node_options_validity_and_another_cluster_of_one_ca() {
         let ca = ClusterCa::generate("prod").expect("CA");
-        let other = ca
-            .issue_node("n1", &NodeCertOptions::default().cluster("staging"))
-            .expect("issued");
+        // The same CA, loaded for another cluster, names that cluster.
+        let other = test_support::node_of_cluster(&ca, "staging", "n1");
         assert_eq!(other.identity.spiffe_id().cluster(), "staging");
 
         let now = OffsetDateTime::now_utc();
@@ -580,7 +573,7 @@ mod tests {
             Err(TlsError::InvalidNodeId { .. })
         ));
         assert!(matches!(
-            ca.issue_node("n1", &NodeCertOptions::default().cluster("Bad")),
+            ClusterCa::from_pem(ca.cert_pem(), &ca.key_pem(), "Bad"),
             Err(TlsError::InvalidClusterName { .. })
         ));
     }

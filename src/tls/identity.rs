@@ -12,6 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use rustls::pki_types::CertificateDer;
+use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
 use super::TlsError;
@@ -115,17 +116,11 @@ impl SpiffeId {
     /// [`TlsError::MalformedCertificate`], [`TlsError::NoSpiffeId`],
     /// [`TlsError::MultipleSpiffeIds`] or [`TlsError::InvalidSpiffeId`].
     pub fn from_certificate(cert: &CertificateDer<'_>) -> Result<Self, TlsError> {
-        let (remainder, parsed) =
-            x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
-                TlsError::MalformedCertificate {
-                    reason: excerpt(&e.to_string()),
-                }
-            })?;
-        if !remainder.is_empty() {
-            return Err(TlsError::MalformedCertificate {
-                reason: format!("{} bytes of trailing data", remainder.len()),
-            });
-        }
+        Self::from_parsed(&parse_certificate(cert)?)
+    }
+
+    /// [`SpiffeId::from_certificate`] of a certificate already parsed.
+    pub(crate) fn from_parsed(parsed: &X509Certificate<'_>) -> Result<Self, TlsError> {
         let san = parsed
             .subject_alternative_name()
             .map_err(|e| TlsError::MalformedCertificate {
@@ -238,6 +233,26 @@ fn has_spiffe_scheme(uri: &str) -> bool {
     uri.as_bytes()
         .get(..SCHEME.len())
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case(SCHEME))
+}
+
+/// Parses a DER X.509 certificate, refusing trailing bytes.
+///
+/// # Errors
+/// [`TlsError::MalformedCertificate`] with the parser's (shortened) reason.
+pub(crate) fn parse_certificate<'a>(
+    cert: &'a CertificateDer<'_>,
+) -> Result<X509Certificate<'a>, TlsError> {
+    let (remainder, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
+        TlsError::MalformedCertificate {
+            reason: excerpt(&e.to_string()),
+        }
+    })?;
+    if !remainder.is_empty() {
+        return Err(TlsError::MalformedCertificate {
+            reason: format!("{} bytes of trailing data", remainder.len()),
+        });
+    }
+    Ok(parsed)
 }
 
 /// A short, escaped copy of an untrusted string, safe to put into an error message or a log

@@ -1,17 +1,22 @@
-//! TLS and certificates (layer 4): PEM loading, node identities, certificate generation and
-//! the rustls configurations the QUIC transport runs on.
+//! TLS and certificates (layer 4): PEM loading, node identities, certificate generation,
+//! revocation lists, the trust policy, and the rustls configurations the QUIC transport runs
+//! on.
 //!
 //! Every connection is mutual TLS 1.3 with ALPN [`ALPN`] and 0-RTT off. A cluster CA
 //! ([`ClusterCa`]) signs every node certificate; a node's identity is the one URI SAN
 //! `spiffe://<cluster>/node/<node-id>` in its certificate ([`SpiffeId`]).
 //!
-//! - A dialler ([`TlsContext::client_config`]) accepts a server only if its chain leads to the
-//!   CA roots, is valid now, and names exactly the node it meant to reach. The TLS server name
-//!   is ignored: identity is the SPIFFE id.
-//! - A listener ([`TlsContext::server_config`]) requires a client certificate, accepts it only
-//!   if its chain leads to the CA roots, is valid now, and names a node of the same cluster.
-//!   Which node the client is comes from [`peer_spiffe_id`] after the handshake; binding each
-//!   request to that id is the RPC layer's job.
+//! One policy decides every certificate: its chain leads to the CA roots, it is valid now,
+//! it is not revoked by the [`RevocationLists`] in use, it is a node certificate, and it
+//! names an accepted node. Both sides of a handshake and [`verify_node_chain`] apply it.
+//!
+//! - A dialler ([`TlsContext::client_config`]) accepts a server only if the policy accepts it
+//!   and it names exactly the node the dialler meant to reach. The TLS server name is
+//!   ignored: identity is the SPIFFE id.
+//! - A listener ([`TlsContext::server_config`]) requires a client certificate and accepts it
+//!   only if the policy accepts it and it names a node of the same cluster. Which node the
+//!   client is, the transport reads from the connection's peer certificate after the
+//!   handshake; binding each request to that id is the RPC layer's job.
 //!
 //! Loading a node's files:
 //!
@@ -34,7 +39,8 @@ mod explain;
 mod generate;
 mod identity;
 mod pem;
-mod verify;
+mod policy;
+mod verifier;
 
 use std::path::PathBuf;
 
@@ -46,7 +52,7 @@ pub use generate::{ClusterCa, GeneratedNode, NodeCertOptions};
 pub(crate) use identity::MAX_NODE_ID_LEN;
 pub use identity::{SpiffeId, validate_cluster_name, validate_node_id};
 pub use pem::{CaRoots, Identity};
-pub use verify::verify_node_chain;
+pub use policy::verify_node_chain;
 
 /// Errors of the TLS and certificate layer.
 #[derive(Debug, thiserror::Error)]
@@ -182,19 +188,16 @@ pub enum TlsError {
     },
 
     /// A certificate revocation list does not parse.
-    #[error("invalid certificate revocation list: {reason}")]
+    #[error("invalid certificate revocation list: {source}")]
     InvalidCrl {
         /// What the parser reported.
-        reason: String,
+        #[source]
+        source: webpki::Error,
     },
 
     /// rustls rejected a certificate, key or configuration.
     #[error("TLS error: {0}")]
     Rustls(#[from] rustls::Error),
-
-    /// The client-certificate verifier could not be built from the CA roots.
-    #[error("cannot build the client certificate verifier: {0}")]
-    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
 
     /// The rustls configuration is not usable for QUIC (no TLS 1.3 initial cipher suite).
     #[error("TLS configuration unusable for QUIC: {0}")]

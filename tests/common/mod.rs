@@ -4,6 +4,7 @@
 
 pub mod logs;
 pub mod pattern;
+pub mod tls;
 pub mod wire;
 
 use std::time::Duration;
@@ -37,6 +38,15 @@ impl Fixture {
     pub fn issue_with(&self, node: &str, options: &NodeCertOptions) -> GeneratedNode {
         self.ca
             .issue_node(node, options)
+            .expect("issue node certificate")
+    }
+
+    /// A certificate for `node` of `cluster`, signed by this fixture's CA (whose own cluster
+    /// may be another): the same CA, loaded for `cluster`, issues it.
+    pub fn issue_of_cluster(&self, cluster: &str, node: &str) -> GeneratedNode {
+        ClusterCa::from_pem(self.ca.cert_pem(), &self.ca.key_pem(), cluster)
+            .expect("load the CA for another cluster")
+            .issue_node(node, &NodeCertOptions::default())
             .expect("issue node certificate")
     }
 
