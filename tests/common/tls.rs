@@ -1,6 +1,8 @@
 //! Raw rustls clients for tests that need to get past the client's own checks: one that
 //! accepts any server, one without a client certificate.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use quicraft::GeneratedNode;
