@@ -40,6 +40,8 @@ pub(crate) mod conn {
     pub(crate) const DISCONNECTED: VarInt = VarInt::from_u32(4);
     /// The connection did not answer a probe: its peer is presumed dead or restarted.
     pub(crate) const STALE: VarInt = VarInt::from_u32(5);
+    /// This node's address changed under the connection: it dials the peer anew.
+    pub(crate) const MOVED: VarInt = VarInt::from_u32(6);
 }
 
 /// TLS alerts travel as QUIC transport error codes 0x100 + alert.

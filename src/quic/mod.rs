@@ -210,6 +210,7 @@ impl QuicTransport {
         });
         tasks.spawn(admission::accept_loop(acceptor, endpoint));
         metrics::describe();
+        tasks.spawn(pool.clone().watch_local_addresses());
         tasks.spawn(metrics::sample(pool, server.clone()));
         let node = Arc::new(Node {
             local_id,

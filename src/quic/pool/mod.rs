@@ -226,10 +226,16 @@ impl Pool {
                 // Not an address to dial: the connection serves it, as any accepted one.
                 Err(_) => Some(conn),
             },
-            None => {
-                entry.target = Some(target.clone());
-                Some(conn)
-            }
+            // A connection the peer dialled comes from its listening endpoint: a call naming
+            // another address means the peer moved since (or is known by another address,
+            // behind a NAT: one dial, and the tie-break keeps the live connection).
+            None => match resolve(target) {
+                Ok(addr) if conn.conn.remote_address() != addr => None,
+                _ => {
+                    entry.target = Some(target.clone());
+                    Some(conn)
+                }
+            },
         }
     }
 
@@ -531,6 +537,81 @@ impl Pool {
     /// Forgets every connection (on shutdown).
     pub(crate) fn clear(&self) {
         self.entries().clear();
+    }
+
+    /// Every [`ADDRESS_CHECK_INTERVAL`] until shutdown: [`follow_address_change`].
+    ///
+    /// [`follow_address_change`]: Self::follow_address_change
+    pub(crate) async fn watch_local_addresses(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(ADDRESS_CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => self.follow_address_change(),
+            }
+        }
+    }
+
+    /// Replaces the connections on a local address this node no longer has. Its peers drop
+    /// what it sends from a new address on the connections they dialled (in QUIC only the
+    /// dialler migrates), and quinn keeps sending from the old address on those this node
+    /// dialled. Each such connection is closed with `MOVED` and the peer dialled at once, at
+    /// the address of the connection (a node dials from its listening endpoint, so that is
+    /// where the peer listens).
+    pub(crate) fn follow_address_change(self: &Arc<Self>) {
+        let mut gone: HashMap<std::net::IpAddr, bool> = HashMap::new();
+        let mut stranded = Vec::new();
+        {
+            let mut entries = self.entries();
+            for (peer, entry) in entries.iter_mut() {
+                let Some(conn) = entry.conn.clone() else {
+                    continue;
+                };
+                if !conn.is_alive() {
+                    continue;
+                }
+                let Some(ip) = conn.conn.local_ip() else {
+                    continue;
+                };
+                if !*gone.entry(ip).or_insert_with(|| !is_local_address(ip)) {
+                    continue;
+                }
+                entry.conn = None;
+                entry.target = None;
+                stranded.push((peer.clone(), conn));
+            }
+        }
+        for (peer, conn) in stranded {
+            let remote = conn.conn.remote_address();
+            tracing::info!(
+                %peer,
+                %remote,
+                "this node's address changed under its connection to the peer; dialling it again"
+            );
+            conn.conn.close(conn::MOVED, b"address changed");
+            let mut entries = self.entries();
+            let entry = entries.entry(peer.clone()).or_default();
+            if entry.dial.is_none() && entry.conn.is_none() {
+                entry.dial = Some(self.spawn_dial(peer, remote));
+            }
+        }
+    }
+}
+
+/// How often [`Pool::watch_local_addresses`] looks for a lost local address: the longest a
+/// peer waits, after this node's address changed, for this node to dial it anew.
+const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Whether `ip` is an address of this host: binding a socket to it succeeds.
+fn is_local_address(ip: std::net::IpAddr) -> bool {
+    if ip.is_unspecified() {
+        return true;
+    }
+    match std::net::UdpSocket::bind(SocketAddr::new(ip, 0)) {
+        Ok(_) => true,
+        // Anything else (no free port, no permission) says nothing of the address.
+        Err(e) => e.kind() != std::io::ErrorKind::AddrNotAvailable,
     }
 }
 
