@@ -17,9 +17,7 @@ use super::{Inner, priority};
 use crate::codec::{self, Frame};
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, Command, InstallSnapshotRequest,
-    InstallSnapshotResponse, RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest,
-    RequestVoteResponse, Response, RpcKind, ServerAddress, ServerId, TimeoutNowRequest,
-    TimeoutNowResponse,
+    InstallSnapshotResponse, Request, Response, RpcKind, ServerAddress, ServerId,
 };
 use crate::error::{Error, ErrorCode};
 use crate::transport::{
@@ -103,18 +101,20 @@ pub(super) fn request_write_error(
     }
 }
 
-/// Turns an answer frame into the caller's result.
-pub(super) fn answer(
+/// Turns the answer frame to a request of `kind` into the caller's result: a response that
+/// is not the `T` that answers it is the peer's protocol violation.
+pub(super) fn answer<T: TryFrom<Response, Error = Response>>(
     peer: &ServerAddress,
     kind: RpcKind,
     frame: Option<Frame>,
-) -> Result<Response, Error> {
+) -> Result<T, Error> {
     match frame {
-        Some(Frame::Response(response)) if response.kind() == kind => Ok(response),
-        Some(Frame::Response(response)) => Err(Error::Protocol(format!(
-            "{peer} answered {kind} with a {} response",
-            response.kind()
-        ))),
+        Some(Frame::Response(response)) => T::try_from(response).map_err(|other| {
+            Error::Protocol(format!(
+                "{peer} answered {kind} with a {} response",
+                other.kind()
+            ))
+        }),
         Some(Frame::Error(e)) if e.code == ErrorCode::IDENTITY_MISMATCH => Err(
             Error::Authentication(format!("{peer} refused the request: {}", e.message)),
         ),
@@ -133,9 +133,7 @@ pub(super) fn answer(
 /// The term a request carries (0 for TimeoutNow, which has none), for its span.
 pub(super) fn term_of(frame: &Frame) -> u64 {
     match frame {
-        Frame::AppendEntries(r) => r.term,
-        Frame::RequestVote(r) => r.term,
-        Frame::RequestPreVote(r) => r.term,
+        Frame::Request(command) => command.term(),
         Frame::InstallSnapshot { request, .. } => request.term,
         _ => 0,
     }
@@ -157,29 +155,27 @@ pub(super) fn record_call<T>(
 
 /// One request on a new bidirectional stream, and its answer, in a `rpc` span (debug level:
 /// peer, kind, term, and the stream once opened), recorded in the peer's metrics.
-async fn unary(
+async fn unary<T: TryFrom<Response, Error = Response>>(
     inner: &Arc<Inner>,
     id: &ServerId,
     target: &ServerAddress,
-    kind: RpcKind,
     priority: i32,
-    request: Frame,
-) -> Result<Response, Error> {
+    request: Command,
+) -> Result<T, Error> {
     let started = Instant::now();
-    let heartbeat = matches!(&request, Frame::AppendEntries(r) if r.is_heartbeat());
-    let metric_kind = Kind::of(kind, heartbeat);
+    let metric_kind = Kind::of(request.kind(), request.is_heartbeat());
     let span = tracing::debug_span!(
         "rpc",
         peer = %id,
         kind = metric_kind.label(),
-        term = term_of(&request),
+        term = request.term(),
         stream = tracing::field::Empty,
     );
     let mut metrics = None;
     let call = unary_call(
         inner,
         (id, target),
-        (kind, priority),
+        priority,
         request,
         started,
         (&span, &mut metrics),
@@ -197,21 +193,23 @@ async fn unary(
 /// [`unary`] without the span and the metrics. The request is checked against the limits and
 /// encoded before anything else, so one that exceeds them dials nothing. Leaves the
 /// connection's metric handles in `metrics` once it has one.
-async fn unary_call(
+async fn unary_call<T: TryFrom<Response, Error = Response>>(
     inner: &Arc<Inner>,
     (id, target): (&ServerId, &ServerAddress),
-    (kind, priority): (RpcKind, i32),
-    request: Frame,
+    priority: i32,
+    request: Command,
     started: Instant,
     (span, metrics): (&tracing::Span, &mut Option<Arc<PeerMetrics>>),
-) -> Result<Response, Error> {
+) -> Result<T, Error> {
     let deadline = started + inner.config.rpc_timeout;
     let max = inner.config.max_message_size;
-    if let Frame::AppendEntries(append) = &request {
+    let kind = request.kind();
+    if let Command::AppendEntries(append) = &request {
         check_entries(append)?;
     }
     let mut encoded = BytesMut::with_capacity(256);
-    codec::encode(&request, &mut encoded, max).map_err(|e| encode_error(kind, e))?;
+    codec::encode(&Frame::Request(request), &mut encoded, max)
+        .map_err(|e| encode_error(kind, e))?;
     let encoded = encoded.freeze();
     let (conn, peer) = inner.connection(id, target, deadline).await?;
     *metrics = Some(conn.metrics.clone());
@@ -239,30 +237,15 @@ async fn unary_call(
         .await
 }
 
-macro_rules! unary_call {
-    ($name:ident, $request:ty, $response:ty, $kind:ident, $priority:expr) => {
-        pub(super) async fn $name(
-            inner: &Arc<Inner>,
-            id: &ServerId,
-            target: &ServerAddress,
-            request: $request,
-        ) -> Result<$response, Error> {
-            #[allow(clippy::redundant_closure_call)]
-            let priority = ($priority)(&request);
-            let response = unary(
-                inner,
-                id,
-                target,
-                RpcKind::$kind,
-                priority,
-                Frame::$kind(request),
-            )
-            .await?;
-            // `answer` checked the kind already.
-            <$response>::try_from(response)
-                .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
-        }
-    };
+/// RequestVote, RequestPreVote or TimeoutNow on its own stream, at the priority of votes and
+/// heartbeats.
+pub(super) async fn control<Q: Request>(
+    inner: &Arc<Inner>,
+    id: &ServerId,
+    target: &ServerAddress,
+    request: Q,
+) -> Result<Q::Answer, Error> {
+    unary(inner, id, target, priority::CONTROL, request.into()).await
 }
 
 /// AppendEntries on its own stream; a heartbeat hedged when `QuicConfig::heartbeat_hedge`
@@ -273,30 +256,18 @@ pub(super) async fn append_entries(
     target: &ServerAddress,
     request: AppendEntriesRequest,
 ) -> Result<AppendEntriesResponse, Error> {
-    let kind = RpcKind::AppendEntries;
     let heartbeat = request.is_heartbeat();
-    let response = match inner.config.heartbeat_hedge {
-        Some(delay) if heartbeat => hedged_heartbeat(inner, id, target, request, delay).await?,
+    match inner.config.heartbeat_hedge {
+        Some(delay) if heartbeat => hedged_heartbeat(inner, id, target, request, delay).await,
         _ => {
             let priority = if heartbeat {
                 priority::CONTROL
             } else {
                 priority::APPEND
             };
-            unary(
-                inner,
-                id,
-                target,
-                kind,
-                priority,
-                Frame::AppendEntries(request),
-            )
-            .await?
+            unary(inner, id, target, priority, request.into()).await
         }
-    };
-    // `answer` checked the kind already.
-    AppendEntriesResponse::try_from(response)
-        .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
+    }
 }
 
 /// A heartbeat, and a copy of it on a second stream if the first has no answer after
@@ -311,22 +282,15 @@ async fn hedged_heartbeat(
     target: &ServerAddress,
     request: AppendEntriesRequest,
     delay: std::time::Duration,
-) -> Result<Response, Error> {
+) -> Result<AppendEntriesResponse, Error> {
     let kind = RpcKind::AppendEntries;
     let deadline = Instant::now() + inner.config.rpc_timeout;
     // The delay counts from when the request can go out, not from a dial.
     inner.connection(id, target, deadline).await?;
     inner
         .guarded(kind, deadline, async {
-            let copy = Frame::AppendEntries(request.clone());
-            let original = unary(
-                inner,
-                id,
-                target,
-                kind,
-                priority::CONTROL,
-                Frame::AppendEntries(request),
-            );
+            let copy = Command::AppendEntries(request.clone());
+            let original = unary(inner, id, target, priority::CONTROL, request.into());
             tokio::pin!(original);
             tokio::select! {
                 biased;
@@ -339,7 +303,7 @@ async fn hedged_heartbeat(
             peer_metrics.heartbeat_copy_sent();
             tracing::trace!(peer = %id, ?delay, "heartbeat unanswered: sending a copy");
             let copy = async {
-                match unary(inner, id, target, kind, priority::CONTROL, copy).await {
+                match unary(inner, id, target, priority::CONTROL, copy).await {
                     Ok(answer) => answer,
                     // Left to the original, which ends by the shared deadline.
                     Err(_) => std::future::pending().await,
@@ -357,28 +321,6 @@ async fn hedged_heartbeat(
         })
         .await
 }
-unary_call!(
-    request_vote,
-    RequestVoteRequest,
-    RequestVoteResponse,
-    RequestVote,
-    |_: &_| { priority::CONTROL }
-);
-unary_call!(
-    request_pre_vote,
-    RequestPreVoteRequest,
-    RequestPreVoteResponse,
-    RequestPreVote,
-    |_: &_| priority::CONTROL
-);
-unary_call!(
-    timeout_now,
-    TimeoutNowRequest,
-    TimeoutNowResponse,
-    TimeoutNow,
-    |_: &_| { priority::CONTROL }
-);
-
 /// InstallSnapshot: the request on a bidirectional stream, `size` bytes of data on a
 /// unidirectional stream bound to it by a transfer id, streamed with bounded memory.
 ///
@@ -439,7 +381,7 @@ where
     let (conn, peer) = inner.connection(id, target, deadline).await?;
     *metrics = Some(conn.metrics.clone());
     let mut data = CountingRead::new(data, conn.metrics.snapshot_sent_bytes());
-    let response = inner
+    inner
         .guarded(RpcKind::InstallSnapshot, deadline, async {
             let _active = conn.active();
             let data_stream = conn
@@ -487,7 +429,5 @@ where
             let frame = frame.map_err(|e| answer_read_error(&peer, e))?;
             answer(&peer, RpcKind::InstallSnapshot, frame)
         })
-        .await?;
-    InstallSnapshotResponse::try_from(response)
-        .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
+        .await
 }

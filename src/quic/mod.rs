@@ -514,7 +514,7 @@ impl Transport for QuicTransport {
         target: &ServerAddress,
         request: RequestVoteRequest,
     ) -> Result<RequestVoteResponse, Error> {
-        client::request_vote(&self.inner, id, target, request).await
+        client::control(&self.inner, id, target, request).await
     }
 
     async fn request_pre_vote(
@@ -523,7 +523,7 @@ impl Transport for QuicTransport {
         target: &ServerAddress,
         request: RequestPreVoteRequest,
     ) -> Result<RequestPreVoteResponse, Error> {
-        client::request_pre_vote(&self.inner, id, target, request).await
+        client::control(&self.inner, id, target, request).await
     }
 
     async fn timeout_now(
@@ -532,7 +532,7 @@ impl Transport for QuicTransport {
         target: &ServerAddress,
         request: TimeoutNowRequest,
     ) -> Result<TimeoutNowResponse, Error> {
-        client::timeout_now(&self.inner, id, target, request).await
+        client::control(&self.inner, id, target, request).await
     }
 
     async fn install_snapshot<R>(
