@@ -249,8 +249,15 @@ fn timeout_now_response() -> impl Strategy<Value = TimeoutNowResponse> {
 }
 
 fn remote_error() -> impl Strategy<Value = RemoteError> {
-    (any::<u32>(), "\\PC{0,40}")
-        .prop_map(|(code, message)| RemoteError::new(ErrorCode(code), message))
+    (any::<u32>(), "\\PC{0,40}", prop::option::of(bytes(24))).prop_map(
+        |(code, message, details)| {
+            let error = RemoteError::new(ErrorCode(code), message);
+            match details {
+                Some(details) => error.with_details(details),
+                None => error,
+            }
+        },
+    )
 }
 
 fn command() -> impl Strategy<Value = Command> {

@@ -331,6 +331,7 @@ pub(super) mod tests {
                 header: header(),
             })),
             Frame::Error(RemoteError::new(ErrorCode::HANDLER, "no")),
+            Frame::Error(RemoteError::new(ErrorCode(0x4F52), "stopped").with_details(&b"\x01"[..])),
         ]
     }
 
@@ -359,6 +360,25 @@ pub(super) mod tests {
                 command.kind()
             );
         }
+    }
+
+    /// The `Error` frame of `docs/PROTOCOL.md` §6.6 and §7.2: code, message, then the details
+    /// as an option (protocol version 2).
+    #[test]
+    fn error_frames_have_the_documented_layout() {
+        let error = RemoteError::new(ErrorCode::IDENTITY_MISMATCH, "no");
+        let mut buf = BytesMut::new();
+        encode(&Frame::Error(error.clone()), &mut buf, MAX).unwrap();
+        assert_eq!(buf[..], [0x81, 0, 0, 0, 5, 0x05, 0x02, b'n', b'o', 0x00]);
+        let mut buf = BytesMut::new();
+        let detailed = error.with_details(&[0xab, 0xcd][..]);
+        encode(&Frame::Error(detailed), &mut buf, MAX).unwrap();
+        assert_eq!(
+            buf[..],
+            [
+                0x81, 0, 0, 0, 8, 0x05, 0x02, b'n', b'o', 0x01, 0x02, 0xab, 0xcd
+            ]
+        );
     }
 
     #[test]
