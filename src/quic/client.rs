@@ -155,14 +155,15 @@ pub(super) fn record_call<T>(
 
 /// One request on a new bidirectional stream, and its answer, in a `rpc` span (debug level:
 /// peer, kind, term, and the stream once opened), recorded in the peer's metrics.
-async fn unary<T: TryFrom<Response, Error = Response>>(
+async fn unary<Q: Request>(
     inner: &Arc<Inner>,
     id: &ServerId,
     target: &ServerAddress,
     priority: i32,
-    request: Command,
-) -> Result<T, Error> {
+    request: Q,
+) -> Result<Q::Answer, Error> {
     let started = Instant::now();
+    let request: Command = request.into();
     let metric_kind = Kind::of(request.kind(), request.is_heartbeat());
     let span = tracing::debug_span!(
         "rpc",
@@ -245,7 +246,7 @@ pub(super) async fn control<Q: Request>(
     target: &ServerAddress,
     request: Q,
 ) -> Result<Q::Answer, Error> {
-    unary(inner, id, target, priority::CONTROL, request.into()).await
+    unary(inner, id, target, priority::CONTROL, request).await
 }
 
 /// AppendEntries on its own stream; a heartbeat hedged when `QuicConfig::heartbeat_hedge`
@@ -265,7 +266,7 @@ pub(super) async fn append_entries(
             } else {
                 priority::APPEND
             };
-            unary(inner, id, target, priority, request.into()).await
+            unary(inner, id, target, priority, request).await
         }
     }
 }
@@ -289,8 +290,8 @@ async fn hedged_heartbeat(
     inner.connection(id, target, deadline).await?;
     inner
         .guarded(kind, deadline, async {
-            let copy = Command::AppendEntries(request.clone());
-            let original = unary(inner, id, target, priority::CONTROL, request.into());
+            let copy = request.clone();
+            let original = unary(inner, id, target, priority::CONTROL, request);
             tokio::pin!(original);
             tokio::select! {
                 biased;
