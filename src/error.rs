@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{RpcKind, ServerAddress};
@@ -207,23 +208,37 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// An error answered by the peer instead of a response: a code and a message.
+/// An error answered by the peer instead of a response: a code, a message for people, and
+/// optionally details for programs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("remote error {code}: {}", crate::sanitize::untrusted(.message))]
+#[non_exhaustive]
 pub struct RemoteError {
     /// What kind of failure.
     pub code: ErrorCode,
     /// Human-readable detail from the peer.
     pub message: String,
+    /// Machine-readable detail, opaque to the transport: what it holds is defined by the
+    /// `code` (for the openraft adapter's `OPENRAFT_ERROR`, openraft's error,
+    /// postcard-encoded). `None` for the codes quicraft itself sends. On the wire since
+    /// protocol version 2 (`docs/PROTOCOL.md` §6.6).
+    pub details: Option<Bytes>,
 }
 
 impl RemoteError {
-    /// An error with `code` and `message`.
+    /// An error with `code` and `message`, without details.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
+            details: None,
         }
+    }
+
+    /// The same error carrying `details` ([`RemoteError::details`]).
+    pub fn with_details(mut self, details: impl Into<Bytes>) -> Self {
+        self.details = Some(details.into());
+        self
     }
 
     /// A handler's rejection ([`ErrorCode::HANDLER`]).

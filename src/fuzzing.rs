@@ -1,118 +1,21 @@
-//! Hooks for the fuzz targets (`fuzz/`) and the round-trip tests (cargo feature `fuzzing`).
+//! The bridge to the fuzz targets (`fuzz/`) and the round-trip tests (cargo feature `fuzzing`).
 //!
-//! Thin public wrappers over the decoders that read bytes a peer chose: the frame codec
-//! ([`decode_frame`], [`encode_frame`]), a pipeline stream ([`read_pipeline`]), the header of
-//! a snapshot data stream ([`read_snapshot_header`]) and the certificate identity parser
-//! ([`spiffe_id_from_der`]). They call the crate's own code; nothing here decodes by itself.
+//! Re-exports the real frame type, encoder and assembler ([`Frame`], [`encode`],
+//! [`FrameAssembler`]), and drives the assembler over chunks as the QUIC transport's reader
+//! drives it over a stream: a stream of frames ([`read_frames`]), a pipeline stream
+//! ([`read_pipeline`]), the header of a snapshot data stream ([`read_snapshot_header`]). Also
+//! the certificate identity parser ([`spiffe_id_from_der`]). Nothing here decodes by itself.
 //!
 //! Not a stable API: it exists for testing and may change with any release.
 #![doc(hidden)]
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
 
-use crate::codec::{self, CodecError, Frame};
-use crate::command::{
-    AppendEntriesRequest, InstallSnapshotRequest, RequestPreVoteRequest, RequestVoteRequest,
-    Response, TimeoutNowRequest,
-};
-use crate::error::RemoteError;
+use crate::codec::CodecError;
+pub use crate::codec::{Frame, FrameAssembler, Need, encode};
+use crate::command::{AppendEntriesRequest, Command};
 use crate::tls::{SpiffeId, TlsError};
-
-/// A frame as the codec sees it: the crate-private frame type, one variant for one variant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WireFrame {
-    /// Kind `0x01`.
-    AppendEntries(AppendEntriesRequest),
-    /// Kind `0x02`.
-    RequestVote(RequestVoteRequest),
-    /// Kind `0x03`.
-    RequestPreVote(RequestPreVoteRequest),
-    /// Kind `0x05`.
-    TimeoutNow(TimeoutNowRequest),
-    /// Kind `0x04`: the request half of an InstallSnapshot.
-    InstallSnapshot {
-        /// Names the data stream that carries the snapshot.
-        transfer_id: u64,
-        /// The request.
-        request: InstallSnapshotRequest,
-    },
-    /// Kind `0x06`: opens a pipeline stream.
-    PipelineOpen,
-    /// Kind `0x07`: opens a snapshot data stream.
-    SnapshotData {
-        /// The InstallSnapshot request this data belongs to.
-        transfer_id: u64,
-    },
-    /// Kind `0x80`.
-    Response(Response),
-    /// Kind `0x81`.
-    Error(RemoteError),
-}
-
-impl WireFrame {
-    /// The frame kind's name, as the protocol document spells it.
-    pub fn kind_name(&self) -> &'static str {
-        Frame::from(self.clone()).kind().name()
-    }
-}
-
-impl From<Frame> for WireFrame {
-    fn from(frame: Frame) -> Self {
-        match frame {
-            Frame::AppendEntries(m) => Self::AppendEntries(m),
-            Frame::RequestVote(m) => Self::RequestVote(m),
-            Frame::RequestPreVote(m) => Self::RequestPreVote(m),
-            Frame::TimeoutNow(m) => Self::TimeoutNow(m),
-            Frame::InstallSnapshot {
-                transfer_id,
-                request,
-            } => Self::InstallSnapshot {
-                transfer_id,
-                request,
-            },
-            Frame::PipelineOpen => Self::PipelineOpen,
-            Frame::SnapshotData { transfer_id } => Self::SnapshotData { transfer_id },
-            Frame::Response(m) => Self::Response(m),
-            Frame::Error(m) => Self::Error(m),
-        }
-    }
-}
-
-impl From<WireFrame> for Frame {
-    fn from(frame: WireFrame) -> Self {
-        match frame {
-            WireFrame::AppendEntries(m) => Self::AppendEntries(m),
-            WireFrame::RequestVote(m) => Self::RequestVote(m),
-            WireFrame::RequestPreVote(m) => Self::RequestPreVote(m),
-            WireFrame::TimeoutNow(m) => Self::TimeoutNow(m),
-            WireFrame::InstallSnapshot {
-                transfer_id,
-                request,
-            } => Self::InstallSnapshot {
-                transfer_id,
-                request,
-            },
-            WireFrame::PipelineOpen => Self::PipelineOpen,
-            WireFrame::SnapshotData { transfer_id } => Self::SnapshotData { transfer_id },
-            WireFrame::Response(m) => Self::Response(m),
-            WireFrame::Error(m) => Self::Error(m),
-        }
-    }
-}
-
-/// The codec's decoder: takes one whole frame off the front of `src`.
-///
-/// `Ok(Some(frame))` for a frame (its bytes are consumed), `Ok(None)` when `src` holds only
-/// part of one (nothing consumed), `Err` for bytes that can never become a frame.
-pub fn decode_frame(src: &mut BytesMut, max: usize) -> Result<Option<WireFrame>, CodecError> {
-    codec::decode(src, max).map(|frame| frame.map(WireFrame::from))
-}
-
-/// The codec's encoder: appends `frame` to `dst`, or fails leaving `dst` as it was.
-pub fn encode_frame(frame: &WireFrame, dst: &mut BytesMut, max: usize) -> Result<(), CodecError> {
-    codec::encode(&Frame::from(frame.clone()), dst, max)
-}
 
 /// Why a stream of frames stopped before its end.
 #[derive(Debug, PartialEq, Eq)]
@@ -133,7 +36,7 @@ pub enum StreamError {
 /// way needs. A chunk longer than that is taken in the pieces it asks for, as quinn hands out
 /// a longer chunk to reads with a smaller limit.
 struct ChunkReader<'a> {
-    frames: codec::FrameAssembler,
+    frames: FrameAssembler,
     /// The part of the current chunk not yet taken.
     pending: &'a [u8],
 }
@@ -141,7 +44,7 @@ struct ChunkReader<'a> {
 impl<'a> ChunkReader<'a> {
     fn new(max: usize) -> Self {
         Self {
-            frames: codec::FrameAssembler::new(max),
+            frames: FrameAssembler::new(max),
             pending: &[],
         }
     }
@@ -161,8 +64,8 @@ impl<'a> ChunkReader<'a> {
                 continue;
             }
             let want = match self.frames.need() {
-                codec::Need::Header(want) => want,
-                codec::Need::Body { missing, .. } => missing,
+                Need::Header(want) => want,
+                Need::Body { missing, .. } => missing,
             };
             let (piece, rest) = self.pending.split_at(want.min(self.pending.len()));
             self.pending = rest;
@@ -182,13 +85,13 @@ impl<'a> ChunkReader<'a> {
 pub fn read_frames<'a>(
     chunks: impl IntoIterator<Item = &'a [u8]>,
     max: usize,
-) -> (Vec<WireFrame>, Option<StreamError>) {
+) -> (Vec<Frame>, Option<StreamError>) {
     let mut chunks = chunks.into_iter();
     let mut reader = ChunkReader::new(max);
     let mut frames = Vec::new();
     loop {
         match reader.next(&mut chunks) {
-            Ok(Some(frame)) => frames.push(frame.into()),
+            Ok(Some(frame)) => frames.push(frame),
             Ok(None) => return (frames, None),
             Err(e) => return (frames, Some(e)),
         }
@@ -218,7 +121,7 @@ pub fn read_pipeline<'a>(
     let mut requests = Vec::new();
     loop {
         match reader.next(&mut chunks) {
-            Ok(Some(Frame::AppendEntries(request))) => requests.push(request),
+            Ok(Some(Frame::Request(Command::AppendEntries(request)))) => requests.push(request),
             Ok(Some(other)) => {
                 return (requests, Some(StreamError::Unexpected(other.kind().name())));
             }

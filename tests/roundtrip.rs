@@ -3,7 +3,8 @@
 //! Always: through postcard, the encoding every frame body uses (docs/PROTOCOL.md §6).
 //! With `--features fuzzing`: also through the frame codec itself (kind byte, length prefix,
 //! body), including frames split across arbitrary chunk boundaries, pipeline streams and
-//! snapshot data stream headers, via the `quicraft::fuzzing` wrappers the fuzz targets use.
+//! snapshot data stream headers, through the production encoder and assembler that
+//! `quicraft::fuzzing` hands the fuzz targets.
 //!
 //! `Log::appended_at` is drawn at or after the UNIX epoch only: serde encodes a `SystemTime`
 //! as the duration since the epoch and refuses earlier times (see
@@ -248,8 +249,15 @@ fn timeout_now_response() -> impl Strategy<Value = TimeoutNowResponse> {
 }
 
 fn remote_error() -> impl Strategy<Value = RemoteError> {
-    (any::<u32>(), "\\PC{0,40}")
-        .prop_map(|(code, message)| RemoteError::new(ErrorCode(code), message))
+    (any::<u32>(), "\\PC{0,40}", prop::option::of(bytes(24))).prop_map(
+        |(code, message, details)| {
+            let error = RemoteError::new(ErrorCode(code), message);
+            match details {
+                Some(details) => error.with_details(details),
+                None => error,
+            }
+        },
+    )
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -437,8 +445,7 @@ mod frames {
     use bytes::BytesMut;
     use proptest::prelude::*;
     use quicraft::fuzzing::{
-        StreamError, WireFrame, decode_frame, encode_frame, read_frames, read_pipeline,
-        read_snapshot_header,
+        Frame, StreamError, encode, read_frames, read_pipeline, read_snapshot_header,
     };
     use quicraft::{CodecError, Response};
 
@@ -446,22 +453,22 @@ mod frames {
 
     const MAX: usize = 1 << 20;
 
-    fn wire_frame() -> impl Strategy<Value = WireFrame> {
+    fn wire_frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            append_entries_request().prop_map(WireFrame::AppendEntries),
-            request_vote_request().prop_map(WireFrame::RequestVote),
-            request_pre_vote_request().prop_map(WireFrame::RequestPreVote),
-            timeout_now_request().prop_map(WireFrame::TimeoutNow),
+            append_entries_request().prop_map(|r| Frame::Request(r.into())),
+            request_vote_request().prop_map(|r| Frame::Request(r.into())),
+            request_pre_vote_request().prop_map(|r| Frame::Request(r.into())),
+            timeout_now_request().prop_map(|r| Frame::Request(r.into())),
             (any::<u64>(), install_snapshot_request()).prop_map(|(transfer_id, request)| {
-                WireFrame::InstallSnapshot {
+                Frame::InstallSnapshot {
                     transfer_id,
                     request,
                 }
             }),
-            Just(WireFrame::PipelineOpen),
-            any::<u64>().prop_map(|transfer_id| WireFrame::SnapshotData { transfer_id }),
-            response().prop_map(WireFrame::Response),
-            remote_error().prop_map(WireFrame::Error),
+            Just(Frame::PipelineOpen),
+            any::<u64>().prop_map(|transfer_id| Frame::SnapshotData { transfer_id }),
+            response().prop_map(Frame::Response),
+            remote_error().prop_map(Frame::Error),
         ]
     }
 
@@ -485,10 +492,10 @@ mod frames {
             .prop_filter("some progress", |sizes| sizes.iter().any(|size| *size > 0))
     }
 
-    fn encode_all(frames: &[WireFrame]) -> BytesMut {
+    fn encode_all(frames: &[Frame]) -> BytesMut {
         let mut buf = BytesMut::new();
         for frame in frames {
-            encode_frame(frame, &mut buf, MAX).unwrap();
+            encode(frame, &mut buf, MAX).unwrap();
         }
         buf
     }
@@ -499,20 +506,22 @@ mod frames {
         /// One frame of every kind: encode, then decode the same frame with nothing left.
         #[test]
         fn frame_round_trip(frame in wire_frame()) {
-            let mut buf = encode_all(std::slice::from_ref(&frame));
-            let decoded = decode_frame(&mut buf, MAX).unwrap();
-            prop_assert_eq!(decoded.as_ref(), Some(&frame));
-            prop_assert!(buf.is_empty());
+            let buf = encode_all(std::slice::from_ref(&frame));
+            let (decoded, end) = read_frames([&buf[..]], MAX);
+            prop_assert_eq!(decoded, vec![frame]);
+            prop_assert_eq!(end, None);
         }
 
-        /// Every strict prefix of a frame is "need more", never an error or a frame.
+        /// Every strict prefix of a frame is "need more" (a stream ending there is truncated),
+        /// never an error or a frame.
         #[test]
         fn partial_frames_wait_for_more(frame in wire_frame(), cut_at in any::<prop::sample::Index>()) {
             let whole = encode_all(std::slice::from_ref(&frame));
-            let mut prefix = BytesMut::from(&whole[..cut_at.index(whole.len())]);
-            let len = prefix.len();
-            prop_assert_eq!(decode_frame(&mut prefix, MAX), Ok(None));
-            prop_assert_eq!(prefix.len(), len);
+            let prefix = &whole[..cut_at.index(whole.len())];
+            let (decoded, end) = read_frames([prefix], MAX);
+            prop_assert!(decoded.is_empty());
+            let expected = (!prefix.is_empty()).then_some(StreamError::Truncated);
+            prop_assert_eq!(end, expected);
         }
 
         /// Back-to-back frames cut into arbitrary chunks decode as the same sequence.
@@ -533,8 +542,8 @@ mod frames {
             requests in prop::collection::vec(append_entries_request(), 0..5),
             sizes in chunk_sizes(),
         ) {
-            let mut frames = vec![WireFrame::PipelineOpen];
-            frames.extend(requests.iter().cloned().map(WireFrame::AppendEntries));
+            let mut frames = vec![Frame::PipelineOpen];
+            frames.extend(requests.iter().cloned().map(|r| Frame::Request(r.into())));
             let bytes = encode_all(&frames);
             let (read, end) = read_pipeline(cut(&bytes, &sizes), MAX);
             prop_assert_eq!(read, requests);
@@ -549,7 +558,7 @@ mod frames {
             data in prop::collection::vec(any::<u8>(), 0..200),
             sizes in chunk_sizes(),
         ) {
-            let mut bytes = encode_all(&[WireFrame::SnapshotData { transfer_id }]);
+            let mut bytes = encode_all(&[Frame::SnapshotData { transfer_id }]);
             bytes.extend_from_slice(&data);
             let mut chunks = cut(&bytes, &sizes).into_iter();
             let header = read_snapshot_header(&mut chunks, MAX).unwrap();
@@ -567,7 +576,7 @@ mod frames {
         let mut request = AppendEntriesRequest::heartbeat(RpcHeader::new("n1", "a"), 1);
         request.entries.push(log);
         let mut buf = BytesMut::from(&b"kept"[..]);
-        let result = encode_frame(&WireFrame::AppendEntries(request), &mut buf, MAX);
+        let result = encode(&Frame::Request(request.into()), &mut buf, MAX);
         assert!(matches!(result, Err(CodecError::Encode(_))), "{result:?}");
         assert_eq!(&buf[..], b"kept");
     }
@@ -583,7 +592,8 @@ mod frames {
         frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
         frame.extend_from_slice(&body);
         assert_eq!(frame.len(), 60_513);
-        if let Ok(Some(WireFrame::AppendEntries(request))) = decode_frame(&mut frame, MAX) {
+        let (decoded, _) = read_frames([&frame[..]], MAX);
+        if let Some(Frame::Request(Command::AppendEntries(request))) = decoded.first() {
             let held = request.entries.capacity() * std::mem::size_of::<Log>();
             assert!(held <= MAX, "held {held} bytes of entries");
         }
@@ -591,11 +601,9 @@ mod frames {
 
     #[test]
     fn a_pipeline_must_open_with_pipeline_open() {
-        let bytes = encode_all(&[WireFrame::Response(Response::TimeoutNow(
-            TimeoutNowResponse {
-                header: RpcHeader::new("n1", "a"),
-            },
-        ))]);
+        let bytes = encode_all(&[Frame::Response(Response::TimeoutNow(TimeoutNowResponse {
+            header: RpcHeader::new("n1", "a"),
+        }))]);
         let (read, end) = read_pipeline([&bytes[..]], MAX);
         assert!(read.is_empty());
         assert_eq!(end, Some(StreamError::Unexpected("Response")));

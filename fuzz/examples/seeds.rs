@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use quicraft::fuzzing::{WireFrame, encode_frame};
+use quicraft::fuzzing::{Frame, encode};
 use quicraft::{
-    AppendEntriesRequest, AppendEntriesResponse, ClusterCa, ErrorCode, InstallSnapshotRequest, Log,
-    LogType, NodeCertOptions, RemoteError, RequestPreVoteRequest, RequestVoteRequest,
-    RequestVoteResponse, Response, RpcHeader, TimeoutNowRequest,
+    AppendEntriesRequest, AppendEntriesResponse, ClusterCa, Command, ErrorCode,
+    InstallSnapshotRequest, Log, LogType, NodeCertOptions, RemoteError, RequestPreVoteRequest,
+    RequestVoteRequest, RequestVoteResponse, Response, RpcHeader, TimeoutNowRequest,
 };
 use quicraft_fuzz::MAX;
 use rcgen::string::Ia5String;
@@ -51,10 +51,10 @@ fn append(first_index: u64, count: u64) -> AppendEntriesRequest {
     }
 }
 
-fn encode(frames: &[WireFrame]) -> Result<Vec<u8>> {
+fn encoded(frames: &[Frame]) -> Result<Vec<u8>> {
     let mut buf = BytesMut::new();
     for frame in frames {
-        encode_frame(frame, &mut buf, MAX)?;
+        encode(frame, &mut buf, MAX)?;
     }
     Ok(buf.to_vec())
 }
@@ -67,7 +67,7 @@ fn seeded(seed: [u8; 2], stream: &[u8]) -> Vec<u8> {
 }
 
 fn frame_seeds() -> Result<Vec<(&'static str, Vec<u8>)>> {
-    let offer = WireFrame::InstallSnapshot {
+    let offer = Frame::InstallSnapshot {
         transfer_id: 2,
         request: InstallSnapshotRequest {
             header: header().with_extensions(&b"engine"[..]),
@@ -80,67 +80,67 @@ fn frame_seeds() -> Result<Vec<(&'static str, Vec<u8>)>> {
             size: 1 << 20,
         },
     };
-    let vote = WireFrame::RequestVote(RequestVoteRequest {
+    let vote = Frame::Request(Command::RequestVote(RequestVoteRequest {
         header: header(),
         term: 4,
         last_log_index: 9,
         last_log_term: 3,
         leadership_transfer: true,
-    });
-    let pre_vote = WireFrame::RequestPreVote(RequestPreVoteRequest {
+    }));
+    let pre_vote = Frame::Request(Command::RequestPreVote(RequestPreVoteRequest {
         header: header(),
         term: 4,
         last_log_index: 9,
         last_log_term: 3,
-    });
+    }));
     let answers = [
-        WireFrame::Response(Response::AppendEntries(AppendEntriesResponse {
+        Frame::Response(Response::AppendEntries(AppendEntriesResponse {
             header: header(),
             term: 3,
             last_log: 12,
             success: true,
             no_retry_backoff: false,
         })),
-        WireFrame::Response(Response::RequestVote(RequestVoteResponse {
+        Frame::Response(Response::RequestVote(RequestVoteResponse {
             header: header(),
             term: 4,
             granted: true,
         })),
-        WireFrame::Error(RemoteError::new(ErrorCode::BAD_REQUEST, "malformed frame")),
+        Frame::Error(RemoteError::new(ErrorCode::BAD_REQUEST, "malformed frame")),
     ];
     Ok(vec![
         (
             "append_entries",
-            encode(&[WireFrame::AppendEntries(append(10, 3))])?,
+            encoded(&[Frame::Request(append(10, 3).into())])?,
         ),
-        ("install_snapshot", encode(&[offer])?),
-        ("votes", encode(&[vote, pre_vote])?),
+        ("install_snapshot", encoded(&[offer])?),
+        ("votes", encoded(&[vote, pre_vote])?),
         (
             "openers",
-            encode(&[
-                WireFrame::TimeoutNow(TimeoutNowRequest { header: header() }),
-                WireFrame::PipelineOpen,
-                WireFrame::SnapshotData { transfer_id: 6 },
+            encoded(&[
+                Frame::Request(TimeoutNowRequest { header: header() }.into()),
+                Frame::PipelineOpen,
+                Frame::SnapshotData { transfer_id: 6 },
             ])?,
         ),
-        ("answers", encode(&answers)?),
+        ("answers", encoded(&answers)?),
     ])
 }
 
 fn pipeline_seeds() -> Result<Vec<(&'static str, Vec<u8>)>> {
     let heartbeat = AppendEntriesRequest::heartbeat(header(), 3);
-    let good = encode(&[
-        WireFrame::PipelineOpen,
-        WireFrame::AppendEntries(append(1, 2)),
-        WireFrame::AppendEntries(heartbeat),
-        WireFrame::AppendEntries(append(3, 1)),
+    let good = encoded(&[
+        Frame::PipelineOpen,
+        Frame::Request(append(1, 2).into()),
+        Frame::Request(heartbeat.into()),
+        Frame::Request(append(3, 1).into()),
     ])?;
     let mut truncated = good.clone();
     truncated.truncate(good.len() - 7);
-    let wrong_frame = encode(&[
-        WireFrame::PipelineOpen,
-        WireFrame::AppendEntries(append(1, 1)),
-        WireFrame::SnapshotData { transfer_id: 1 },
+    let wrong_frame = encoded(&[
+        Frame::PipelineOpen,
+        Frame::Request(append(1, 1).into()),
+        Frame::SnapshotData { transfer_id: 1 },
     ])?;
     Ok(vec![
         ("pipeline_bytewise", seeded([0, 1], &good)),
@@ -152,13 +152,13 @@ fn pipeline_seeds() -> Result<Vec<(&'static str, Vec<u8>)>> {
 
 fn snapshot_seeds() -> Result<Vec<(&'static str, Vec<u8>)>> {
     let data = b"snapshot data follows the header as raw bytes";
-    let mut stream = encode(&[WireFrame::SnapshotData { transfer_id: 14 }])?;
+    let mut stream = encoded(&[Frame::SnapshotData { transfer_id: 14 }])?;
     stream.extend_from_slice(data);
-    let mut far = encode(&[WireFrame::SnapshotData {
+    let mut far = encoded(&[Frame::SnapshotData {
         transfer_id: u64::MAX,
     }])?;
     far.extend_from_slice(&[0; 16]);
-    let not_data = encode(&[WireFrame::PipelineOpen])?;
+    let not_data = encoded(&[Frame::PipelineOpen])?;
     Ok(vec![
         ("header_and_data", seeded([3, 5], &stream)),
         ("header_bytewise", seeded([0, 0], &far)),

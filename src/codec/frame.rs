@@ -1,19 +1,17 @@
-//! Frame layout, kinds, and the encode/decode functions.
+//! The frames of the protocol, their kinds, and encoding them (decoding is the
+//! [`FrameAssembler`](super::FrameAssembler)'s).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::CodecError;
-use crate::command::{
-    AppendEntriesRequest, Command, InstallSnapshotRequest, RequestPreVoteRequest,
-    RequestVoteRequest, Response, TimeoutNowRequest,
-};
+use crate::command::{Command, InstallSnapshotRequest, Response, RpcKind};
 use crate::error::RemoteError;
 
 /// Bytes before the body: the kind and the length.
 pub(crate) const HEADER_LEN: usize = 5;
 
-/// The kind byte of a frame. Values are fixed by the protocol (`docs/PROTOCOL.md`).
+/// The kind byte of a frame. Values are fixed by the protocol (`docs/PROTOCOL.md` §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum FrameKind {
@@ -29,7 +27,7 @@ pub(crate) enum FrameKind {
 }
 
 impl FrameKind {
-    fn from_byte(byte: u8) -> Result<Self, CodecError> {
+    pub(crate) fn from_byte(byte: u8) -> Result<Self, CodecError> {
         Ok(match byte {
             0x01 => Self::AppendEntries,
             0x02 => Self::RequestVote,
@@ -42,6 +40,17 @@ impl FrameKind {
             0x81 => Self::Error,
             other => return Err(CodecError::UnknownKind(other)),
         })
+    }
+
+    /// The kind of a request frame of `rpc`.
+    fn of(rpc: RpcKind) -> Self {
+        match rpc {
+            RpcKind::AppendEntries => Self::AppendEntries,
+            RpcKind::RequestVote => Self::RequestVote,
+            RpcKind::RequestPreVote => Self::RequestPreVote,
+            RpcKind::InstallSnapshot => Self::InstallSnapshot,
+            RpcKind::TimeoutNow => Self::TimeoutNow,
+        }
     }
 
     pub(crate) fn name(self) -> &'static str {
@@ -59,42 +68,54 @@ impl FrameKind {
     }
 }
 
-/// Every message that travels on a stream.
+/// Every message that travels on a stream (`docs/PROTOCOL.md` §5.2): a request, the frames
+/// that open a pipeline or a snapshot data stream, and the two answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Frame {
-    AppendEntries(AppendEntriesRequest),
-    RequestVote(RequestVoteRequest),
-    RequestPreVote(RequestPreVoteRequest),
-    TimeoutNow(TimeoutNowRequest),
-    /// The request half of an InstallSnapshot; its data arrives on the unidirectional stream
-    /// that opens with a `SnapshotData` frame of the same `transfer_id`.
+pub enum Frame {
+    /// A request on a unary stream, or an append on a pipeline (kinds `01`, `02`, `03`, `05`).
+    /// Decoding never yields an InstallSnapshot here: it travels as
+    /// [`InstallSnapshot`](Self::InstallSnapshot), with its transfer id.
+    Request(Command),
+    /// Kind `04`: the request half of an InstallSnapshot; its data arrives on the
+    /// unidirectional stream that opens with a `SnapshotData` frame of the same `transfer_id`.
     InstallSnapshot {
+        /// The QUIC stream id of the data stream.
         transfer_id: u64,
+        /// The request.
         request: InstallSnapshotRequest,
     },
-    /// First frame of a pipeline stream; `AppendEntries` frames follow.
+    /// Kind `06`: the first frame of a pipeline stream; appends follow.
     PipelineOpen,
-    /// First frame of a snapshot data stream; raw data follows until the stream ends.
+    /// Kind `07`: the first frame of a snapshot data stream; raw data follows until its end.
     SnapshotData {
+        /// The stream's own QUIC stream id, which the request names.
         transfer_id: u64,
     },
+    /// Kind `80`: an answer.
     Response(Response),
+    /// Kind `81`: an error answered instead of a response.
     Error(RemoteError),
 }
 
+/// The body of an InstallSnapshot frame.
 #[derive(Serialize, Deserialize)]
-struct SnapshotOffer<R> {
-    transfer_id: u64,
-    request: R,
+pub(crate) struct SnapshotOffer<R> {
+    pub(crate) transfer_id: u64,
+    pub(crate) request: R,
 }
 
 impl Frame {
+    /// The frame that answers with a handler's result.
+    pub(crate) fn answer(result: Result<Response, RemoteError>) -> Self {
+        match result {
+            Ok(response) => Self::Response(response),
+            Err(error) => Self::Error(error),
+        }
+    }
+
     pub(crate) fn kind(&self) -> FrameKind {
         match self {
-            Self::AppendEntries(_) => FrameKind::AppendEntries,
-            Self::RequestVote(_) => FrameKind::RequestVote,
-            Self::RequestPreVote(_) => FrameKind::RequestPreVote,
-            Self::TimeoutNow(_) => FrameKind::TimeoutNow,
+            Self::Request(command) => FrameKind::of(command.kind()),
             Self::InstallSnapshot { .. } => FrameKind::InstallSnapshot,
             Self::PipelineOpen => FrameKind::PipelineOpen,
             Self::SnapshotData { .. } => FrameKind::SnapshotData,
@@ -174,13 +195,18 @@ pub(crate) fn request_body_len(command: &Command) -> Result<usize, CodecError> {
 }
 
 /// Appends `frame` to `dst`. Fails, leaving `dst` as it was, if the body would exceed `max`
-/// bytes (the peer would refuse it).
-pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut, max: usize) -> Result<(), CodecError> {
+/// bytes (the peer would refuse it), or for a [`Frame::Request`] of an InstallSnapshot, which
+/// travels as a [`Frame::InstallSnapshot`] with its transfer id.
+pub fn encode(frame: &Frame, dst: &mut BytesMut, max: usize) -> Result<(), CodecError> {
+    let kind = frame.kind();
     match frame {
-        Frame::AppendEntries(m) => encode_message(FrameKind::AppendEntries, m, dst, max),
-        Frame::RequestVote(m) => encode_message(FrameKind::RequestVote, m, dst, max),
-        Frame::RequestPreVote(m) => encode_message(FrameKind::RequestPreVote, m, dst, max),
-        Frame::TimeoutNow(m) => encode_message(FrameKind::TimeoutNow, m, dst, max),
+        Frame::Request(Command::AppendEntries(m)) => encode_message(kind, m, dst, max),
+        Frame::Request(Command::RequestVote(m)) => encode_message(kind, m, dst, max),
+        Frame::Request(Command::RequestPreVote(m)) => encode_message(kind, m, dst, max),
+        Frame::Request(Command::TimeoutNow(m)) => encode_message(kind, m, dst, max),
+        Frame::Request(Command::InstallSnapshot(_)) => Err(CodecError::Encode(
+            "an InstallSnapshot request needs its transfer id (Frame::InstallSnapshot)".to_owned(),
+        )),
         Frame::InstallSnapshot {
             transfer_id,
             request,
@@ -189,14 +215,12 @@ pub(crate) fn encode(frame: &Frame, dst: &mut BytesMut, max: usize) -> Result<()
                 transfer_id: *transfer_id,
                 request,
             };
-            encode_message(FrameKind::InstallSnapshot, &offer, dst, max)
+            encode_message(kind, &offer, dst, max)
         }
-        Frame::PipelineOpen => encode_message(FrameKind::PipelineOpen, &(), dst, max),
-        Frame::SnapshotData { transfer_id } => {
-            encode_message(FrameKind::SnapshotData, transfer_id, dst, max)
-        }
-        Frame::Response(m) => encode_message(FrameKind::Response, m, dst, max),
-        Frame::Error(m) => encode_message(FrameKind::Error, m, dst, max),
+        Frame::PipelineOpen => encode_message(kind, &(), dst, max),
+        Frame::SnapshotData { transfer_id } => encode_message(kind, transfer_id, dst, max),
+        Frame::Response(m) => encode_message(kind, m, dst, max),
+        Frame::Error(m) => encode_message(kind, m, dst, max),
     }
 }
 
@@ -229,377 +253,53 @@ pub(crate) fn encode_message<T: Serialize + ?Sized>(
     result
 }
 
-fn decode_body<'a, T: Deserialize<'a>>(kind: FrameKind, body: &'a [u8]) -> Result<T, CodecError> {
-    let malformed = |reason: String| CodecError::Malformed {
-        kind: kind.name(),
-        reason,
-    };
-    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| {
-        malformed(match e {
-            // postcard keeps no text of the types' own refusals; these are the ones.
-            postcard::Error::SerdeDeCustom => format!(
-                "a value out of range (an unknown variant, or a header id over {} bytes)",
-                crate::command::MAX_HEADER_ID_LEN
-            ),
-            e => e.to_string(),
-        })
-    })?;
-    if !rest.is_empty() {
-        return Err(malformed(format!("{} bytes left over", rest.len())));
-    }
-    Ok(value)
-}
-
-/// Assembles the frames of one stream from pieces of exactly the sizes it asks for
-/// ([`need`](Self::need)), so nothing past the frame under way is ever taken off the stream:
-/// first the 5-byte header, checked as soon as it is whole (kind, length within `max`), then
-/// the body. Pure: the caller does the reading (`quic::io::FrameReader` from a QUIC stream,
-/// `fuzzing` from chunks), and may do something between the header and the body (the QUIC
-/// reader reserves the declared length from its connection's budget there).
-///
-/// A body that arrives in one piece is decoded from that piece, without a copy. A body that
-/// arrives in parts is buffered in one allocation of exactly its declared length, made when
-/// its first part arrives: a header alone allocates nothing.
-#[derive(Debug)]
-pub(crate) struct FrameAssembler {
-    max: usize,
-    header: [u8; HEADER_LEN],
-    header_len: usize,
-    /// The kind and body length of the frame under way, once its header is whole.
-    declared: Option<(FrameKind, usize)>,
-    body: BytesMut,
-}
-
-/// What a [`FrameAssembler`] takes next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Need {
-    /// At most this many bytes of a header.
-    Header(usize),
-    /// At most `missing` more bytes of a body whose header declared `len` bytes.
-    Body { len: usize, missing: usize },
-}
-
-impl FrameAssembler {
-    pub(crate) fn new(max: usize) -> Self {
-        Self {
-            max,
-            header: [0; HEADER_LEN],
-            header_len: 0,
-            declared: None,
-            body: BytesMut::new(),
-        }
-    }
-
-    /// What to feed [`push`](Self::push) next.
-    pub(crate) fn need(&self) -> Need {
-        match self.declared {
-            None => Need::Header(HEADER_LEN - self.header_len),
-            Some((_, len)) => Need::Body {
-                len,
-                missing: len - self.body.len(),
-            },
-        }
-    }
-
-    /// True between frames: no byte of the next one has been taken, so the stream may end.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.header_len == 0
-    }
-
-    /// Takes `piece`, at most what [`need`](Self::need) asks for, and returns the frame once
-    /// it is whole. A bad header (unknown kind, length over `max`) is refused as soon as it
-    /// is whole, a bad body once it is whole; a piece larger than asked for is refused as
-    /// malformed. After an error the stream is unusable.
-    pub(crate) fn push(&mut self, piece: Bytes) -> Result<Option<Frame>, CodecError> {
-        let Some((kind, len)) = self.declared else {
-            let end = self.header_len + piece.len();
-            let Some(room) = self.header.get_mut(self.header_len..end) else {
-                return Err(self.overrun(piece.len()));
-            };
-            room.copy_from_slice(&piece);
-            self.header_len = end;
-            if self.header_len < HEADER_LEN {
-                return Ok(None);
-            }
-            let (kind, len) = decode_header(&self.header, self.max)?;
-            self.declared = Some((kind, len));
-            return if len == 0 {
-                self.finish(kind, Bytes::new(), Payloads::Copied).map(Some)
-            } else {
-                Ok(None)
-            };
-        };
-        let missing = len - self.body.len();
-        if piece.len() > missing {
-            return Err(self.overrun(piece.len()));
-        }
-        if piece.len() == len {
-            // The whole body in one piece: no buffer, no copy. The piece may be a slice of a
-            // larger receive buffer (a datagram, or several), which entry payloads sharing it
-            // would keep alive for as long as the engine keeps them: they are copied.
-            return self.finish(kind, piece, Payloads::Copied).map(Some);
-        }
-        if self.body.is_empty() {
-            // The declared length at once: the buffer never regrows, and holds no more than
-            // what the header announced.
-            self.body.reserve(len);
-        }
-        self.body.extend_from_slice(&piece);
-        if piece.len() < missing {
-            return Ok(None);
-        }
-        // A buffer of exactly this frame: its entries' payloads share it, without a copy.
-        let body = std::mem::take(&mut self.body).freeze();
-        self.finish(kind, body, Payloads::Shared).map(Some)
-    }
-
-    fn finish(
-        &mut self,
-        kind: FrameKind,
-        body: Bytes,
-        payloads: Payloads,
-    ) -> Result<Frame, CodecError> {
-        self.header_len = 0;
-        self.declared = None;
-        decode_body_of(kind, &body, payloads)
-    }
-
-    fn overrun(&self, got: usize) -> CodecError {
-        CodecError::Malformed {
-            kind: self
-                .declared
-                .map_or("frame header", |(kind, _)| kind.name()),
-            reason: format!(
-                "{got} bytes pushed where at most {:?} was asked for",
-                self.need()
-            ),
-        }
-    }
-}
-
-/// Takes one whole frame off the front of `src`.
-///
-/// `Ok(None)` when `src` holds only part of a frame (nothing is consumed; read more and call
-/// again). An unknown kind or a length over `max` is reported as soon as the 5-byte header has
-/// arrived, before the body is awaited or buffered; nothing is consumed then. A body that does
-/// not decode has been consumed by the time it is refused. After any error the stream is
-/// unusable.
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) fn decode(src: &mut BytesMut, max: usize) -> Result<Option<Frame>, CodecError> {
-    use bytes::Buf;
-
-    let Some(header) = src.first_chunk::<HEADER_LEN>() else {
-        return Ok(None);
-    };
-    let (kind, len) = decode_header(header, max)?;
-    if src.len() < HEADER_LEN + len {
-        // Nothing is reserved for the declared length: the buffer grows only with bytes that
-        // actually arrive, so a header alone cannot make this node allocate.
-        return Ok(None);
-    }
-    src.advance(HEADER_LEN);
-    let body: Bytes = src.split_to(len).freeze();
-    decode_body_of(kind, &body, Payloads::Copied).map(Some)
-}
-
-/// The kind and body length a frame's header declares: an unknown kind, or a length over
-/// `max`, is refused here, before anything is read or reserved for the body.
-pub(crate) fn decode_header(
-    header: &[u8; HEADER_LEN],
-    max: usize,
-) -> Result<(FrameKind, usize), CodecError> {
-    let kind = FrameKind::from_byte(header[0])?;
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    match usize::try_from(len) {
-        Ok(len) if len <= max => Ok((kind, len)),
-        _ => Err(CodecError::Oversize {
-            len: len.into(),
-            max,
-        }),
-    }
-}
-
-/// Whether the entry payloads of a decoded AppendEntries share the frame's buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Payloads {
-    /// Slices of the body (`command::decoding_from`): no copy. For a body in a buffer of its
-    /// own, which the entries then keep alive, and nothing else.
-    Shared,
-    /// Copies: for a body that is part of a larger buffer.
-    Copied,
-}
-
-/// Decodes the whole body of a frame whose header declared `kind` (and `body.len()`).
-pub(crate) fn decode_body_of(
-    kind: FrameKind,
-    body: &Bytes,
-    payloads: Payloads,
-) -> Result<Frame, CodecError> {
-    Ok(match kind {
-        FrameKind::AppendEntries if payloads == Payloads::Shared => {
-            Frame::AppendEntries(crate::command::decoding_from(body, || {
-                decode_body(kind, body)
-            })?)
-        }
-        FrameKind::AppendEntries => Frame::AppendEntries(decode_body(kind, body)?),
-        FrameKind::RequestVote => Frame::RequestVote(decode_body(kind, body)?),
-        FrameKind::RequestPreVote => Frame::RequestPreVote(decode_body(kind, body)?),
-        FrameKind::TimeoutNow => Frame::TimeoutNow(decode_body(kind, body)?),
-        FrameKind::InstallSnapshot => {
-            let offer: SnapshotOffer<InstallSnapshotRequest> = decode_body(kind, body)?;
-            Frame::InstallSnapshot {
-                transfer_id: offer.transfer_id,
-                request: offer.request,
-            }
-        }
-        FrameKind::PipelineOpen if body.is_empty() => Frame::PipelineOpen,
-        FrameKind::PipelineOpen => {
-            return Err(CodecError::Malformed {
-                kind: kind.name(),
-                reason: format!("{} bytes of body, expected none", body.len()),
-            });
-        }
-        FrameKind::SnapshotData => Frame::SnapshotData {
-            transfer_id: decode_body(kind, body)?,
-        },
-        FrameKind::Response => Frame::Response(decode_body(kind, body)?),
-        FrameKind::Error => Frame::Error(decode_body(kind, body)?),
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(super) mod tests {
+    use bytes::Bytes;
 
-    #[test]
-    fn entry_payloads_share_an_own_buffer_and_copy_a_borrowed_one() {
-        use crate::command::{AppendEntriesRequest, Log, RpcHeader};
-        let mut request = AppendEntriesRequest::heartbeat(RpcHeader::new("n1", "n1"), 3);
-        request.entries = (1..=3)
-            .map(|i| Log::command(i, 3, vec![i as u8; 500]))
-            .collect();
-        let body = Bytes::from(postcard::to_stdvec(&request).unwrap());
-        let inside = |data: &Bytes| {
-            let (start, end) = (body.as_ptr() as usize, body.as_ptr() as usize + body.len());
-            (start..end).contains(&(data.as_ptr() as usize))
-        };
-        for (payloads, shared) in [(Payloads::Shared, true), (Payloads::Copied, false)] {
-            let Frame::AppendEntries(decoded) =
-                decode_body_of(FrameKind::AppendEntries, &body, payloads).unwrap()
-            else {
-                panic!("not an append")
-            };
-            assert_eq!(decoded, request);
-            assert!(
-                decoded.entries.iter().all(|e| inside(&e.data) == shared),
-                "{payloads:?}"
-            );
-        }
-    }
+    use super::*;
     use crate::command::{
-        AppendEntriesResponse, Log, LogType, RequestVoteResponse, RpcHeader, TimeoutNowResponse,
+        AppendEntriesRequest, AppendEntriesResponse, Log, LogType, RequestPreVoteRequest,
+        RequestVoteRequest, RequestVoteResponse, RpcHeader, TimeoutNowRequest, TimeoutNowResponse,
     };
     use crate::error::ErrorCode;
 
-    const MAX: usize = 1 << 20;
+    pub(in crate::codec) const MAX: usize = 1 << 20;
 
-    fn header() -> RpcHeader {
+    pub(in crate::codec) fn header() -> RpcHeader {
         RpcHeader::new("n1", "127.0.0.1:7000")
     }
 
-    /// `request_body_len` measures exactly the body `encode` writes (for a snapshot request,
-    /// the one with transfer id 0), so both transports compare the same figure to the limit.
-    #[test]
-    fn request_body_len_is_the_encoded_body_length() {
-        for frame in samples() {
-            let command = match frame {
-                Frame::AppendEntries(m) => Command::AppendEntries(m),
-                Frame::RequestVote(m) => Command::RequestVote(m),
-                Frame::RequestPreVote(m) => Command::RequestPreVote(m),
-                Frame::TimeoutNow(m) => Command::TimeoutNow(m),
-                Frame::InstallSnapshot { request, .. } => Command::InstallSnapshot(request),
-                _ => continue,
-            };
-            let as_frame = match command.clone() {
-                Command::AppendEntries(m) => Frame::AppendEntries(m),
-                Command::RequestVote(m) => Frame::RequestVote(m),
-                Command::RequestPreVote(m) => Frame::RequestPreVote(m),
-                Command::TimeoutNow(m) => Frame::TimeoutNow(m),
-                Command::InstallSnapshot(request) => Frame::InstallSnapshot {
-                    transfer_id: 0,
-                    request,
-                },
-            };
-            let mut buf = BytesMut::new();
-            encode(&as_frame, &mut buf, MAX).unwrap();
-            assert_eq!(
-                request_body_len(&command).unwrap(),
-                buf.len() - HEADER_LEN,
-                "{:?}",
-                command.kind()
-            );
-        }
-    }
-
-    /// A header id up to the node-id limit decodes; one byte more is refused at decode, and
-    /// the refusal carries none of the id.
-    #[test]
-    fn header_ids_over_the_node_id_limit_are_refused_at_decode() {
-        use crate::command::{MAX_HEADER_ID_LEN, RequestVoteRequest};
-        let vote = |id: &str| {
-            let mut header = header();
-            header.id = id.into();
-            Frame::RequestVote(RequestVoteRequest {
-                header,
-                term: 1,
-                last_log_index: 0,
-                last_log_term: 0,
-                leadership_transfer: false,
-            })
-        };
-        let longest = "n".repeat(MAX_HEADER_ID_LEN);
-        let mut buf = BytesMut::new();
-        encode(&vote(&longest), &mut buf, MAX).unwrap();
-        assert_eq!(decode(&mut buf, MAX).unwrap(), Some(vote(&longest)));
-        for id in ["x".repeat(MAX_HEADER_ID_LEN + 1), "x".repeat(8 << 20)] {
-            let mut buf = BytesMut::new();
-            encode(&vote(&id), &mut buf, 16 << 20).unwrap();
-            let error = decode(&mut buf, 16 << 20).unwrap_err();
-            assert!(matches!(error, CodecError::Malformed { .. }), "{error}");
-            assert!(error.to_string().len() < 200, "{error}");
-            assert!(!error.to_string().contains("xxx"), "{error}");
-        }
-    }
-
-    fn samples() -> Vec<Frame> {
+    /// A frame of every kind.
+    pub(in crate::codec) fn samples() -> Vec<Frame> {
         let mut log = Log::command(7, 2, Bytes::from_static(b"set x=1"));
         log.extensions = Bytes::from_static(b"ext");
         log.appended_at = Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_234_567));
         let mut config = log.clone();
         config.log_type = LogType::Configuration;
         vec![
-            Frame::AppendEntries(AppendEntriesRequest {
+            Frame::Request(Command::AppendEntries(AppendEntriesRequest {
                 header: header(),
                 term: 2,
                 prev_log_entry: 6,
                 prev_log_term: 2,
                 entries: vec![log, config],
                 leader_commit_index: 5,
-            }),
-            Frame::RequestVote(RequestVoteRequest {
+            })),
+            Frame::Request(Command::RequestVote(RequestVoteRequest {
                 header: header(),
                 term: 3,
                 last_log_index: 9,
                 last_log_term: 2,
                 leadership_transfer: true,
-            }),
-            Frame::RequestPreVote(RequestPreVoteRequest {
+            })),
+            Frame::Request(Command::RequestPreVote(RequestPreVoteRequest {
                 header: header(),
                 term: 3,
                 last_log_index: 9,
                 last_log_term: 2,
-            }),
-            Frame::TimeoutNow(TimeoutNowRequest { header: header() }),
+            })),
+            Frame::Request(Command::TimeoutNow(TimeoutNowRequest { header: header() })),
             Frame::InstallSnapshot {
                 transfer_id: u64::MAX,
                 request: InstallSnapshotRequest {
@@ -631,67 +331,53 @@ mod tests {
                 header: header(),
             })),
             Frame::Error(RemoteError::new(ErrorCode::HANDLER, "no")),
+            Frame::Error(RemoteError::new(ErrorCode(0x4F52), "stopped").with_details(&b"\x01"[..])),
         ]
     }
 
+    /// `request_body_len` measures exactly the body `encode` writes (for a snapshot request,
+    /// the one with transfer id 0), so both transports compare the same figure to the limit.
     #[test]
-    fn every_frame_round_trips() {
+    fn request_body_len_is_the_encoded_body_length() {
         for frame in samples() {
+            let (command, as_frame) = match frame {
+                Frame::Request(command) => (command.clone(), Frame::Request(command)),
+                Frame::InstallSnapshot { request, .. } => (
+                    Command::InstallSnapshot(request.clone()),
+                    Frame::InstallSnapshot {
+                        transfer_id: 0,
+                        request,
+                    },
+                ),
+                _ => continue,
+            };
             let mut buf = BytesMut::new();
-            encode(&frame, &mut buf, MAX).unwrap();
-            let decoded = decode(&mut buf, MAX).unwrap().expect("a whole frame");
-            assert_eq!(decoded, frame);
-            assert!(buf.is_empty());
+            encode(&as_frame, &mut buf, MAX).unwrap();
+            assert_eq!(
+                request_body_len(&command).unwrap(),
+                buf.len() - HEADER_LEN,
+                "{:?}",
+                command.kind()
+            );
         }
     }
 
+    /// The `Error` frame of `docs/PROTOCOL.md` §6.6 and §7.2: code, message, then the details
+    /// as an option (protocol version 2).
     #[test]
-    fn partial_frames_wait_for_more_bytes() {
-        let mut whole = BytesMut::new();
-        for frame in samples() {
-            encode(&frame, &mut whole, MAX).unwrap();
-        }
-        // Feed one byte at a time: every prefix is either a frame or "need more", never an error.
+    fn error_frames_have_the_documented_layout() {
+        let error = RemoteError::new(ErrorCode::IDENTITY_MISMATCH, "no");
         let mut buf = BytesMut::new();
-        let mut decoded = Vec::new();
-        for byte in whole.iter() {
-            buf.put_u8(*byte);
-            while let Some(frame) = decode(&mut buf, MAX).unwrap() {
-                decoded.push(frame);
-            }
-        }
-        assert_eq!(decoded, samples());
-    }
-
-    #[test]
-    fn unknown_kind_is_refused_at_the_header() {
-        let mut buf = BytesMut::from(&[0x42, 0, 0, 0, 1][..]);
-        assert_eq!(decode(&mut buf, MAX), Err(CodecError::UnknownKind(0x42)));
-    }
-
-    #[test]
-    fn oversize_length_is_refused_before_the_body_arrives() {
-        let mut buf = BytesMut::from(&[0x01, 0xff, 0xff, 0xff, 0xff][..]);
-        let err = decode(&mut buf, MAX).unwrap_err();
+        encode(&Frame::Error(error.clone()), &mut buf, MAX).unwrap();
+        assert_eq!(buf[..], [0x81, 0, 0, 0, 5, 0x05, 0x02, b'n', b'o', 0x00]);
+        let mut buf = BytesMut::new();
+        let detailed = error.with_details(&[0xab, 0xcd][..]);
+        encode(&Frame::Error(detailed), &mut buf, MAX).unwrap();
         assert_eq!(
-            err,
-            CodecError::Oversize {
-                len: u32::MAX.into(),
-                max: MAX
-            }
-        );
-        assert!(buf.capacity() < 1024, "allocated for an oversize frame");
-    }
-
-    #[test]
-    fn a_header_alone_reserves_nothing_for_its_body() {
-        let mut buf = BytesMut::from(&[0x01, 0x00, 0x0f, 0xff, 0xff][..]);
-        let before = buf.capacity();
-        assert_eq!(decode(&mut buf, MAX), Ok(None));
-        assert_eq!(
-            buf.capacity(),
-            before,
-            "reserved room for a body that has not arrived"
+            buf[..],
+            [
+                0x81, 0, 0, 0, 8, 0x05, 0x02, b'n', b'o', 0x01, 0x02, 0xab, 0xcd
+            ]
         );
     }
 
@@ -706,141 +392,18 @@ mod tests {
         assert_eq!(&buf[..], b"keep");
     }
 
+    /// An InstallSnapshot request has no frame without its transfer id.
     #[test]
-    fn malformed_and_trailing_bodies_are_refused() {
-        // A RequestVote body of garbage.
-        let mut buf = BytesMut::from(&[0x02, 0, 0, 0, 3, 0xff, 0xff, 0xff][..]);
+    fn a_snapshot_request_without_its_transfer_id_is_not_encoded() {
+        let Some(Frame::InstallSnapshot { request, .. }) = samples().into_iter().nth(4) else {
+            panic!("the fifth sample is an InstallSnapshot")
+        };
+        let mut buf = BytesMut::from(&b"keep"[..]);
+        let frame = Frame::Request(Command::InstallSnapshot(request));
         assert!(matches!(
-            decode(&mut buf, MAX),
-            Err(CodecError::Malformed { .. })
+            encode(&frame, &mut buf, MAX),
+            Err(CodecError::Encode(_))
         ));
-        // A valid body followed by an extra byte inside the declared length.
-        let mut buf = BytesMut::new();
-        encode(&Frame::SnapshotData { transfer_id: 1 }, &mut buf, MAX).unwrap();
-        buf[4] += 1;
-        buf.put_u8(0);
-        assert!(matches!(
-            decode(&mut buf, MAX),
-            Err(CodecError::Malformed { .. })
-        ));
-        // PipelineOpen carries no body.
-        let mut buf = BytesMut::from(&[0x06, 0, 0, 0, 1, 0][..]);
-        assert!(matches!(
-            decode(&mut buf, MAX),
-            Err(CodecError::Malformed { .. })
-        ));
-    }
-
-    /// Feeds `bytes` to an assembler in pieces of at most `piece` bytes (and never more than
-    /// it asks for), collecting the frames.
-    fn assemble(bytes: &[u8], piece: usize) -> (Vec<Frame>, FrameAssembler) {
-        let mut frames = FrameAssembler::new(MAX);
-        let mut out = Vec::new();
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let want = match frames.need() {
-                Need::Header(want) => want,
-                Need::Body { missing, .. } => missing,
-            };
-            let (taken, left) = rest.split_at(want.min(piece).min(rest.len()));
-            rest = left;
-            if let Some(frame) = frames.push(Bytes::copy_from_slice(taken)).unwrap() {
-                out.push(frame);
-            }
-        }
-        (out, frames)
-    }
-
-    #[test]
-    fn the_assembler_reads_every_frame_whatever_the_piece_size() {
-        let mut whole = BytesMut::new();
-        for frame in samples() {
-            encode(&frame, &mut whole, MAX).unwrap();
-        }
-        for piece in [1, 2, 3, 5, 7, 64, usize::MAX] {
-            let (frames, rest) = assemble(&whole, piece);
-            assert_eq!(frames, samples(), "pieces of {piece}");
-            assert!(rest.is_idle());
-        }
-    }
-
-    #[test]
-    fn the_assembler_asks_for_the_header_then_exactly_the_body() {
-        let mut bytes = BytesMut::new();
-        encode(&samples()[0], &mut bytes, MAX).unwrap();
-        let body_len = bytes.len() - HEADER_LEN;
-        let mut frames = FrameAssembler::new(MAX);
-        assert_eq!(frames.need(), Need::Header(HEADER_LEN));
-        assert!(frames.is_idle());
-        frames.push(bytes.split_to(2).freeze()).unwrap();
-        assert_eq!(frames.need(), Need::Header(3));
-        assert!(!frames.is_idle());
-        frames.push(bytes.split_to(3).freeze()).unwrap();
-        assert_eq!(
-            frames.need(),
-            Need::Body {
-                len: body_len,
-                missing: body_len
-            }
-        );
-        // A header alone allocates nothing; the first part of the body allocates the whole
-        // declared length, once.
-        assert_eq!(frames.body.capacity(), 0);
-        assert_eq!(frames.push(bytes.split_to(1).freeze()), Ok(None));
-        assert_eq!(frames.body.capacity(), body_len);
-        assert_eq!(
-            frames.need(),
-            Need::Body {
-                len: body_len,
-                missing: body_len - 1
-            }
-        );
-        let frame = frames.push(bytes.split().freeze()).unwrap();
-        assert_eq!(frame, Some(samples()[0].clone()));
-        assert_eq!(frames.need(), Need::Header(HEADER_LEN));
-        assert!(frames.is_idle());
-    }
-
-    #[test]
-    fn the_assembler_refuses_a_bad_header_as_soon_as_it_is_whole() {
-        let mut frames = FrameAssembler::new(MAX);
-        assert_eq!(
-            frames.push(Bytes::from_static(&[0x01, 0x7f, 0xff, 0xff, 0xff])),
-            Err(CodecError::Oversize {
-                len: 0x7fff_ffff,
-                max: MAX
-            })
-        );
-        assert_eq!(frames.body.capacity(), 0);
-        let mut frames = FrameAssembler::new(MAX);
-        assert_eq!(
-            frames.push(Bytes::from_static(&[0x42, 0, 0, 0, 0])),
-            Err(CodecError::UnknownKind(0x42))
-        );
-    }
-
-    #[test]
-    fn the_assembler_refuses_more_than_it_asked_for() {
-        let mut frames = FrameAssembler::new(MAX);
-        assert!(matches!(
-            frames.push(Bytes::from_static(&[0x06, 0, 0, 0, 0, 0])),
-            Err(CodecError::Malformed { .. })
-        ));
-        let mut frames = FrameAssembler::new(MAX);
-        frames
-            .push(Bytes::from_static(&[0x07, 0, 0, 0, 1]))
-            .unwrap();
-        assert!(matches!(
-            frames.push(Bytes::from_static(&[1, 2])),
-            Err(CodecError::Malformed { .. })
-        ));
-    }
-
-    #[test]
-    fn truncated_body_is_never_a_frame() {
-        let mut buf = BytesMut::new();
-        encode(&samples()[0], &mut buf, MAX).unwrap();
-        buf.truncate(buf.len() - 1);
-        assert_eq!(decode(&mut buf, MAX), Ok(None));
+        assert_eq!(&buf[..], b"keep");
     }
 }

@@ -1,17 +1,23 @@
 //! The wire codec (layer 3): frames as bytes, no I/O.
 //!
 //! A frame is `kind: u8 | length: u32 big-endian | body: length bytes`, the body a postcard
-//! encoding of the message. Decoding takes whatever bytes have arrived: a partial frame is
-//! `Ok(None)`, not an error, and a length over the limit is refused before anything is
-//! allocated for it. `docs/PROTOCOL.md` is the full specification.
+//! encoding of the message ([`Frame`], [`encode`]). The [`FrameAssembler`] decodes, from pieces
+//! of exactly the sizes it asks for: a partial frame is `Ok(None)`, not an error, and a length
+//! over the limit is refused before anything is allocated for it. `docs/PROTOCOL.md` is the full specification.
 
+// The frame types, the encoder and the assembler are `pub` so that the `fuzzing` feature's
+// bridge (`crate::fuzzing`) can hand the real ones to the fuzz targets; without that feature
+// nothing outside the crate can name them.
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
+mod assembler;
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
 mod frame;
 
-#[cfg(feature = "fuzzing")]
-pub(crate) use frame::decode;
-pub(crate) use frame::{
-    Frame, FrameAssembler, FrameKind, Need, encode, encode_message, request_body_len,
-};
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
+pub use assembler::{FrameAssembler, Need};
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
+pub use frame::{Frame, encode};
+pub(crate) use frame::{FrameKind, encode_message, request_body_len};
 
 /// What is wrong with bytes that claim to be a frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -86,6 +86,13 @@ pub enum Response {
     TimeoutNow(TimeoutNowResponse),
 }
 
+/// A request type, tied to the response type that answers it: a caller's generic call
+/// returns `Q::Answer`, and the response that fails `TryFrom` is the kind mismatch.
+pub(crate) trait Request: Into<Command> {
+    /// The response to this request.
+    type Answer: TryFrom<Response, Error = Response>;
+}
+
 macro_rules! message_kinds {
     ($($kind:ident: $request:ty => $response:ty),* $(,)?) => {
         impl Command {
@@ -125,6 +132,10 @@ macro_rules! message_kinds {
                 }
             }
 
+            impl Request for $request {
+                type Answer = $response;
+            }
+
             impl TryFrom<Response> for $response {
                 type Error = Response;
 
@@ -141,6 +152,22 @@ macro_rules! message_kinds {
 }
 
 impl Command {
+    /// True for an AppendEntries that is a heartbeat.
+    pub(crate) fn is_heartbeat(&self) -> bool {
+        matches!(self, Self::AppendEntries(r) if r.is_heartbeat())
+    }
+
+    /// The term the request carries (0 for TimeoutNow, which has none), for spans.
+    pub(crate) fn term(&self) -> u64 {
+        match self {
+            Self::AppendEntries(r) => r.term,
+            Self::RequestVote(r) => r.term,
+            Self::RequestPreVote(r) => r.term,
+            Self::InstallSnapshot(r) => r.term,
+            Self::TimeoutNow(_) => 0,
+        }
+    }
+
     /// About how many bytes this request holds once decoded: the value itself, its header's
     /// strings and buffers, and for AppendEntries every entry's own size and buffers. A
     /// receiver counts this, not the encoded length, against what a peer may make it hold: an

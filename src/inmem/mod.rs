@@ -19,15 +19,15 @@ pub use config::{Faults, InmemConfig};
 
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, Command, InstallSnapshotRequest,
-    InstallSnapshotResponse, RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest,
-    RequestVoteResponse, Response, RpcKind, ServerAddress, ServerId, TimeoutNowRequest,
-    TimeoutNowResponse,
+    InstallSnapshotResponse, Request, RequestPreVoteRequest, RequestPreVoteResponse,
+    RequestVoteRequest, RequestVoteResponse, Response, RpcKind, ServerAddress, ServerId,
+    TimeoutNowRequest, TimeoutNowResponse,
 };
-use crate::error::{Error, ErrorCode, RemoteError};
+use crate::error::Error;
 use crate::transport::{
     AddressResolver, AppendPipeline, Dispatcher, HeartbeatHandler, Incoming, Responder, Rpc,
     RpcResult, SNAPSHOT_TIMEOUT_UNIT, SnapshotReader, Transport, check_request, copy_exact,
-    decode_peer, snapshot_timeout, stream_until_answer,
+    decode_peer, snapshot_timeout, stream_until_answer, unanswered,
 };
 
 /// A [`Transport`] between nodes in one process (hashicorp/raft's `InmemTransport`).
@@ -230,14 +230,15 @@ impl InmemTransport {
     }
 
     /// One request and its answer, within one `timeout` in all.
-    async fn call(
+    async fn call<Q: Request>(
         &self,
         id: &ServerId,
         target: &ServerAddress,
-        command: Command,
-    ) -> Result<Response, Error> {
+        request: Q,
+    ) -> Result<Q::Answer, Error> {
         let timeout = self.node.config.timeout;
         let deadline = Instant::now() + timeout;
+        let command = request.into();
         let kind = command.kind();
         check_request(&command, self.node.config.max_message_size)?;
         let route = self.route(id, target)?;
@@ -277,24 +278,20 @@ impl Route {
         Error::lost(&self.target, reason)
     }
 
-    /// Turns what came back on a responder's channel into the caller's result.
-    fn answer(
+    /// Turns what came back on a responder's channel for a request of `kind` into the
+    /// caller's result: a response that is not the `T` that answers it is a protocol error.
+    fn answer<T: TryFrom<Response, Error = Response>>(
         &self,
         answer: Result<RpcResult, oneshot::error::RecvError>,
         kind: RpcKind,
-    ) -> Result<Response, Error> {
+    ) -> Result<T, Error> {
         match answer {
-            Ok(Ok(response)) if response.kind() == kind => Ok(response),
-            Ok(Ok(response)) => Err(Error::Protocol(format!(
-                "{kind} answered with a {} response",
-                response.kind()
-            ))),
+            Ok(Ok(response)) => T::try_from(response).map_err(|other| {
+                Error::Protocol(format!("{kind} answered with a {} response", other.kind()))
+            }),
             Ok(Err(remote)) => Err(Error::Remote(remote)),
             Err(_) if self.peer.shutdown.is_cancelled() => Err(self.lost("peer shut down")),
-            Err(_) => Err(Error::Remote(RemoteError::new(
-                ErrorCode::NO_RESPONSE,
-                "the RPC was dropped without an answer",
-            ))),
+            Err(_) => Err(Error::Remote(unanswered())),
         }
     }
 }
@@ -312,35 +309,46 @@ impl Node {
     }
 }
 
-macro_rules! unary_rpc {
-    ($name:ident, $request:ty, $response:ty) => {
-        async fn $name(
-            &self,
-            id: &ServerId,
-            target: &ServerAddress,
-            request: $request,
-        ) -> Result<$response, Error> {
-            let response = self.call(id, target, Command::from(request)).await?;
-            // `call` checked the kind, so the conversion cannot fail; keep the error path anyway.
-            <$response>::try_from(response)
-                .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
-        }
-    };
-}
-
 impl Transport for InmemTransport {
     fn local_addr(&self) -> ServerAddress {
         self.node.addr.clone()
     }
 
-    unary_rpc!(append_entries, AppendEntriesRequest, AppendEntriesResponse);
-    unary_rpc!(request_vote, RequestVoteRequest, RequestVoteResponse);
-    unary_rpc!(
-        request_pre_vote,
-        RequestPreVoteRequest,
-        RequestPreVoteResponse
-    );
-    unary_rpc!(timeout_now, TimeoutNowRequest, TimeoutNowResponse);
+    async fn append_entries(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        request: AppendEntriesRequest,
+    ) -> Result<AppendEntriesResponse, Error> {
+        self.call(id, target, request).await
+    }
+
+    async fn request_vote(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        request: RequestVoteRequest,
+    ) -> Result<RequestVoteResponse, Error> {
+        self.call(id, target, request).await
+    }
+
+    async fn request_pre_vote(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        request: RequestPreVoteRequest,
+    ) -> Result<RequestPreVoteResponse, Error> {
+        self.call(id, target, request).await
+    }
+
+    async fn timeout_now(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        request: TimeoutNowRequest,
+    ) -> Result<TimeoutNowResponse, Error> {
+        self.call(id, target, request).await
+    }
 
     async fn install_snapshot<R>(
         &self,
@@ -370,11 +378,7 @@ impl Transport for InmemTransport {
             .wait_or_fail(&route, tokio::time::timeout_at(deadline, answer))
             .await?;
         match answer {
-            Ok(Ok(answer)) => {
-                let response = route.answer(answer, RpcKind::InstallSnapshot)?;
-                InstallSnapshotResponse::try_from(response)
-                    .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
-            }
+            Ok(Ok(answer)) => route.answer(answer, RpcKind::InstallSnapshot),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Timeout {
                 rpc: RpcKind::InstallSnapshot,

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{InmemTransport, Route};
-use crate::command::{AppendEntriesRequest, AppendEntriesResponse, Command, RpcKind};
+use crate::command::{AppendEntriesRequest, Command, RpcKind};
 use crate::error::Error;
 use crate::transport::{BoxFuture, PipelineSink, Responder, ResponseFuture, Rpc, check_request};
 
@@ -82,9 +82,7 @@ impl PipelineSink for InmemSink {
             let response: ResponseFuture = Box::pin(async move {
                 let _lost = lost;
                 let answer = transport.wait_or_fail(&route, rx).await?;
-                let response = route.answer(answer, RpcKind::AppendEntries)?;
-                AppendEntriesResponse::try_from(response)
-                    .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
+                route.answer(answer, RpcKind::AppendEntries)
             });
             Ok(response)
         })

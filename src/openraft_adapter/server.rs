@@ -19,7 +19,7 @@ use crate::transport::{Incoming, Rpc, RpcResult, SnapshotReader};
 /// and InstallSnapshot streams its data into `Raft::begin_receiving_snapshot`'s buffer and
 /// then calls `Raft::install_full_snapshot` (a snapshot from a leader whose vote is older than
 /// this node's is refused before its data is read). An openraft error travels back as a
-/// [`RemoteError`] of code [`OPENRAFT_ERROR`](super::OPENRAFT_ERROR) carrying the encoded
+/// [`RemoteError`] of code [`OPENRAFT_ERROR`](super::OPENRAFT_ERROR) whose details are the encoded
 /// error; a request that does not decode is answered with [`ErrorCode::BAD_REQUEST`].
 pub async fn serve_raft<C>(raft: Raft<C>, mut incoming: Incoming, local: RpcHeader)
 where

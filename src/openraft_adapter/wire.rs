@@ -32,15 +32,12 @@ use crate::command::{
 use crate::error::{ErrorCode, RemoteError};
 
 /// The [`RemoteError`] code with which a node answers when its `openraft::Raft` returned an
-/// error: the message carries the encoded openraft error, so the caller can rebuild it as an
-/// `RPCError::RemoteError` (bytes `O`, `R`: 0x4F52).
+/// error: the error's [`details`](RemoteError::details) are the encoded openraft error, so the
+/// caller can rebuild it as an `RPCError::RemoteError` (bytes `O`, `R`: 0x4F52).
 pub const OPENRAFT_ERROR: ErrorCode = ErrorCode(0x4F52);
 
 /// Version of the snapshot format sent in `InstallSnapshotRequest::snapshot_version`.
 pub(crate) const SNAPSHOT_VERSION: u32 = 1;
-
-/// Marks the encoded error in a [`OPENRAFT_ERROR`] message.
-const ERROR_MARK: &str = " [openraft-error:";
 
 /// An openraft message that could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -327,14 +324,12 @@ pub(crate) fn decode_snapshot_response<NID: NodeId>(
     decode("snapshot response", &response.header.extensions)
 }
 
-/// The error a node answers with when its `Raft` failed: code [`OPENRAFT_ERROR`], a readable
-/// message, and the encoded error (hex postcard) at its end.
+/// The error a node answers with when its `Raft` failed: code [`OPENRAFT_ERROR`], the error's
+/// text as the message, and the error itself, postcard-encoded, as the details.
 pub(crate) fn encode_fatal<NID: NodeId>(fatal: &Fatal<NID>) -> RemoteError {
+    let error = RemoteError::new(OPENRAFT_ERROR, fatal.to_string());
     match postcard::to_stdvec(fatal) {
-        Ok(bytes) => RemoteError::new(
-            OPENRAFT_ERROR,
-            format!("{fatal}{ERROR_MARK}{}]", hex(&bytes)),
-        ),
+        Ok(bytes) => error.with_details(bytes),
         // Not decodable then: the caller sees a plain handler error with the text.
         Err(_) => RemoteError::handler(fatal.to_string()),
     }
@@ -345,29 +340,7 @@ pub(crate) fn decode_fatal<NID: NodeId>(error: &RemoteError) -> Option<Fatal<NID
     if error.code != OPENRAFT_ERROR {
         return None;
     }
-    let start = error.message.rfind(ERROR_MARK)? + ERROR_MARK.len();
-    let encoded = error.message[start..].strip_suffix(']')?;
-    postcard::from_bytes(&unhex(encoded)?).ok()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    postcard::from_bytes(error.details.as_ref()?).ok()
 }
 
 #[cfg(test)]
@@ -579,11 +552,17 @@ mod tests {
         for fatal in [Fatal::<u64>::Stopped, Fatal::Panicked] {
             let remote = encode_fatal(&fatal);
             assert_eq!(remote.code, OPENRAFT_ERROR);
-            assert!(remote.message.starts_with(&fatal.to_string()));
+            assert_eq!(remote.message, fatal.to_string());
             assert_eq!(decode_fatal::<u64>(&remote), Some(fatal));
         }
         assert_eq!(decode_fatal::<u64>(&RemoteError::handler("x")), None);
-        let garbled = RemoteError::new(OPENRAFT_ERROR, "raft stopped [openraft-error:zz]");
+        let bare = RemoteError::new(OPENRAFT_ERROR, "raft stopped");
+        assert_eq!(decode_fatal::<u64>(&bare), None);
+        let garbled = bare.with_details(&b"\xff\xff"[..]);
         assert_eq!(decode_fatal::<u64>(&garbled), None);
+        // Details of another code are not openraft's.
+        let other = RemoteError::handler("x")
+            .with_details(encode_fatal(&Fatal::<u64>::Stopped).details.unwrap());
+        assert_eq!(decode_fatal::<u64>(&other), None);
     }
 }

@@ -18,9 +18,7 @@ use super::stats::Counters;
 use crate::codec::{self, Frame};
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, Command, InstallSnapshotRequest,
-    InstallSnapshotResponse, RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest,
-    RequestVoteResponse, Response, RpcKind, ServerAddress, ServerId, TimeoutNowRequest,
-    TimeoutNowResponse,
+    InstallSnapshotResponse, Request, Response, RpcKind, ServerAddress, ServerId,
 };
 use crate::error::{Error, ErrorCode};
 use crate::transport::{
@@ -127,18 +125,20 @@ pub(super) fn request_write_error(
     }
 }
 
-/// Turns an answer frame into the caller's result.
-pub(super) fn answer(
+/// Turns the answer frame to a request of `kind` into the caller's result: a response that
+/// is not the `T` that answers it is the peer's protocol violation.
+pub(super) fn answer<T: TryFrom<Response, Error = Response>>(
     peer: &ServerAddress,
     kind: RpcKind,
     frame: Option<Frame>,
-) -> Result<Response, Error> {
+) -> Result<T, Error> {
     match frame {
-        Some(Frame::Response(response)) if response.kind() == kind => Ok(response),
-        Some(Frame::Response(response)) => Err(Error::Protocol(format!(
-            "{peer} answered {kind} with a {} response",
-            response.kind()
-        ))),
+        Some(Frame::Response(response)) => T::try_from(response).map_err(|other| {
+            Error::Protocol(format!(
+                "{peer} answered {kind} with a {} response",
+                other.kind()
+            ))
+        }),
         Some(Frame::Error(e)) if e.code == ErrorCode::IDENTITY_MISMATCH => Err(
             Error::Authentication(format!("{peer} refused the request: {}", e.message)),
         ),
@@ -154,9 +154,7 @@ pub(super) fn answer(
 /// The term a request carries (0 for TimeoutNow, which has none), for its span.
 pub(super) fn term_of(frame: &Frame) -> u64 {
     match frame {
-        Frame::AppendEntries(r) => r.term,
-        Frame::RequestVote(r) => r.term,
-        Frame::RequestPreVote(r) => r.term,
+        Frame::Request(command) => command.term(),
         Frame::InstallSnapshot { request, .. } => request.term,
         _ => 0,
     }
@@ -178,29 +176,28 @@ pub(super) fn record_call<T>(
 
 /// One request on a new bidirectional stream, and its answer, in a `rpc` span (debug level:
 /// peer, kind, term, and the stream once opened), recorded in the peer's metrics.
-async fn unary(
+async fn unary<Q: Request>(
     client: &Arc<Client>,
     id: &ServerId,
     target: &ServerAddress,
-    kind: RpcKind,
     priority: i32,
-    request: Frame,
-) -> Result<Response, Error> {
+    request: Q,
+) -> Result<Q::Answer, Error> {
     let started = Instant::now();
-    let heartbeat = matches!(&request, Frame::AppendEntries(r) if r.is_heartbeat());
-    let metric_kind = Kind::of(kind, heartbeat);
+    let request: Command = request.into();
+    let metric_kind = Kind::of(request.kind(), request.is_heartbeat());
     let span = tracing::debug_span!(
         "rpc",
         peer = %id,
         kind = metric_kind.label(),
-        term = term_of(&request),
+        term = request.term(),
         stream = tracing::field::Empty,
     );
     let mut metrics = None;
     let call = unary_call(
         client,
         (id, target),
-        (kind, priority),
+        priority,
         request,
         started,
         (&span, &mut metrics),
@@ -218,21 +215,23 @@ async fn unary(
 /// [`unary`] without the span and the metrics. The request is checked against the limits and
 /// encoded before anything else, so one that exceeds them dials nothing. Leaves the
 /// connection's metric handles in `metrics` once it has one.
-async fn unary_call(
+async fn unary_call<T: TryFrom<Response, Error = Response>>(
     client: &Arc<Client>,
     (id, target): (&ServerId, &ServerAddress),
-    (kind, priority): (RpcKind, i32),
-    request: Frame,
+    priority: i32,
+    request: Command,
     started: Instant,
     (span, metrics): (&tracing::Span, &mut Option<Arc<PeerMetrics>>),
-) -> Result<Response, Error> {
+) -> Result<T, Error> {
     let deadline = started + client.settings.rpc_timeout;
     let max = client.settings.max_message_size;
-    if let Frame::AppendEntries(append) = &request {
+    let kind = request.kind();
+    if let Command::AppendEntries(append) = &request {
         check_entries(append)?;
     }
     let mut encoded = BytesMut::with_capacity(256);
-    codec::encode(&request, &mut encoded, max).map_err(|e| encode_error(kind, e))?;
+    codec::encode(&Frame::Request(request), &mut encoded, max)
+        .map_err(|e| encode_error(kind, e))?;
     let encoded = encoded.freeze();
     let (conn, peer) = client.connection(id, target, deadline).await?;
     *metrics = Some(conn.metrics.clone());
@@ -260,30 +259,15 @@ async fn unary_call(
         .await
 }
 
-macro_rules! unary_call {
-    ($name:ident, $request:ty, $response:ty, $kind:ident, $priority:expr) => {
-        pub(super) async fn $name(
-            client: &Arc<Client>,
-            id: &ServerId,
-            target: &ServerAddress,
-            request: $request,
-        ) -> Result<$response, Error> {
-            #[allow(clippy::redundant_closure_call)]
-            let priority = ($priority)(&request);
-            let response = unary(
-                client,
-                id,
-                target,
-                RpcKind::$kind,
-                priority,
-                Frame::$kind(request),
-            )
-            .await?;
-            // `answer` checked the kind already.
-            <$response>::try_from(response)
-                .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
-        }
-    };
+/// RequestVote, RequestPreVote or TimeoutNow on its own stream, at the priority of votes and
+/// heartbeats.
+pub(super) async fn control<Q: Request>(
+    client: &Arc<Client>,
+    id: &ServerId,
+    target: &ServerAddress,
+    request: Q,
+) -> Result<Q::Answer, Error> {
+    unary(client, id, target, priority::CONTROL, request).await
 }
 
 /// AppendEntries on its own stream; a heartbeat hedged when `QuicConfig::heartbeat_hedge`
@@ -294,30 +278,18 @@ pub(super) async fn append_entries(
     target: &ServerAddress,
     request: AppendEntriesRequest,
 ) -> Result<AppendEntriesResponse, Error> {
-    let kind = RpcKind::AppendEntries;
     let heartbeat = request.is_heartbeat();
-    let response = match client.settings.heartbeat_hedge {
-        Some(delay) if heartbeat => hedged_heartbeat(client, id, target, request, delay).await?,
+    match client.settings.heartbeat_hedge {
+        Some(delay) if heartbeat => hedged_heartbeat(client, id, target, request, delay).await,
         _ => {
             let priority = if heartbeat {
                 priority::CONTROL
             } else {
                 priority::APPEND
             };
-            unary(
-                client,
-                id,
-                target,
-                kind,
-                priority,
-                Frame::AppendEntries(request),
-            )
-            .await?
+            unary(client, id, target, priority, request).await
         }
-    };
-    // `answer` checked the kind already.
-    AppendEntriesResponse::try_from(response)
-        .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
+    }
 }
 
 /// A heartbeat, and a copy of it on a second stream if the first has no answer after
@@ -332,22 +304,15 @@ async fn hedged_heartbeat(
     target: &ServerAddress,
     request: AppendEntriesRequest,
     delay: std::time::Duration,
-) -> Result<Response, Error> {
+) -> Result<AppendEntriesResponse, Error> {
     let kind = RpcKind::AppendEntries;
     let deadline = Instant::now() + client.settings.rpc_timeout;
     // The delay counts from when the request can go out, not from a dial.
     client.connection(id, target, deadline).await?;
     client
         .guarded(kind, deadline, async {
-            let copy = Frame::AppendEntries(request.clone());
-            let original = unary(
-                client,
-                id,
-                target,
-                kind,
-                priority::CONTROL,
-                Frame::AppendEntries(request),
-            );
+            let copy = request.clone();
+            let original = unary(client, id, target, priority::CONTROL, request);
             tokio::pin!(original);
             tokio::select! {
                 biased;
@@ -360,7 +325,7 @@ async fn hedged_heartbeat(
             peer_metrics.heartbeat_copy_sent();
             tracing::trace!(peer = %id, ?delay, "heartbeat unanswered: sending a copy");
             let copy = async {
-                match unary(client, id, target, kind, priority::CONTROL, copy).await {
+                match unary(client, id, target, priority::CONTROL, copy).await {
                     Ok(answer) => answer,
                     // Left to the original, which ends by the shared deadline.
                     Err(_) => std::future::pending().await,
@@ -378,28 +343,6 @@ async fn hedged_heartbeat(
         })
         .await
 }
-unary_call!(
-    request_vote,
-    RequestVoteRequest,
-    RequestVoteResponse,
-    RequestVote,
-    |_: &_| { priority::CONTROL }
-);
-unary_call!(
-    request_pre_vote,
-    RequestPreVoteRequest,
-    RequestPreVoteResponse,
-    RequestPreVote,
-    |_: &_| priority::CONTROL
-);
-unary_call!(
-    timeout_now,
-    TimeoutNowRequest,
-    TimeoutNowResponse,
-    TimeoutNow,
-    |_: &_| { priority::CONTROL }
-);
-
 /// InstallSnapshot: the request on a bidirectional stream, `size` bytes of data on a
 /// unidirectional stream bound to it by a transfer id, streamed with bounded memory.
 ///
@@ -460,7 +403,7 @@ where
     let (conn, peer) = client.connection(id, target, deadline).await?;
     *metrics = Some(conn.metrics.clone());
     let mut data = CountingRead::new(data, conn.metrics.snapshot_sent_bytes());
-    let response = client
+    client
         .guarded(RpcKind::InstallSnapshot, deadline, async {
             let _active = conn.active();
             let data_stream = conn
@@ -508,7 +451,5 @@ where
             let frame = frame.map_err(|e| answer_read_error(&peer, e))?;
             answer(&peer, RpcKind::InstallSnapshot, frame)
         })
-        .await?;
-    InstallSnapshotResponse::try_from(response)
-        .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
+        .await
 }

@@ -375,7 +375,7 @@ impl Transport for QuicTransport {
         target: &ServerAddress,
         request: RequestVoteRequest,
     ) -> Result<RequestVoteResponse, Error> {
-        client::request_vote(&self.node.client, id, target, request).await
+        client::control(&self.node.client, id, target, request).await
     }
 
     async fn request_pre_vote(
@@ -384,7 +384,7 @@ impl Transport for QuicTransport {
         target: &ServerAddress,
         request: RequestPreVoteRequest,
     ) -> Result<RequestPreVoteResponse, Error> {
-        client::request_pre_vote(&self.node.client, id, target, request).await
+        client::control(&self.node.client, id, target, request).await
     }
 
     async fn timeout_now(
@@ -393,7 +393,7 @@ impl Transport for QuicTransport {
         target: &ServerAddress,
         request: TimeoutNowRequest,
     ) -> Result<TimeoutNowResponse, Error> {
-        client::timeout_now(&self.node.client, id, target, request).await
+        client::control(&self.node.client, id, target, request).await
     }
 
     async fn install_snapshot<R>(

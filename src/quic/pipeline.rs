@@ -186,11 +186,7 @@ async fn read_answers(
                 "{peer} answered a pipelined append that was never sent"
             ));
         };
-        let result = answer(&peer, RpcKind::AppendEntries, Some(frame)).and_then(|r| {
-            AppendEntriesResponse::try_from(r)
-                .map_err(|r| Error::Protocol(format!("unexpected {} response", r.kind())))
-        });
-        let _ = slot.send(result);
+        let _ = slot.send(answer(&peer, RpcKind::AppendEntries, Some(frame)));
     };
     let _ = recv.stop(stream::STOPPED);
     slots.close();

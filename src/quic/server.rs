@@ -21,10 +21,12 @@ use super::rendezvous::Rendezvous;
 use super::snapshot_data::{SnapshotData, data_read_error};
 use super::stats::Counters;
 use crate::codec::Frame;
-use crate::command::{Command, RpcKind, ServerId};
+use crate::command::{Command, ServerId};
 use crate::error::{ErrorCode, RemoteError};
 use crate::sanitize::untrusted;
-use crate::transport::{Delivered, Dispatcher, Held, Responder, Rpc, RpcResult, SnapshotReader};
+use crate::transport::{
+    Delivered, Dispatcher, Held, Responder, Rpc, RpcResult, SnapshotReader, unanswered,
+};
 
 /// How many RPC timeouts a request waits for the consumer to take it before it is answered
 /// `UNAVAILABLE` (see `Stream::dispatch`).
@@ -33,10 +35,7 @@ const CONSUMER_WAIT_FACTOR: u32 = 2;
 /// The `kind` label of a request frame; `None` for frames that are not one.
 fn metric_kind(frame: &Frame) -> Option<Kind> {
     Some(match frame {
-        Frame::AppendEntries(r) => Kind::of(RpcKind::AppendEntries, r.is_heartbeat()),
-        Frame::RequestVote(_) => Kind::RequestVote,
-        Frame::RequestPreVote(_) => Kind::RequestPreVote,
-        Frame::TimeoutNow(_) => Kind::TimeoutNow,
+        Frame::Request(command) => Kind::of(command.kind(), command.is_heartbeat()),
         Frame::InstallSnapshot { .. } => Kind::InstallSnapshot,
         _ => return None,
     })
@@ -372,10 +371,7 @@ impl Stream {
         served: Served,
     ) {
         let command = match frame {
-            Frame::AppendEntries(r) => Command::AppendEntries(r),
-            Frame::RequestVote(r) => Command::RequestVote(r),
-            Frame::RequestPreVote(r) => Command::RequestPreVote(r),
-            Frame::TimeoutNow(r) => Command::TimeoutNow(r),
+            Frame::Request(command) => command,
             Frame::InstallSnapshot {
                 transfer_id,
                 request,
@@ -519,9 +515,7 @@ impl Stream {
         };
         tokio::select! {
             biased;
-            answer = rx => Some(answer.unwrap_or_else(|_| {
-                Err(RemoteError::new(ErrorCode::NO_RESPONSE, "the RPC was dropped without an answer"))
-            })),
+            answer = rx => Some(answer.unwrap_or_else(|_| Err(unanswered()))),
             // The caller gave up (timeout or cancel): nobody waits for the answer, but the
             // request stays delivered, until its connection closes.
             _ = send.stopped() => {
@@ -538,10 +532,7 @@ impl Stream {
 
     async fn write_answer(&self, send: &mut SendStream, answer: Option<RpcResult>) {
         let Some(answer) = answer else { return };
-        let frame = match answer {
-            Ok(response) => Frame::Response(response),
-            Err(error) => Frame::Error(error),
-        };
+        let frame = Frame::answer(answer);
         tokio::select! {
             _ = self.server.shutdown.cancelled() => {
                 let _ = send.reset(stream::SHUTDOWN);
@@ -635,7 +626,7 @@ impl Stream {
                     Queued::Ready(Err(RemoteError::new(ErrorCode::BAD_REQUEST, what)))
                 };
                 let request = match reader.next(&mut recv).await {
-                    Ok(Some(Frame::AppendEntries(request))) => request,
+                    Ok(Some(Frame::Request(Command::AppendEntries(request)))) => request,
                     Ok(None) => return,
                     Err(ReadFrameError::Read(e)) => {
                         tracing::debug!(peer = %self.peer, error = %untrusted(&e), "pipeline stream failed");
@@ -694,20 +685,13 @@ impl Stream {
             while let Some(queued) = rx.recv().await {
                 let answer = match queued {
                     Queued::Ready(answer) => answer,
-                    Queued::Pending(answer, _queued) => answer.await.unwrap_or_else(|_| {
-                        Err(RemoteError::new(
-                            ErrorCode::NO_RESPONSE,
-                            "the RPC was dropped without an answer",
-                        ))
-                    }),
+                    Queued::Pending(answer, _queued) => {
+                        answer.await.unwrap_or_else(|_| Err(unanswered()))
+                    }
                 };
                 let outcome = serve_outcome(Some(&answer));
                 self.conn.metrics.served(Kind::AppendEntries, outcome, None);
-                let frame = match answer {
-                    Ok(response) => Frame::Response(response),
-                    Err(error) => Frame::Error(error),
-                };
-                if let Err(e) = write_frame(&mut send, &frame, self.max()).await {
+                if let Err(e) = write_frame(&mut send, &Frame::answer(answer), self.max()).await {
                     tracing::debug!(peer = %self.peer, error = ?e, "pipeline answer not delivered");
                     return;
                 }

@@ -23,6 +23,7 @@ pub use pipeline::{
     ResponseFuture,
 };
 pub(crate) use queue::{Held, Queued};
+pub(crate) use rpc::unanswered;
 pub use rpc::{HeartbeatHandler, Incoming, Responder, Rpc, RpcResult};
 pub(crate) use snapshot::{CopyError, copy_exact, stream_until_answer};
 pub use snapshot::{SNAPSHOT_TIMEOUT_UNIT, SnapshotReader, snapshot_timeout};

@@ -74,6 +74,14 @@ impl fmt::Debug for Rpc {
     }
 }
 
+/// The error a caller gets for an RPC its receiver dropped without answering.
+pub(crate) fn unanswered() -> RemoteError {
+    RemoteError::new(
+        ErrorCode::NO_RESPONSE,
+        "the RPC was dropped without an answer",
+    )
+}
+
 /// Sends the answer to one RPC back to its caller, once.
 pub struct Responder {
     kind: RpcKind,

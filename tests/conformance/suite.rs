@@ -727,7 +727,7 @@ pub async fn remote_error_is_typed<H: Harness>(h: &H) {
     };
     let ((first, second), ()) = guarded("calls", async { tokio::join!(client, server) }).await;
     match first {
-        Err(Error::Remote(RemoteError { code, message })) => {
+        Err(Error::Remote(RemoteError { code, message, .. })) => {
             assert_eq!(code, ErrorCode::HANDLER);
             assert_eq!(message, "log is compacted past 10");
         }
