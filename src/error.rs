@@ -57,9 +57,16 @@ pub enum Error {
     /// A certificate or identity check failed, on either side of the connection.
     #[error("authentication failed: {0}")]
     Authentication(String),
-    /// The peer sent something the protocol does not allow.
-    #[error("protocol violation: {0}")]
-    Protocol(String),
+    /// The peer sent something the protocol does not allow (or, for a request this node
+    /// could not encode, this node would have).
+    #[error("protocol violation: {reason}")]
+    Protocol {
+        /// What was wrong, in words.
+        reason: String,
+        /// The failure underneath, when there is one: the codec's error, for instance.
+        #[source]
+        source: Option<Cause>,
+    },
     /// A snapshot's data did not match its declared size.
     #[error("snapshot data has {actual} bytes but the request declared {declared}")]
     SnapshotSizeMismatch {
@@ -90,8 +97,31 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// The cause kept under an error: shared, so that one failure can fail several RPCs.
-pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+/// The failure kept under an error, returned by `source()`: quinn's error, the codec's, or the
+/// error that broke a pipeline (for every append it failed).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `error` as a [`Cause`].
+pub(crate) fn cause(error: impl std::error::Error + Send + Sync + 'static) -> Cause {
+    Box::new(error)
+}
+
+/// One failure shared as the cause of several errors (the appends a broken pipeline fails):
+/// displays as it, and its `source()` is it.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared(pub(crate) std::sync::Arc<Error>);
+
+impl fmt::Display for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Shared {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
 
 impl Error {
     /// [`Error::ConnectionLost`] with no cause underneath.
@@ -111,6 +141,22 @@ impl Error {
     ) -> Self {
         Self::ConnectionLost {
             peer: peer.clone(),
+            reason: reason.into(),
+            source: Some(cause.into()),
+        }
+    }
+
+    /// [`Error::Protocol`] with no cause underneath.
+    pub(crate) fn protocol(reason: impl Into<String>) -> Self {
+        Self::Protocol {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// [`Error::Protocol`] because of `cause`.
+    pub(crate) fn protocol_by(reason: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        Self::Protocol {
             reason: reason.into(),
             source: Some(cause.into()),
         }

@@ -66,3 +66,19 @@ async fn a_certificate_of_another_cluster_is_a_config_error_caused_by_the_tls_er
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_malformed_peer_address_is_a_protocol_error_caused_by_the_decoding_error() {
+    let fixture = Fixture::new("errors");
+    let (a, _a_in) = fixture.node("a").await;
+    let got = a.decode_peer(&[0xff, 0xfe]);
+    let Err(error @ Error::Protocol { .. }) = got else {
+        panic!("expected Error::Protocol, got {got:?}");
+    };
+    let cause = error.source().expect("the decoding error is kept");
+    assert!(
+        cause.downcast_ref::<std::str::Utf8Error>().is_some(),
+        "{cause:?}"
+    );
+    a.close().await;
+}

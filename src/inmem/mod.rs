@@ -287,7 +287,7 @@ impl Route {
     ) -> Result<T, Error> {
         match answer {
             Ok(Ok(response)) => T::try_from(response).map_err(|other| {
-                Error::Protocol(format!("{kind} answered with a {} response", other.kind()))
+                Error::protocol(format!("{kind} answered with a {} response", other.kind()))
             }),
             Ok(Err(remote)) => Err(Error::Remote(remote)),
             Err(_) if self.peer.shutdown.is_cancelled() => Err(self.lost("peer shut down")),

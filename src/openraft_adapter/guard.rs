@@ -93,11 +93,11 @@ where
         },
         last_log_id: None,
     };
-    let request =
-        wire::encode_vote_request(local, &request).map_err(|e| Error::Protocol(e.to_string()))?;
+    let request = wire::encode_vote_request(local, &request)
+        .map_err(|e| Error::protocol_by("vote request not encoded", crate::error::cause(e)))?;
     let response = transport.request_vote(target, addr, request).await?;
-    let response: VoteResponse<NID> =
-        wire::decode_vote_response(&response).map_err(|e| Error::Protocol(e.to_string()))?;
+    let response: VoteResponse<NID> = wire::decode_vote_response(&response)
+        .map_err(|e| Error::protocol_by("bad vote response", crate::error::cause(e)))?;
     Ok(PeerState {
         term: response.vote.leader_id().get_term(),
         last_log_index: response.last_log_id.map(|l| l.index),

@@ -105,10 +105,12 @@ impl Client {
 /// The caller-facing error for a frame that could not be read as an answer.
 pub(super) fn answer_read_error(peer: &ServerAddress, error: ReadFrameError) -> Error {
     match error {
-        ReadFrameError::Codec(e) => Error::Protocol(format!("bad answer from {peer}: {e}")),
+        ReadFrameError::Codec(e) => {
+            Error::protocol_by(format!("bad answer from {peer}"), crate::error::cause(e))
+        }
         ReadFrameError::Read(e) => codes::read_error(peer, &e),
         ReadFrameError::Truncated => {
-            Error::Protocol(format!("{peer} ended the stream inside a frame"))
+            Error::protocol(format!("{peer} ended the stream inside a frame"))
         }
     }
 }
@@ -134,7 +136,7 @@ pub(super) fn answer<T: TryFrom<Response, Error = Response>>(
 ) -> Result<T, Error> {
     match frame {
         Some(Frame::Response(response)) => T::try_from(response).map_err(|other| {
-            Error::Protocol(format!(
+            Error::protocol(format!(
                 "{peer} answered {kind} with a {} response",
                 other.kind()
             ))
@@ -143,7 +145,7 @@ pub(super) fn answer<T: TryFrom<Response, Error = Response>>(
             Error::Authentication(format!("{peer} refused the request: {}", e.message)),
         ),
         Some(Frame::Error(e)) => Err(Error::Remote(e)),
-        Some(other) => Err(Error::Protocol(format!(
+        Some(other) => Err(Error::protocol(format!(
             "{peer} answered {kind} with a {} frame",
             other.kind().name()
         ))),

@@ -3,9 +3,7 @@
 use quinn::{ConnectionError, ReadError, VarInt, WriteError};
 
 use crate::command::ServerAddress;
-use std::sync::Arc;
-
-use crate::error::{Cause, Error};
+use crate::error::Error;
 use crate::sanitize::untrusted;
 
 /// Stream error codes (RESET_STREAM / STOP_SENDING), as `docs/PROTOCOL.md` lists them.
@@ -106,7 +104,7 @@ pub(crate) fn connection_error(peer: &ServerAddress, error: &ConnectionError) ->
         ConnectionError::Reset => "the peer restarted (stateless reset)".to_owned(),
         other => untrusted(other).to_string(),
     };
-    Error::lost_by(peer, reason, Arc::new(error.clone()) as Cause)
+    Error::lost_by(peer, reason, crate::error::cause(error.clone()))
 }
 
 /// The caller-facing error for a failed stream read.
@@ -114,7 +112,11 @@ pub(crate) fn read_error(peer: &ServerAddress, error: &ReadError) -> Error {
     match error {
         ReadError::ConnectionLost(e) => connection_error(peer, e),
         ReadError::Reset(code) => reset_error(peer, *code),
-        other => Error::lost_by(peer, "stream read failed", Arc::new(other.clone()) as Cause),
+        other => Error::lost_by(
+            peer,
+            "stream read failed",
+            crate::error::cause(other.clone()),
+        ),
     }
 }
 
@@ -126,14 +128,14 @@ pub(crate) fn write_error(peer: &ServerAddress, error: &WriteError) -> Error {
         other => Error::lost_by(
             peer,
             "stream write failed",
-            Arc::new(other.clone()) as Cause,
+            crate::error::cause(other.clone()),
         ),
     }
 }
 
 fn reset_error(peer: &ServerAddress, code: VarInt) -> Error {
     match code {
-        stream::BAD_FRAME => Error::Protocol(format!("{peer} refused a frame on this stream")),
+        stream::BAD_FRAME => Error::protocol(format!("{peer} refused a frame on this stream")),
         stream::SHUTDOWN => Error::lost(peer, "peer shutting down"),
         other => Error::lost(peer, format!("stream closed by peer with code {other}")),
     }

@@ -23,7 +23,7 @@ use crate::codec::{self, Frame, FrameKind};
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, RpcKind, ServerAddress, ServerId,
 };
-use crate::error::{Cause, Error};
+use crate::error::{Error, Shared};
 use crate::transport::{
     AppendPipeline, BoxFuture, PipelineSink, ResponseFuture, check_entries, encode_error,
 };
@@ -182,7 +182,7 @@ async fn read_answers(
             waiting.push_back(slot);
         }
         let Some(slot) = waiting.pop_front() else {
-            break Error::Protocol(format!(
+            break Error::protocol(format!(
                 "{peer} answered a pipelined append that was never sent"
             ));
         };
@@ -197,10 +197,10 @@ async fn read_answers(
         failed.store(true, Ordering::Release);
     }
     // Any other failure is shared by every append it fails, as their cause.
-    let (closed_by, cause): (fn() -> Error, Option<Cause>) = match failure {
+    let (closed_by, cause): (fn() -> Error, Option<Shared>) = match failure {
         Error::PipelineClosed => (|| Error::PipelineClosed, None),
         Error::Shutdown => (|| Error::Shutdown, None),
-        other => (|| Error::PipelineClosed, Some(Arc::new(other))),
+        other => (|| Error::PipelineClosed, Some(Shared(Arc::new(other)))),
     };
     for slot in waiting {
         let error = match &cause {

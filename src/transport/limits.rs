@@ -32,7 +32,7 @@ pub(crate) fn encode_error(rpc: RpcKind, error: CodecError) -> Error {
             max: max as u64,
             actual: len,
         },
-        other => Error::Protocol(format!("{rpc} not sent: {other}")),
+        other => Error::protocol_by(format!("{rpc} not sent"), crate::error::cause(other)),
     }
 }
 

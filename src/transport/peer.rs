@@ -57,5 +57,7 @@ impl fmt::Debug for AddressResolver {
 pub(crate) fn decode_peer(encoded: &[u8]) -> Result<ServerAddress, Error> {
     std::str::from_utf8(encoded)
         .map(ServerAddress::from)
-        .map_err(|e| Error::Protocol(format!("encoded peer address is not UTF-8: {e}")))
+        .map_err(|e| {
+            Error::protocol_by("encoded peer address is not UTF-8", crate::error::cause(e))
+        })
 }

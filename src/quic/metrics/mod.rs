@@ -339,7 +339,7 @@ impl CallOutcome {
             Err(Error::ConnectionLost { .. }) => Self::ConnectionLost,
             Err(Error::Authentication(_)) => Self::Authentication,
             Err(Error::Remote(_)) => Self::RemoteError,
-            Err(Error::Protocol(_)) => Self::Protocol,
+            Err(Error::Protocol { .. }) => Self::Protocol,
             Err(Error::LimitExceeded { .. }) => Self::LimitExceeded,
             Err(Error::Shutdown) => Self::Shutdown,
             Err(_) => Self::Other,
