@@ -42,20 +42,7 @@ const RAW: &str = "raw";
 const PEER: &str = "peer";
 
 async fn guarded<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(GUARD, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("{what} did not finish within {GUARD:?}"),
-    }
-}
-
-fn vote(id: &str, term: u64) -> RequestVoteRequest {
-    RequestVoteRequest {
-        header: RpcHeader::new(id, "127.0.0.1:1"),
-        term,
-        last_log_index: 10,
-        last_log_term: 2,
-        leadership_transfer: false,
-    }
+    common::within(GUARD, what, fut).await
 }
 
 fn vote_body(id: &str, term: u64) -> Vec<u8> {

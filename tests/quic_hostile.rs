@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, Command, Incoming, InstallSnapshotRequest, Log,
-    MAX_ENTRIES_PER_APPEND, QuicConfig, QuicTransport, RequestVoteRequest, RpcHeader, ServerId,
-    TlsContext, Transport, TransportStats,
+    MAX_ENTRIES_PER_APPEND, QuicConfig, QuicTransport, RpcHeader, ServerId, TlsContext, Transport,
+    TransportStats,
 };
 use quinn::{Endpoint, RecvStream, SendStream};
 
@@ -29,20 +29,7 @@ const HOSTILE: &str = "hostile";
 const HONEST: &str = "honest";
 
 async fn guarded<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(GUARD, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("{what} did not finish within {GUARD:?}"),
-    }
-}
-
-fn vote(id: &str, term: u64) -> RequestVoteRequest {
-    RequestVoteRequest {
-        header: RpcHeader::new(id, "127.0.0.1:1"),
-        term,
-        last_log_index: 1,
-        last_log_term: 1,
-        leadership_transfer: false,
-    }
+    common::within(GUARD, what, fut).await
 }
 
 /// An AppendEntries of `MAX_ENTRIES_PER_APPEND` empty entries: a few bytes each on the wire,

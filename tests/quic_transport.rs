@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use common::Fixture;
+use common::{Fixture, header};
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, Command, Error, Incoming, InstallSnapshotRequest,
     InstallSnapshotResponse, QuicTransport, RequestVoteRequest, RequestVoteResponse, Response, Rpc,
@@ -22,10 +22,6 @@ use quicraft::{
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 const GUARD: Duration = Duration::from_secs(30);
-
-fn header(t: &QuicTransport) -> RpcHeader {
-    RpcHeader::new(t.local_id().clone(), t.local_addr())
-}
 
 fn vote(from: &QuicTransport, term: u64) -> RequestVoteRequest {
     RequestVoteRequest {
@@ -149,9 +145,7 @@ impl AsyncRead for Noise {
 }
 
 async fn guarded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(GUARD, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung"))
+    common::within(GUARD, what, fut).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

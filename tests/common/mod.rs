@@ -2,14 +2,17 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
 pub mod logs;
 pub mod pattern;
 pub mod wire;
 
+use std::future::Future;
 use std::time::Duration;
 
 use quicraft::{
     ClusterCa, GeneratedNode, Identity, Incoming, NodeCertOptions, QuicConfig, QuicTransport,
+    RpcHeader, Transport,
 };
 
 /// A cluster CA and the nodes it certifies, all on 127.0.0.1 with test-sized timeouts.
@@ -63,6 +66,19 @@ impl Fixture {
             .await
             .expect("bind node")
     }
+}
+
+/// Waits for `fut` at most `limit`, so a broken transport fails the test instead of hanging it.
+pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what} did not finish within {limit:?}"),
+    }
+}
+
+/// The header of the RPCs `node` sends.
+pub fn header(node: &QuicTransport) -> RpcHeader {
+    RpcHeader::new(node.local_id().clone(), node.local_addr())
 }
 
 /// Logs to the test output when `RUST_LOG` is set.
