@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use quicraft::{
     ClusterCa, GeneratedNode, Identity, Incoming, NodeCertOptions, QuicConfig, QuicTransport,
-    RpcHeader, Transport,
+    RequestVoteRequest, RpcHeader, Transport,
 };
 
 /// A cluster CA and the nodes it certifies, all on 127.0.0.1 with test-sized timeouts.
@@ -79,6 +79,17 @@ pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output
 /// The header of the RPCs `node` sends.
 pub fn header(node: &QuicTransport) -> RpcHeader {
     RpcHeader::new(node.local_id().clone(), node.local_addr())
+}
+
+/// A RequestVote from `node` at `term` (its last log entry at index 1, term 1).
+pub fn vote_from(node: &QuicTransport, term: u64) -> RequestVoteRequest {
+    RequestVoteRequest {
+        header: header(node),
+        term,
+        last_log_index: 1,
+        last_log_term: 1,
+        leadership_transfer: false,
+    }
 }
 
 /// Logs to the test output when `RUST_LOG` is set.

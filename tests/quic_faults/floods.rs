@@ -55,7 +55,11 @@ async fn still_served(from: &QuicTransport, server: &QuicTransport, calls: u64) 
         let heartbeat = AppendEntriesRequest::heartbeat(header(from), 5);
         let beat = guarded("a heartbeat", from.append_entries(&id, &addr, heartbeat)).await;
         assert!(beat.is_ok(), "heartbeat {i} failed: {beat:?}");
-        let voted = guarded("a vote", from.request_vote(&id, &addr, vote(from, i + 1))).await;
+        let voted = guarded(
+            "a vote",
+            from.request_vote(&id, &addr, vote_from(from, i + 1)),
+        )
+        .await;
         assert!(voted.is_ok(), "vote {i} failed: {voted:?}");
         slowest = slowest.max(started.elapsed());
     }
@@ -283,7 +287,7 @@ async fn a_peer_that_keeps_redialling_holds_at_most_three_connections() {
         let (a, a_in) = bind(fx.config("n1")).await;
         let granted = guarded(
             "a vote from a new process of n1",
-            a.request_vote(b.local_id(), &b.local_addr(), vote(&a, term)),
+            a.request_vote(b.local_id(), &b.local_addr(), vote_from(&a, term)),
         )
         .await
         .unwrap();
@@ -297,7 +301,7 @@ async fn a_peer_that_keeps_redialling_holds_at_most_three_connections() {
     let (newest, _) = dialers.last().unwrap();
     let granted = guarded(
         "a vote from the newest process",
-        newest.request_vote(b.local_id(), &b.local_addr(), vote(newest, 7)),
+        newest.request_vote(b.local_id(), &b.local_addr(), vote_from(newest, 7)),
     )
     .await
     .unwrap();

@@ -35,13 +35,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::pattern::Pattern;
-use common::{Fixture, header};
+use common::{Fixture, header, vote_from};
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, AppendPipeline, Command, Error, ErrorCode,
     Incoming, InstallSnapshotRequest, InstallSnapshotResponse, Log, QuicConfig, QuicTransport,
-    RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse,
-    Response, Rpc, RpcHeader, RpcKind, ServerAddress, ServerId, TimeoutNowRequest,
-    TimeoutNowResponse, TlsContext, Transport,
+    RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteResponse, Response, Rpc, RpcHeader,
+    RpcKind, ServerAddress, ServerId, TimeoutNowRequest, TimeoutNowResponse, TlsContext, Transport,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
@@ -90,16 +89,6 @@ fn append(from: &QuicTransport, seq: u64) -> AppendEntriesRequest {
         prev_log_term: 1,
         entries: vec![Log::command(seq + 1, 1, seq.to_le_bytes().to_vec())],
         leader_commit_index: 0,
-    }
-}
-
-fn vote(from: &QuicTransport, term: u64) -> RequestVoteRequest {
-    RequestVoteRequest {
-        header: header(from),
-        term,
-        last_log_index: 1,
-        last_log_term: 1,
-        leadership_transfer: false,
     }
 }
 

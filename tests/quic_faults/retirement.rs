@@ -50,7 +50,7 @@ impl Duplicate {
         let a_call = {
             let (a, b_id) = (a.clone(), b.local_id().clone());
             let via_relay = ServerAddress::from(relay.addr);
-            tokio::spawn(async move { a.request_vote(&b_id, &via_relay, vote(&a, 1)).await })
+            tokio::spawn(async move { a.request_vote(&b_id, &via_relay, vote_from(&a, 1)).await })
         };
         guarded(
             "a's dial reaching the relay",

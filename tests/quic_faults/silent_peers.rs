@@ -52,7 +52,7 @@ async fn peer_that_never_answers_times_out_on_schedule_and_other_peers_are_unaff
     serve(&c, c_in, Taps::default());
     let (c_id, c_addr) = (c.local_id().clone(), c.local_addr());
     guarded("warming up the healthy peer", async {
-        a.request_vote(&c_id, &c_addr, vote(&a, 1)).await
+        a.request_vote(&c_id, &c_addr, vote_from(&a, 1)).await
     })
     .await
     .unwrap();
@@ -67,7 +67,9 @@ async fn peer_that_never_answers_times_out_on_schedule_and_other_peers_are_unaff
         tokio::spawn(async move {
             let started = Instant::now();
             let result: Result<(), Error> = match kind {
-                RpcKind::RequestVote => a.request_vote(&id, &addr, vote(&a, 2)).await.map(drop),
+                RpcKind::RequestVote => {
+                    a.request_vote(&id, &addr, vote_from(&a, 2)).await.map(drop)
+                }
                 RpcKind::RequestPreVote => {
                     let request = RequestPreVoteRequest {
                         header: header(&a),
@@ -142,7 +144,7 @@ async fn peer_that_never_answers_times_out_on_schedule_and_other_peers_are_unaff
             break;
         }
         let result = guarded("a call to the healthy peer", async {
-            a.request_vote(&c_id, &c_addr, vote(&a, term)).await
+            a.request_vote(&c_id, &c_addr, vote_from(&a, term)).await
         })
         .await;
         let response = result.unwrap_or_else(|e| panic!("the healthy peer's call failed: {e}"));
@@ -207,7 +209,7 @@ async fn peer_that_never_answers_times_out_on_schedule_and_other_peers_are_unaff
 
     // Still on schedule, on the same connection.
     let started = Instant::now();
-    let again = a.request_vote(&id, &addr, vote(&a, 3)).await;
+    let again = a.request_vote(&id, &addr, vote_from(&a, 3)).await;
     assert!(matches!(again, Err(Error::Timeout { .. })), "{again:?}");
     assert!((timeout..late).contains(&started.elapsed()));
     assert_eq!(
@@ -249,14 +251,14 @@ async fn peer_that_never_completes_the_handshake_fails_within_the_connect_timeou
         tokio::spawn(async move {
             let started = Instant::now();
             (
-                a.request_vote(&id, &addr, vote(&a, 1)).await,
+                a.request_vote(&id, &addr, vote_from(&a, 1)).await,
                 started.elapsed(),
             )
         })
     };
     let healthy = guarded(
         "a call to the healthy peer",
-        a.request_vote(c.local_id(), &c.local_addr(), vote(&a, 2)),
+        a.request_vote(c.local_id(), &c.local_addr(), vote_from(&a, 2)),
     )
     .await;
     assert_eq!(healthy.unwrap().term, 2);
@@ -270,7 +272,7 @@ async fn peer_that_never_completes_the_handshake_fails_within_the_connect_timeou
         "failed after {elapsed:?}"
     );
     let started = Instant::now();
-    let again = a.request_vote(&id, &addr, vote(&a, 3)).await;
+    let again = a.request_vote(&id, &addr, vote_from(&a, 3)).await;
     assert!(matches!(again, Err(Error::Unreachable { .. })), "{again:?}");
     assert!(
         started.elapsed() < connect_timeout,
