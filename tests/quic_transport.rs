@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use common::{Fixture, header, vote_from};
+use common::{Fixture, header, snapshot_request, vote_from};
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, Command, Error, Incoming, InstallSnapshotRequest,
     InstallSnapshotResponse, QuicTransport, RequestVoteResponse, Response, Rpc, RpcHeader,
@@ -59,20 +59,6 @@ async fn answer(me: RpcHeader, mut rpc: Rpc) {
         other => panic!("unexpected {other:?}"),
     };
     rpc.respond(Ok(response));
-}
-
-/// An InstallSnapshot of `size` bytes from `from` (term 3, up to index 1000).
-fn snapshot_request(from: &QuicTransport, size: u64) -> InstallSnapshotRequest {
-    InstallSnapshotRequest {
-        header: header(from),
-        snapshot_version: 1,
-        term: 3,
-        last_log_index: 1000,
-        last_log_term: 3,
-        configuration: Default::default(),
-        configuration_index: 1,
-        size,
-    }
 }
 
 fn append_response(me: RpcHeader, last_log: u64) -> AppendEntriesResponse {

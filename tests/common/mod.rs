@@ -11,8 +11,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use quicraft::{
-    ClusterCa, GeneratedNode, Identity, Incoming, NodeCertOptions, QuicConfig, QuicTransport,
-    RequestVoteRequest, RpcHeader, Transport,
+    ClusterCa, GeneratedNode, Identity, Incoming, InstallSnapshotRequest, NodeCertOptions,
+    QuicConfig, QuicTransport, RequestVoteRequest, RpcHeader, Transport, TransportStats,
 };
 
 /// A cluster CA and the nodes it certifies, all on 127.0.0.1 with test-sized timeouts.
@@ -90,6 +90,40 @@ pub fn vote_from(node: &QuicTransport, term: u64) -> RequestVoteRequest {
         last_log_term: 1,
         leadership_transfer: false,
     }
+}
+
+/// An InstallSnapshot of `size` bytes from `node` (term 3, up to index 1000).
+pub fn snapshot_request(node: &QuicTransport, size: u64) -> InstallSnapshotRequest {
+    InstallSnapshotRequest {
+        header: header(node),
+        snapshot_version: 1,
+        term: 3,
+        last_log_index: 1000,
+        last_log_term: 3,
+        configuration: Default::default(),
+        configuration_index: 1,
+        size,
+    }
+}
+
+/// Waits at most `limit` until `node`'s stats satisfy `cond` (polling: they have no change
+/// notification), and returns them.
+pub async fn stats_until(
+    limit: Duration,
+    node: &QuicTransport,
+    what: &str,
+    cond: impl Fn(&TransportStats) -> bool,
+) -> TransportStats {
+    within(limit, what, async {
+        loop {
+            let stats = node.stats();
+            if cond(&stats) {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
 }
 
 /// Logs to the test output when `RUST_LOG` is set.

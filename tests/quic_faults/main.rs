@@ -35,12 +35,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::pattern::Pattern;
-use common::{Fixture, header, vote_from};
+use common::{Fixture, header, snapshot_request, vote_from};
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, AppendPipeline, Command, Error, ErrorCode,
-    Incoming, InstallSnapshotRequest, InstallSnapshotResponse, Log, QuicConfig, QuicTransport,
-    RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteResponse, Response, Rpc, RpcHeader,
-    RpcKind, ServerAddress, ServerId, TimeoutNowRequest, TimeoutNowResponse, TlsContext, Transport,
+    Incoming, InstallSnapshotResponse, Log, QuicConfig, QuicTransport, RequestPreVoteRequest,
+    RequestPreVoteResponse, RequestVoteResponse, Response, Rpc, RpcHeader, RpcKind, ServerAddress,
+    ServerId, TimeoutNowRequest, TimeoutNowResponse, TlsContext, Transport,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
@@ -135,19 +135,6 @@ async fn expected_digest(seed: u64, len: u64) -> Vec<u8> {
     let (read, digest) = hash_stream(&mut Pattern::new(seed, len), None).await;
     assert_eq!(read, len);
     digest.unwrap()
-}
-
-fn snapshot_request(from: &QuicTransport, size: u64) -> InstallSnapshotRequest {
-    InstallSnapshotRequest {
-        header: header(from),
-        snapshot_version: 1,
-        term: 3,
-        last_log_index: 1000,
-        last_log_term: 3,
-        configuration: Default::default(),
-        configuration_index: 1,
-        size,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
