@@ -48,16 +48,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use quicraft::Transport;
+use serde::Serialize;
 use tokio::time::MissedTickBehavior;
 
 use support::nodes::{
     Link, MAX_IN_FLIGHT, Pair, RuntimeKind, Tuning, inmem_pair, quic_pair, snapshot_block,
 };
 use support::report::{
-    Printer, Report, cpu_us_per, latency_histogram, max_us, mb_per_s, peak_rss_kb, per_second,
-    process_cpu, quantile_us, record,
+    Concurrency, Printer, Report, Rtt, cpu_us_per, latency_histogram, max_us, mb_per_s,
+    peak_rss_kb, per_second, process_cpu, quantile_us, record,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -126,7 +128,7 @@ impl Workload {
     };
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     Rtt,
     Throughput,
@@ -186,7 +188,7 @@ impl Scenario {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Impl {
     Quicraft,
     Inmem,
@@ -242,7 +244,7 @@ impl Impl {
                 support::restart::measure(workload.restart_rounds)
             }
             Self::Quicraft => {
-                scenario.measure(quic_pair(options.runtime, options.tuning), workload)
+                scenario.measure(quic_pair(options.runtime, options.tuning()), workload)
             }
             Self::Inmem => scenario.measure(inmem_pair(options.runtime), workload),
         };
@@ -255,24 +257,16 @@ impl Impl {
                     ..report
                 };
                 match self {
-                    Self::Quicraft => report
-                        .with(
-                            "metrics",
-                            if options.metrics {
-                                "prometheus"
-                            } else {
-                                "none"
-                            },
-                        )
-                        .with(
-                            "busy_poll_us",
-                            options.tuning.busy_poll.map(|w| w.as_micros() as u64),
-                        )
-                        .with("stream_window", options.tuning.stream_window.map(u64::from))
-                        .with(
-                            "max_udp_payload",
-                            options.tuning.max_udp_payload.map(u64::from),
-                        ),
+                    Self::Quicraft => report.with(&Settings {
+                        metrics: if options.metrics {
+                            "prometheus"
+                        } else {
+                            "none"
+                        },
+                        busy_poll_us: options.busy_poll,
+                        stream_window: options.stream_window,
+                        max_udp_payload: options.max_udp_payload,
+                    }),
                     Self::Inmem | Self::RawQuinn => report,
                 }
             })
@@ -286,14 +280,13 @@ impl Impl {
         let mut child = Command::new(exe);
         child.args(["--child", "--runtime", options.runtime.name()]);
         child.args(["--scenario", scenario.name(), "--impl", self.name()]);
-        let tuning = options.tuning;
-        if let Some(window) = tuning.busy_poll {
-            child.args(["--busy-poll", &window.as_micros().to_string()]);
+        if let Some(window) = options.busy_poll {
+            child.args(["--busy-poll", &window.to_string()]);
         }
-        if let Some(window) = tuning.stream_window {
+        if let Some(window) = options.stream_window {
             child.args(["--stream-window", &window.to_string()]);
         }
-        if let Some(bytes) = tuning.max_udp_payload {
+        if let Some(bytes) = options.max_udp_payload {
             child.args(["--max-udp-payload", &bytes.to_string()]);
         }
         if options.quick {
@@ -335,15 +328,14 @@ async fn rtt<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Vec<Rep
     let latencies = sequential_heartbeats(&link, workload.rtt_heartbeats).await;
     let cpu = process_cpu().saturating_sub(cpu);
     let elapsed = started.elapsed();
-    vec![
-        Report::default()
-            .with("n", latencies.len())
-            .with("p50_us", quantile_us(&latencies, 0.5))
-            .with("p99_us", quantile_us(&latencies, 0.99))
-            .with("max_us", max_us(&latencies))
-            .with("rpcs_per_s", per_second(latencies.len(), elapsed))
-            .with("cpu_us_per_rpc", cpu_us_per(cpu, latencies.len())),
-    ]
+    vec![Report::of(&Rtt {
+        n: latencies.len(),
+        p50_us: quantile_us(&latencies, 0.5),
+        p99_us: quantile_us(&latencies, 0.99),
+        max_us: max_us(&latencies),
+        rpcs_per_s: per_second(latencies.len(), elapsed),
+        cpu_us_per_rpc: Some(cpu_us_per(cpu, latencies.len())),
+    })]
 }
 
 /// `idle`: a connected pair doing nothing (keep-alives only) for a while: the CPU both nodes
@@ -355,14 +347,17 @@ async fn idle<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Vec<Re
     let cpu = process_cpu();
     tokio::time::sleep(workload.idle_for).await;
     let cpu = process_cpu().saturating_sub(cpu);
-    vec![
-        Report::default()
-            .with("seconds", workload.idle_for.as_secs())
-            .with(
-                "cpu_percent_of_one_core",
-                100.0 * cpu.as_secs_f64() / workload.idle_for.as_secs_f64(),
-            ),
-    ]
+    vec![Report::of(&Idle {
+        seconds: workload.idle_for.as_secs(),
+        cpu_percent_of_one_core: 100.0 * cpu.as_secs_f64() / workload.idle_for.as_secs_f64(),
+    })]
+}
+
+/// The figures of `idle`.
+#[derive(Serialize)]
+struct Idle {
+    seconds: u64,
+    cpu_percent_of_one_core: f64,
 }
 
 /// `throughput`: batches of 64 entries of 1 KiB, pipelined, then one at a time.
@@ -376,16 +371,25 @@ async fn throughput<T: Transport + Clone>(link: Link<T>, workload: Workload) -> 
         replicate(&link, mode, &payload, workload.throughput_batches).await;
         let elapsed = started.elapsed();
         let payload_bytes = workload.throughput_batches * ENTRIES_PER_BATCH * ENTRY_SIZE;
-        reports.push(
-            Report::default()
-                .with("mode", mode.name())
-                .with("batches", workload.throughput_batches)
-                .with("entries", ENTRIES_PER_BATCH)
-                .with("entry_size", ENTRY_SIZE)
-                .with("mb_per_s", mb_per_s(payload_bytes, elapsed)),
-        );
+        reports.push(Report::of(&Throughput {
+            mode: mode.name(),
+            batches: workload.throughput_batches,
+            entries: ENTRIES_PER_BATCH,
+            entry_size: ENTRY_SIZE,
+            mb_per_s: mb_per_s(payload_bytes, elapsed),
+        }));
     }
     reports
+}
+
+/// The figures of `throughput`, for one mode.
+#[derive(Serialize)]
+struct Throughput {
+    mode: &'static str,
+    batches: u64,
+    entries: u64,
+    entry_size: u64,
+    mb_per_s: f64,
 }
 
 /// `snapshot`: one InstallSnapshot read to the end, and the peak RSS of this process.
@@ -395,12 +399,20 @@ async fn snapshot<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Ve
     let started = Instant::now();
     link.install_snapshot(&block, workload.snapshot_bytes).await;
     let elapsed = started.elapsed();
-    vec![
-        Report::default()
-            .with("snapshot_bytes", workload.snapshot_bytes)
-            .with("mb_per_s", mb_per_s(workload.snapshot_bytes, elapsed))
-            .with("peak_rss_kb", peak_rss_kb()),
-    ]
+    vec![Report::of(&Snapshot {
+        snapshot_bytes: workload.snapshot_bytes,
+        mb_per_s: mb_per_s(workload.snapshot_bytes, elapsed),
+        peak_rss_kb: peak_rss_kb(),
+    })]
+}
+
+/// The figures of `snapshot`.
+#[derive(Serialize)]
+struct Snapshot {
+    snapshot_bytes: u64,
+    mb_per_s: f64,
+    /// `None` (`null`) without `/proc`.
+    peak_rss_kb: Option<u64>,
 }
 
 /// `hol`: paced heartbeats on the idle connection, then while snapshots stream to the same
@@ -426,14 +438,23 @@ async fn hol<T: Transport + Clone>(link: Link<T>, workload: Workload) -> Vec<Rep
 
     let streamed_bytes = workload.hol_snapshots * workload.hol_snapshot_bytes;
     let (loaded_p99, idle_p99) = (quantile_us(&loaded, 0.99), quantile_us(&idle, 0.99));
-    vec![
-        Report::default()
-            .with("hb_p50_us", quantile_us(&loaded, 0.5))
-            .with("hb_p99_us", loaded_p99)
-            .with("idle_p99_us", idle_p99)
-            .with("p99_ratio_vs_idle", loaded_p99 / idle_p99)
-            .with("snapshot_mb_per_s", mb_per_s(streamed_bytes, streamed_for)),
-    ]
+    vec![Report::of(&Hol {
+        hb_p50_us: quantile_us(&loaded, 0.5),
+        hb_p99_us: loaded_p99,
+        idle_p99_us: idle_p99,
+        p99_ratio_vs_idle: loaded_p99 / idle_p99,
+        snapshot_mb_per_s: mb_per_s(streamed_bytes, streamed_for),
+    })]
+}
+
+/// The figures of `hol`.
+#[derive(Serialize)]
+struct Hol {
+    hb_p50_us: f64,
+    hb_p99_us: f64,
+    idle_p99_us: f64,
+    p99_ratio_vs_idle: f64,
+    snapshot_mb_per_s: f64,
 }
 
 /// `concurrency`: many tasks sending heartbeats back to back over the one connection.
@@ -453,16 +474,15 @@ async fn concurrency<T: Transport + Clone>(link: Link<T>, workload: Workload) ->
             .expect("histograms with the same bounds add up");
     }
     let elapsed = started.elapsed();
-    vec![
-        Report::default()
-            .with("tasks", CONCURRENT_TASKS)
-            .with("rpcs_per_s", per_second(latencies.len(), elapsed))
-            .with("p99_us", quantile_us(&latencies, 0.99))
-            .with(
-                "cpu_us_per_rpc",
-                cpu_us_per(process_cpu().saturating_sub(cpu), latencies.len()),
-            ),
-    ]
+    vec![Report::of(&Concurrency {
+        tasks: CONCURRENT_TASKS,
+        rpcs_per_s: per_second(latencies.len(), elapsed),
+        p99_us: quantile_us(&latencies, 0.99),
+        cpu_us_per_rpc: Some(cpu_us_per(
+            process_cpu().saturating_sub(cpu),
+            latencies.len(),
+        )),
+    })]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -573,121 +593,70 @@ async fn replicate<T: Transport + Clone>(
 // ---------------------------------------------------------------------------------------------
 // The command line.
 
+#[derive(Parser)]
+#[command(
+    about = "Loopback benchmarks of quicraft's QUIC transport, beside the in-memory transport.",
+    override_usage = "cargo bench --bench transport -- [OPTIONS]"
+)]
 struct Options {
+    /// Shrink every scenario (the whole run takes well under 20 s).
+    #[arg(long)]
     quick: bool,
+    /// One JSON line per result instead of a table.
+    #[arg(long)]
     json: bool,
-    /// This process is the child of a scenario run in its own process: run here, print JSON.
+    /// Run every scenario in this process and print JSON (how `snapshot` gets a process of its
+    /// own).
+    #[arg(long, hide = true)]
     child: bool,
+    /// Each node's tokio runtime.
+    #[arg(long, value_enum, value_name = "KIND", default_value = "current")]
     runtime: RuntimeKind,
-    /// Install a Prometheus recorder (no listener) before the nodes start, so the transport's
-    /// metrics are recorded for real: what recording costs.
+    /// Record the transport's metrics in a Prometheus recorder (as the cluster example's
+    /// --metrics does, without serving them); reported as metrics.
+    #[arg(long)]
     metrics: bool,
-    /// The QUIC transport's settings that differ from its defaults.
-    tuning: Tuning,
+    /// QuicTuning::busy_poll window in microseconds (0: off; default: the transport's
+    /// default); reported as busy_poll_us (null: the default).
+    #[arg(long, value_name = "US")]
+    busy_poll: Option<u64>,
+    /// QuicTuning::stream_receive_window in bytes (default: the transport's, 1250000);
+    /// reported as stream_window (null: the default).
+    #[arg(long, value_name = "BYTES")]
+    stream_window: Option<u32>,
+    /// QuicTuning::max_udp_payload (default: the transport's, 1452); 65527 lets path MTU
+    /// discovery use loopback's 64 KiB MTU; reported as max_udp_payload (null: the default).
+    #[arg(long, value_name = "BYTES")]
+    max_udp_payload: Option<u16>,
+    /// A scenario to run (repeatable; default all).
+    #[arg(long = "scenario", value_enum, value_name = "NAME")]
     scenarios: Vec<Scenario>,
+    /// An implementation to run against (repeatable; default all).
+    #[arg(long = "impl", value_enum, value_name = "NAME")]
     impls: Vec<Impl>,
+    /// What `cargo bench` passes to every bench binary; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
-const USAGE: &str = "\
-usage: cargo bench --bench transport -- [--quick] [--json] [--scenario NAME]... [--impl NAME]...
-                                        [--runtime current|multi] [--busy-poll US]
-                                        [--stream-window BYTES] [--max-udp-payload BYTES]
-                                        [--metrics]
-  --quick            shrink every scenario (the whole run takes well under 20 s)
-  --json             one JSON line per result instead of a table
-  --scenario NAME    rtt, throughput, snapshot, hol, concurrency, idle, growth or restart (repeatable; default all)
-  --impl NAME        quicraft, inmem or raw-quinn (repeatable; default all)
-  --runtime KIND     each node's tokio runtime: current (one thread, the default) or multi
-  --busy-poll US     QuicTuning::busy_poll window in microseconds (0: off; default: the
-                     transport's default); reported as busy_poll_us (null: the default)
-  --stream-window B  QuicTuning::stream_receive_window in bytes (default: the transport's,
-                     1250000); reported as stream_window (null: the default)
-  --max-udp-payload B  QuicTuning::max_udp_payload (default: the transport's, 1452); 65527
-                     lets path MTU discovery use loopback's 64 KiB MTU; reported as
-                     max_udp_payload (null: the default)
-  --metrics          record the transport's metrics in a Prometheus recorder (as the cluster
-                     example's --metrics does, without serving them); reported as metrics
-  --child            run every scenario in this process and print JSON (how `snapshot` gets
-                     a process of its own)
-Unknown arguments (such as cargo's --bench) are ignored.";
-
 impl Options {
-    fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
-        let mut options = Self {
-            quick: false,
-            json: false,
-            child: false,
-            runtime: RuntimeKind::CurrentThread,
-            metrics: false,
-            tuning: Tuning::default(),
-            scenarios: Vec::new(),
-            impls: Vec::new(),
-        };
-        while let Some(arg) = args.next() {
-            let (flag, inline_value) = match arg.split_once('=') {
-                Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
-                None => (arg, None),
-            };
-            let mut value = || {
-                inline_value
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| format!("{flag} needs a value"))
-            };
-            match flag.as_str() {
-                "--quick" => options.quick = true,
-                "--json" => options.json = true,
-                "--child" => options.child = true,
-                "--metrics" => options.metrics = true,
-                "--scenario" => {
-                    let name = value()?;
-                    let scenario = Scenario::ALL.into_iter().find(|s| s.name() == name);
-                    options
-                        .scenarios
-                        .push(scenario.ok_or_else(|| format!("unknown scenario {name:?}"))?);
-                }
-                "--impl" => {
-                    let name = value()?;
-                    let implementation = Impl::ALL.into_iter().find(|i| i.name() == name);
-                    options
-                        .impls
-                        .push(implementation.ok_or_else(|| format!("unknown impl {name:?}"))?);
-                }
-                "--runtime" => {
-                    let name = value()?;
-                    options.runtime = RuntimeKind::parse(&name)
-                        .ok_or_else(|| format!("unknown runtime {name:?}"))?;
-                }
-                "--busy-poll" => {
-                    let us = value()?;
-                    let us: u64 = us
-                        .parse()
-                        .map_err(|_| format!("--busy-poll takes microseconds, not {us:?}"))?;
-                    options.tuning.busy_poll = Some(Duration::from_micros(us));
-                }
-                "--stream-window" => {
-                    let bytes = value()?;
-                    options.tuning.stream_window = Some(
-                        bytes
-                            .parse()
-                            .map_err(|_| format!("--stream-window takes bytes, not {bytes:?}"))?,
-                    );
-                }
-                "--max-udp-payload" => {
-                    let bytes = value()?;
-                    options.tuning.max_udp_payload =
-                        Some(bytes.parse().map_err(|_| {
-                            format!("--max-udp-payload takes bytes, not {bytes:?}")
-                        })?);
-                }
-                "--help" | "-h" => return Err(String::new()),
-                _ => {}
-            }
+    /// The QUIC transport's settings that differ from its defaults.
+    fn tuning(&self) -> Tuning {
+        Tuning {
+            busy_poll: self.busy_poll.map(Duration::from_micros),
+            stream_window: self.stream_window,
+            max_udp_payload: self.max_udp_payload,
         }
-        options.scenarios = in_order(&Scenario::ALL, &options.scenarios);
-        options.impls = in_order(&Impl::ALL, &options.impls);
-        Ok(options)
     }
+}
+
+/// The settings of a quicraft run, reported beside its figures.
+#[derive(Serialize)]
+struct Settings {
+    metrics: &'static str,
+    busy_poll_us: Option<u64>,
+    stream_window: Option<u32>,
+    max_udp_payload: Option<u16>,
 }
 
 /// Installs a Prometheus recorder with the cluster example's latency buckets, without a
@@ -715,16 +684,9 @@ fn in_order<T: Copy + PartialEq>(all: &[T], chosen: &[T]) -> Vec<T> {
 }
 
 fn main() {
-    let options = match Options::parse(std::env::args().skip(1)) {
-        Ok(options) => options,
-        Err(error) => {
-            if !error.is_empty() {
-                eprintln!("error: {error}");
-            }
-            eprintln!("{USAGE}");
-            std::process::exit(if error.is_empty() { 0 } else { 2 });
-        }
-    };
+    let mut options = Options::parse();
+    options.scenarios = in_order(&Scenario::ALL, &options.scenarios);
+    options.impls = in_order(&Impl::ALL, &options.impls);
     let workload = if options.quick {
         Workload::QUICK
     } else {

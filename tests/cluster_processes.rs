@@ -8,17 +8,15 @@
 
 mod common;
 
+use common::cluster::{LineClient, forward_stdout, node_command, peers_arg};
 use common::{example_binary, free_udp_addr};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use quicraft::{ClusterCa, NodeCertOptions};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 
 const GUARD: Duration = Duration::from_secs(20);
@@ -52,34 +50,6 @@ async fn wait_for<T>(
     }
 }
 
-struct Client {
-    reader: tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (read, writer) = stream.into_split();
-        Self {
-            reader: BufReader::new(read).lines(),
-            writer,
-        }
-    }
-
-    async fn call(&mut self, line: &str) -> String {
-        self.writer
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-        tokio::time::timeout(GUARD, self.reader.next_line())
-            .await
-            .expect("no answer")
-            .unwrap()
-            .expect("connection closed")
-    }
-}
-
 fn leader_in(line: &str) -> Option<u64> {
     line.split_once(": leader is node ")
         .and_then(|(_, id)| id.trim().parse().ok())
@@ -101,34 +71,15 @@ async fn three_node_processes_replicate_and_fail_over() {
     }
 
     let addrs: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_udp_addr())).collect();
-    let peers = addrs
-        .iter()
-        .map(|(id, addr)| format!("{id}={addr}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = peers_arg(&addrs);
 
     let (tx, mut lines) = mpsc::unbounded_channel();
     let mut procs = BTreeMap::new();
     for (&id, addr) in &addrs {
-        let mut child = Command::new(&binary)
-            .args(["--cluster", "procs", "--id", &id.to_string()])
-            .args(["--listen", &addr.to_string(), "--peers", &peers])
-            .arg("--certs")
-            .arg(&certs)
-            .arg("--data-dir")
-            .arg(certs.join(format!("data-{id}")))
-            .args(["--client", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
+        let mut child = node_command(&binary, "procs", id, *addr, &peers, &certs)
             .spawn()
             .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = out.next_line().await {
-                let _ = tx.send((id, line));
-            }
-        });
+        forward_stdout(&mut child, id, &tx);
         procs.insert(
             id,
             Proc {
@@ -158,19 +109,19 @@ async fn three_node_processes_replicate_and_fail_over() {
     );
 
     // A write through the leader, read back from every node.
-    let mut to_leader = Client::connect(procs[&leader].client).await;
+    let mut to_leader = LineClient::connect(procs[&leader].client).await;
     let answer = to_leader.call("put greeting hello").await;
     let index = answer
         .strip_prefix("OK ")
         .unwrap_or_else(|| panic!("put answered {answer}"));
     for proc in procs.values() {
-        let mut client = Client::connect(proc.client).await;
+        let mut client = LineClient::connect(proc.client).await;
         assert_eq!(client.call(&format!("wait {index}")).await, "OK");
         assert_eq!(client.call("get greeting").await, "OK hello");
         assert_eq!(client.call("get missing").await, "NOT_FOUND");
     }
     let follower = *procs.keys().find(|&&id| id != leader).unwrap();
-    let mut to_follower = Client::connect(procs[&follower].client).await;
+    let mut to_follower = LineClient::connect(procs[&follower].client).await;
     let refused = to_follower.call("put k v").await;
     assert!(
         refused.starts_with(&format!("ERR not leader; leader is node {leader}")),
@@ -184,13 +135,13 @@ async fn three_node_processes_replicate_and_fail_over() {
         leader_in(line).filter(|&l| id != leader && l != leader)
     })
     .await;
-    let mut to_new = Client::connect(procs[&new_leader].client).await;
+    let mut to_new = LineClient::connect(procs[&new_leader].client).await;
     let answer = to_new.call("put after failover").await;
     let index = answer
         .strip_prefix("OK ")
         .unwrap_or_else(|| panic!("put answered {answer}"));
     for proc in procs.values() {
-        let mut client = Client::connect(proc.client).await;
+        let mut client = LineClient::connect(proc.client).await;
         assert_eq!(client.call(&format!("wait {index}")).await, "OK");
         assert_eq!(client.call("get after").await, "OK failover");
         assert_eq!(client.call("get greeting").await, "OK hello");

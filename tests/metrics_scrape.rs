@@ -9,24 +9,19 @@
 
 mod common;
 
+use common::cluster::{LineClient, forward_stdout, free_tcp_addr, node_command, peers_arg};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 
 const GUARD: Duration = Duration::from_secs(20);
-
-/// A free TCP port on 127.0.0.1 (released again, for the node to bind).
-fn free_tcp_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free TCP port")
-}
 
 /// One sample of the Prometheus text: name, labels, value.
 #[derive(Debug)]
@@ -127,37 +122,11 @@ fn has(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> bool {
     })
 }
 
-struct Client {
-    reader: tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Self {
-        let (read, writer) = TcpStream::connect(addr).await.unwrap().into_split();
-        Self {
-            reader: BufReader::new(read).lines(),
-            writer,
-        }
-    }
-
-    async fn call(&mut self, line: &str) -> String {
-        self.writer
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-        tokio::time::timeout(GUARD, self.reader.next_line())
-            .await
-            .expect("no answer")
-            .unwrap()
-            .expect("connection closed")
-    }
-
-    async fn puts(&mut self, from: u32, to: u32) {
-        for i in from..to {
-            let answer = self.call(&format!("put key{i} value{i}")).await;
-            assert!(answer.starts_with("OK "), "put answered {answer}");
-        }
+/// Puts `key{i}` = `value{i}` for `i` in `from..to`.
+async fn puts(client: &mut LineClient, from: u32, to: u32) {
+    for i in from..to {
+        let answer = client.call(&format!("put key{i} value{i}")).await;
+        assert!(answer.starts_with("OK "), "put answered {answer}");
     }
 }
 
@@ -175,11 +144,7 @@ async fn the_example_serves_per_peer_metrics_that_move() {
         std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let udp: BTreeMap<u64, SocketAddr> = (1..=2).map(|id| (id, common::free_udp_addr())).collect();
-    let peers = udp
-        .iter()
-        .map(|(id, addr)| format!("{id}={addr}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = peers_arg(&udp);
 
     let (tx, mut lines) = mpsc::unbounded_channel::<(u64, String)>();
     let mut children: Vec<Child> = Vec::new();
@@ -187,28 +152,13 @@ async fn the_example_serves_per_peer_metrics_that_move() {
     for (&id, addr) in &udp {
         let metrics_addr = free_tcp_addr();
         metrics.insert(id, metrics_addr);
-        let mut child = Command::new(&binary)
-            .args(["--cluster", "scrape", "--id", &id.to_string()])
-            .args(["--listen", &addr.to_string(), "--peers", &peers])
-            .arg("--certs")
-            .arg(certs.path())
-            .arg("--data-dir")
-            .arg(certs.path().join(format!("data-{id}")))
-            .args(["--client", "127.0.0.1:0"])
+        let mut child = node_command(&binary, "scrape", id, *addr, &peers, certs.path())
             .args(["--metrics", &metrics_addr.to_string()])
-            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env_remove("RUST_LOG")
-            .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = out.next_line().await {
-                let _ = tx.send((id, line));
-            }
-        });
+        forward_stdout(&mut child, id, &tx);
         children.push(child);
     }
     drop(tx);
@@ -233,8 +183,8 @@ async fn the_example_serves_per_peer_metrics_that_move() {
     assert_eq!(leaders[&2], leader, "the nodes disagree on the leader");
     let follower = if leader == 1 { 2 } else { 1 };
     let (leader_label, follower_label) = (leader.to_string(), follower.to_string());
-    let mut client = Client::connect(clients[&leader]).await;
-    client.puts(0, 20).await;
+    let mut client = LineClient::connect(clients[&leader]).await;
+    puts(&mut client, 0, 20).await;
 
     // The first scrape: the leader's calls to the follower, the follower's service of them
     // (counts are published once a second: scrape until they show, within the guard).
@@ -266,7 +216,7 @@ async fn the_example_serves_per_peer_metrics_that_move() {
 
     // More writes; the second scrape has moved. The sampled series (bytes, path) are read
     // once a second: poll until they show, within the guard.
-    client.puts(20, 40).await;
+    puts(&mut client, 20, 40).await;
     let sent_before = sum(&first, "quicraft_sent_bytes_total", &peer);
     scrape_until(metrics[&leader], "the series moving", |second| {
         // Each put is at least one append to the follower.

@@ -41,13 +41,7 @@ async fn logged_eventually(captured: &common::logs::Captured, needle: &str) -> S
 }
 
 async fn vote(from: &QuicTransport, to: &QuicTransport) -> quicraft::Error {
-    let request = RequestVoteRequest {
-        header: RpcHeader::new(from.local_id().clone(), from.local_addr()),
-        term: 1,
-        last_log_index: 0,
-        last_log_term: 0,
-        leadership_transfer: false,
-    };
+    let request = common::vote_from(from, 1);
     tokio::time::timeout(
         Duration::from_secs(10),
         from.request_vote(to.local_id(), &to.local_addr(), request),

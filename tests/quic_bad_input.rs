@@ -22,7 +22,6 @@ use quicraft::{
     InstallSnapshotRequest, InstallSnapshotResponse, QuicConfig, QuicTransport, RemoteError,
     RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse, Response, RpcHeader,
     ServerAddress, ServerId, SnapshotReader, TimeoutNowResponse, TlsContext, Transport,
-    TransportStats,
 };
 use quinn::{Endpoint, ReadError, ReadToEndError, RecvStream, SendStream, VarInt};
 use tokio::io::AsyncReadExt;
@@ -42,20 +41,7 @@ const RAW: &str = "raw";
 const PEER: &str = "peer";
 
 async fn guarded<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(GUARD, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("{what} did not finish within {GUARD:?}"),
-    }
-}
-
-fn vote(id: &str, term: u64) -> RequestVoteRequest {
-    RequestVoteRequest {
-        header: RpcHeader::new(id, "127.0.0.1:1"),
-        term,
-        last_log_index: 10,
-        last_log_term: 2,
-        leadership_transfer: false,
-    }
+    common::within(GUARD, what, fut).await
 }
 
 fn vote_body(id: &str, term: u64) -> Vec<u8> {
@@ -687,25 +673,6 @@ fn partial_frame(kind: u8, len: usize, sent: usize) -> Vec<u8> {
     out
 }
 
-/// Waits until the node's stats satisfy `cond` (polling: they have no change notification),
-/// and returns them.
-async fn stats_until(
-    node: &QuicTransport,
-    what: &str,
-    cond: impl Fn(&TransportStats) -> bool,
-) -> TransportStats {
-    guarded(what, async {
-        loop {
-            let stats = node.stats();
-            if cond(&stats) {
-                return stats;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
-
 /// 16 streams each declare a 1 MiB request (the frame limit) and send 768 KiB of it, 12 MiB
 /// in all, on one connection whose budget is 4 MiB. The node holds exactly its budget (four
 /// frames admitted; the other streams' bytes wait in QUIC flow control), never more; a
@@ -735,7 +702,7 @@ async fn partial_frames_on_many_streams_hold_at_most_the_connection_budget() {
     for _ in 0..STREAMS {
         streams.push(s.send(&partial, false).await);
     }
-    let full = stats_until(&s.server, "the budget filling up", |stats| {
+    let full = common::stats_until(GUARD, &s.server, "the budget filling up", |stats| {
         stats.frame_bytes_buffered == BUDGET && stats.request_streams == STREAMS
     })
     .await;
@@ -784,9 +751,12 @@ async fn partial_frames_on_many_streams_hold_at_most_the_connection_budget() {
         bad >= BUDGET / MAX,
         "the admitted partial requests are bad input"
     );
-    let after = stats_until(&s.server, "the held bytes going back to zero", |stats| {
-        stats.frame_bytes_buffered == 0 && stats.request_streams == 0
-    })
+    let after = common::stats_until(
+        GUARD,
+        &s.server,
+        "the held bytes going back to zero",
+        |stats| stats.frame_bytes_buffered == 0 && stats.request_streams == 0,
+    )
     .await;
     // The raw connection never held more than its budget; the only other frame was the
     // heartbeat, on its own connection, counted at its decoded size once decoded (the value
@@ -819,9 +789,12 @@ async fn a_request_waiting_for_the_connection_budget_is_answered_unavailable() {
     let mut pipeline = frame(PIPELINE_OPEN, &[]);
     pipeline.extend_from_slice(&partial_frame(APPEND_ENTRIES, MAX, 1024));
     let (mut held, _held_recv) = s.send(&pipeline, false).await;
-    stats_until(&s.server, "the pipeline holding the budget", |stats| {
-        stats.frame_bytes_buffered == MAX
-    })
+    common::stats_until(
+        GUARD,
+        &s.server,
+        "the pipeline holding the budget",
+        |stats| stats.frame_bytes_buffered == MAX,
+    )
     .await;
 
     let started = tokio::time::Instant::now();
@@ -836,9 +809,12 @@ async fn a_request_waiting_for_the_connection_budget_is_answered_unavailable() {
     s.assert_nothing_delivered("a request waiting for the budget");
 
     held.reset(VarInt::from_u32(0)).unwrap();
-    stats_until(&s.server, "the pipeline's budget coming back", |stats| {
-        stats.frame_bytes_buffered == 0 && stats.request_streams == 0
-    })
+    common::stats_until(
+        GUARD,
+        &s.server,
+        "the pipeline's budget coming back",
+        |stats| stats.frame_bytes_buffered == 0 && stats.request_streams == 0,
+    )
     .await;
     s.assert_still_serving("after the budget came back").await;
 }

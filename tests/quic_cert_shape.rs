@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::Fixture;
-use quicraft::{Error, Identity, QuicTransport, RequestVoteRequest, RpcHeader, Transport};
+use quicraft::{Error, Identity, QuicTransport, RpcHeader, Transport};
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose as Eku, KeyPair, KeyUsagePurpose as Ku};
 
 /// A leaf for `node` signed by the fixture's CA with exactly these usages (an empty list
@@ -34,13 +34,7 @@ fn leaf(fixture: &Fixture, node: &str, key_usages: Vec<Ku>, ekus: Vec<Eku>) -> I
 }
 
 async fn vote(from: &QuicTransport, to: &QuicTransport) -> Result<(), Error> {
-    let request = RequestVoteRequest {
-        header: RpcHeader::new(from.local_id().clone(), from.local_addr()),
-        term: 1,
-        last_log_index: 0,
-        last_log_term: 0,
-        leadership_transfer: false,
-    };
+    let request = common::vote_from(from, 1);
     from.request_vote(to.local_id(), &to.local_addr(), request)
         .await
         .map(|_| ())

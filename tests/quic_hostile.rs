@@ -15,8 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, Command, Incoming, InstallSnapshotRequest, Log,
-    MAX_ENTRIES_PER_APPEND, QuicConfig, QuicTransport, RequestVoteRequest, RpcHeader, ServerId,
-    TlsContext, Transport, TransportStats,
+    MAX_ENTRIES_PER_APPEND, QuicConfig, QuicTransport, RpcHeader, ServerId, TlsContext, Transport,
 };
 use quinn::{Endpoint, RecvStream, SendStream};
 
@@ -29,20 +28,7 @@ const HOSTILE: &str = "hostile";
 const HONEST: &str = "honest";
 
 async fn guarded<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(GUARD, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("{what} did not finish within {GUARD:?}"),
-    }
-}
-
-fn vote(id: &str, term: u64) -> RequestVoteRequest {
-    RequestVoteRequest {
-        header: RpcHeader::new(id, "127.0.0.1:1"),
-        term,
-        last_log_index: 1,
-        last_log_term: 1,
-        leadership_transfer: false,
-    }
+    common::within(GUARD, what, fut).await
 }
 
 /// An AppendEntries of `MAX_ENTRIES_PER_APPEND` empty entries: a few bytes each on the wire,
@@ -59,24 +45,6 @@ fn empty_entries_append(id: &str) -> Vec<u8> {
         leader_commit_index: 0,
     };
     postcard::to_stdvec(&request).unwrap()
-}
-
-/// Polls the node's stats until `cond` holds (they have no change notification).
-async fn stats_until(
-    node: &QuicTransport,
-    what: &str,
-    cond: impl Fn(&TransportStats) -> bool,
-) -> TransportStats {
-    guarded(what, async {
-        loop {
-            let stats = node.stats();
-            if cond(&stats) {
-                return stats;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
 }
 
 /// A member speaking the wire protocol by hand over its own quinn endpoint.
@@ -186,7 +154,7 @@ async fn small_entries_are_held_to_the_peer_budget_at_their_decoded_size() {
         streams.push(hostile.send(&frame(APPEND_ENTRIES, &body)).await);
     }
     // Some are queued for the consumer, the rest wait for budget.
-    let stats = stats_until(&node, "the attack's requests queued", |stats| {
+    let stats = common::stats_until(GUARD, &node, "the attack's requests queued", |stats| {
         stats.consumer_queued > 0 && stats.request_streams == 64
     })
     .await;
@@ -211,7 +179,7 @@ async fn small_entries_are_held_to_the_peer_budget_at_their_decoded_size() {
     // Closing the connection gives everything back at once: queued requests are withdrawn.
     hostile.conn.close(0u32.into(), b"done");
     drop(streams);
-    stats_until(&node, "everything given back", |stats| {
+    common::stats_until(GUARD, &node, "everything given back", |stats| {
         stats.frame_bytes_buffered == 0 && stats.consumer_queued == 0 && stats.request_streams == 0
     })
     .await;
@@ -259,9 +227,12 @@ async fn a_member_redialling_cannot_escape_its_budget() {
             }));
         }
         // Read whole and queued for the stalled consumer, still counted.
-        let held = stats_until(&node, "the pipelines' appends queued and held", |stats| {
-            stats.consumer_queued == 4 && stats.frame_bytes_buffered >= 4 * (MAX - 1024)
-        })
+        let held = common::stats_until(
+            GUARD,
+            &node,
+            "the pipelines' appends queued and held",
+            |stats| stats.consumer_queued == 4 && stats.frame_bytes_buffered >= 4 * (MAX - 1024),
+        )
         .await;
         assert!(
             held.frame_bytes_buffered <= BUDGET,
@@ -269,9 +240,12 @@ async fn a_member_redialling_cannot_escape_its_budget() {
         );
         honest_heartbeat(&honest, &node, round + 1).await;
         hostile.conn.close(0u32.into(), b"again");
-        stats_until(&node, "the closed connection's share given back", |stats| {
-            stats.frame_bytes_buffered == 0 && stats.consumer_queued == 0
-        })
+        common::stats_until(
+            GUARD,
+            &node,
+            "the closed connection's share given back",
+            |stats| stats.frame_bytes_buffered == 0 && stats.consumer_queued == 0,
+        )
         .await;
         for pipeline in pipelines {
             pipeline.abort();
@@ -301,7 +275,7 @@ async fn a_vote_flood_from_one_member_does_not_push_back_another_members_vote() 
         let body = postcard::to_stdvec(&vote(HOSTILE, term + 1)).unwrap();
         flood.push(hostile.send(&frame(REQUEST_VOTE, &body)).await);
     }
-    stats_until(&node, "the flood filling its share", |stats| {
+    common::stats_until(GUARD, &node, "the flood filling its share", |stats| {
         stats.consumer_queued == PER_PEER
     })
     .await;
@@ -316,9 +290,12 @@ async fn a_vote_flood_from_one_member_does_not_push_back_another_members_vote() 
                 .await
         })
     };
-    stats_until(&node, "the honest vote queued beside the flood", |stats| {
-        stats.consumer_queued == PER_PEER + 1
-    })
+    common::stats_until(
+        GUARD,
+        &node,
+        "the honest vote queued beside the flood",
+        |stats| stats.consumer_queued == PER_PEER + 1,
+    )
     .await;
 
     // The consumer wakes up: the honest vote comes first or second, not after the flood.

@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::Fixture;
 use common::pattern::Pattern;
+use common::{Fixture, header};
 use hdrhistogram::Histogram;
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, Command, Incoming, InstallSnapshotRequest,
-    InstallSnapshotResponse, Log, QuicTransport, Rpc, RpcHeader, ServerAddress, ServerId,
-    SnapshotReader, Transport,
+    InstallSnapshotResponse, Log, QuicTransport, Rpc, ServerAddress, ServerId, SnapshotReader,
+    Transport,
 };
 use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -78,10 +78,6 @@ fn entry_payload(seq: u64, size: usize) -> Bytes {
         .cycle()
         .take(size)
         .collect()
-}
-
-fn header(t: &QuicTransport) -> RpcHeader {
-    RpcHeader::new(t.local_id().clone(), t.local_addr())
 }
 
 /// The process's peak and current resident set, in KiB (Linux).

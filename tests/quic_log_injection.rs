@@ -19,10 +19,7 @@ use quicraft::{
 async fn vote_claiming(from: &QuicTransport, to: &QuicTransport, id: &str) -> Error {
     let request = RequestVoteRequest {
         header: RpcHeader::new(id, from.local_addr()),
-        term: 1,
-        last_log_index: 0,
-        last_log_term: 0,
-        leadership_transfer: false,
+        ..common::vote_from(from, 1)
     };
     from.request_vote(to.local_id(), &to.local_addr(), request)
         .await

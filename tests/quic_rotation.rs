@@ -11,18 +11,8 @@ use std::time::Duration;
 use common::Fixture;
 use quicraft::{
     CaRoots, ClusterCa, Command, Error, Incoming, NodeCertOptions, QuicTransport,
-    RequestVoteRequest, RequestVoteResponse, RevocationLists, RpcHeader, TlsFiles, Transport,
+    RequestVoteResponse, RevocationLists, RpcHeader, TlsFiles, Transport,
 };
-
-fn vote(from: &QuicTransport) -> RequestVoteRequest {
-    RequestVoteRequest {
-        header: RpcHeader::new(from.local_id().clone(), from.local_addr()),
-        term: 1,
-        last_log_index: 0,
-        last_log_term: 0,
-        leadership_transfer: false,
-    }
-}
 
 fn serve(node: &QuicTransport, mut incoming: Incoming) {
     let me = RpcHeader::new(node.local_id().clone(), node.local_addr());
@@ -42,7 +32,7 @@ fn serve(node: &QuicTransport, mut incoming: Incoming) {
 }
 
 async fn call(from: &QuicTransport, to: &QuicTransport) -> Result<RequestVoteResponse, Error> {
-    from.request_vote(to.local_id(), &to.local_addr(), vote(from))
+    from.request_vote(to.local_id(), &to.local_addr(), common::vote_from(from, 1))
         .await
 }
 

@@ -36,10 +36,7 @@ const TLS_ALERT_CODES: std::ops::Range<u64> = 0x100..0x200;
 const CERTIFICATE_REQUIRED: u64 = 0x100 + 116;
 
 async fn guarded<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(GUARD, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("{what} did not finish within {GUARD:?}"),
-    }
+    common::within(GUARD, what, fut).await
 }
 
 fn loopback() -> SocketAddr {

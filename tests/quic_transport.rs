@@ -13,29 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use common::Fixture;
+use common::{Fixture, header, snapshot_request, vote_from};
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, Command, Error, Incoming, InstallSnapshotRequest,
-    InstallSnapshotResponse, QuicTransport, QuicTuning, RequestVoteRequest, RequestVoteResponse,
-    Response, Rpc, RpcHeader, Transport,
+    InstallSnapshotResponse, QuicTransport, QuicTuning, RequestVoteResponse, Response, Rpc,
+    RpcHeader, Transport,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 const GUARD: Duration = Duration::from_secs(30);
-
-fn header(t: &QuicTransport) -> RpcHeader {
-    RpcHeader::new(t.local_id().clone(), t.local_addr())
-}
-
-fn vote(from: &QuicTransport, term: u64) -> RequestVoteRequest {
-    RequestVoteRequest {
-        header: header(from),
-        term,
-        last_log_index: 1,
-        last_log_term: 1,
-        leadership_transfer: false,
-    }
-}
 
 /// Answers every RPC (votes granted with the request's term, appends echo their position,
 /// snapshots are read to the end and hashed) until the consumer ends.
@@ -73,20 +59,6 @@ async fn answer(me: RpcHeader, mut rpc: Rpc) {
         other => panic!("unexpected {other:?}"),
     };
     rpc.respond(Ok(response));
-}
-
-/// An InstallSnapshot of `size` bytes from `from` (term 3, up to index 1000).
-fn snapshot_request(from: &QuicTransport, size: u64) -> InstallSnapshotRequest {
-    InstallSnapshotRequest {
-        header: header(from),
-        snapshot_version: 1,
-        term: 3,
-        last_log_index: 1000,
-        last_log_term: 3,
-        configuration: Default::default(),
-        configuration_index: 1,
-        size,
-    }
 }
 
 fn append_response(me: RpcHeader, last_log: u64) -> AppendEntriesResponse {
@@ -149,9 +121,7 @@ impl AsyncRead for Noise {
 }
 
 async fn guarded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(GUARD, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung"))
+    common::within(GUARD, what, fut).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,19 +134,19 @@ async fn two_nodes_calling_each_other_share_one_connection() {
     serve(&b, b_in);
     guarded(
         "a→b",
-        a.request_vote(b.local_id(), &b.local_addr(), vote(&a, 1)),
+        a.request_vote(b.local_id(), &b.local_addr(), vote_from(&a, 1)),
     )
     .await
     .unwrap();
     guarded(
         "b→a",
-        b.request_vote(a.local_id(), &a.local_addr(), vote(&b, 1)),
+        b.request_vote(a.local_id(), &a.local_addr(), vote_from(&b, 1)),
     )
     .await
     .unwrap();
     guarded(
         "a→b again",
-        a.request_vote(b.local_id(), &b.local_addr(), vote(&a, 2)),
+        a.request_vote(b.local_id(), &b.local_addr(), vote_from(&a, 2)),
     )
     .await
     .unwrap();
@@ -219,7 +189,7 @@ async fn a_large_max_udp_payload_is_reached_on_loopback_and_kept_under_bulk_tran
     for term in 1..=2_000 {
         guarded(
             "a→b",
-            a.request_vote(b.local_id(), &b.local_addr(), vote(&a, term)),
+            a.request_vote(b.local_id(), &b.local_addr(), vote_from(&a, term)),
         )
         .await
         .unwrap();
@@ -267,8 +237,8 @@ async fn simultaneous_dials_settle_on_one_connection() {
         let (a_addr, b_addr) = (a.local_addr(), b.local_addr());
         let (ra, rb) = guarded("both dial", async {
             tokio::join!(
-                a.request_vote(b.local_id(), &b_addr, vote(&a, 1)),
-                b.request_vote(a.local_id(), &a_addr, vote(&b, 1)),
+                a.request_vote(b.local_id(), &b_addr, vote_from(&a, 1)),
+                b.request_vote(a.local_id(), &a_addr, vote_from(&b, 1)),
             )
         })
         .await;
@@ -289,10 +259,10 @@ async fn simultaneous_dials_settle_on_one_connection() {
             );
         }
         // Calls keep working both ways on the settled connection.
-        a.request_vote(b.local_id(), &b.local_addr(), vote(&a, 2))
+        a.request_vote(b.local_id(), &b.local_addr(), vote_from(&a, 2))
             .await
             .unwrap();
-        b.request_vote(a.local_id(), &a.local_addr(), vote(&b, 2))
+        b.request_vote(a.local_id(), &a.local_addr(), vote_from(&b, 2))
             .await
             .unwrap();
         a.close().await;
@@ -311,7 +281,7 @@ async fn a_thousand_concurrent_rpcs_share_one_connection() {
         .map(|i| {
             let a = a.clone();
             let (id, addr) = (b.local_id().clone(), b.local_addr());
-            tokio::spawn(async move { a.request_vote(&id, &addr, vote(&a, i + 1)).await })
+            tokio::spawn(async move { a.request_vote(&id, &addr, vote_from(&a, i + 1)).await })
         })
         .collect();
     for (i, task) in tasks.into_iter().enumerate() {
@@ -386,12 +356,15 @@ async fn a_restarted_peer_is_reached_again_after_the_backoff() {
     let (b, b_in) = fx.node("n2").await;
     serve(&b, b_in);
     let (id, addr) = (b.local_id().clone(), b.local_addr());
-    a.request_vote(&id, &addr, vote(&a, 1)).await.unwrap();
+    a.request_vote(&id, &addr, vote_from(&a, 1)).await.unwrap();
     let b_socket = b.local_socket_addr();
     b.close().await;
 
     // While n2 is down: the call fails, and the next one fails fast during the backoff.
-    let err = a.request_vote(&id, &addr, vote(&a, 2)).await.unwrap_err();
+    let err = a
+        .request_vote(&id, &addr, vote_from(&a, 2))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -399,10 +372,16 @@ async fn a_restarted_peer_is_reached_again_after_the_backoff() {
         ),
         "{err:?}"
     );
-    let err = a.request_vote(&id, &addr, vote(&a, 3)).await.unwrap_err();
+    let err = a
+        .request_vote(&id, &addr, vote_from(&a, 3))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
     let started = Instant::now();
-    let err = a.request_vote(&id, &addr, vote(&a, 4)).await.unwrap_err();
+    let err = a
+        .request_vote(&id, &addr, vote_from(&a, 4))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
     assert!(
         started.elapsed() < backoff,
@@ -415,7 +394,7 @@ async fn a_restarted_peer_is_reached_again_after_the_backoff() {
         .unwrap();
     serve(&b2, b2_in);
     tokio::time::sleep(backoff).await;
-    let response = a.request_vote(&id, &addr, vote(&a, 5)).await.unwrap();
+    let response = a.request_vote(&id, &addr, vote_from(&a, 5)).await.unwrap();
     assert_eq!(response.term, 5);
 }
 
@@ -429,7 +408,7 @@ async fn close_fails_rpcs_in_flight_and_stops_every_task() {
         .map(|i| {
             let a = a.clone();
             let (id, addr) = (b.local_id().clone(), b.local_addr());
-            tokio::spawn(async move { a.request_vote(&id, &addr, vote(&a, i)).await })
+            tokio::spawn(async move { a.request_vote(&id, &addr, vote_from(&a, i)).await })
         })
         .collect();
     // Hold every request unanswered, then close the caller.
@@ -445,7 +424,7 @@ async fn close_fails_rpcs_in_flight_and_stops_every_task() {
     }
     assert_eq!(a.task_count(), 0, "tasks left running after close");
     let result = a
-        .request_vote(b.local_id(), &b.local_addr(), vote(&a, 99))
+        .request_vote(b.local_id(), &b.local_addr(), vote_from(&a, 99))
         .await;
     assert!(matches!(result, Err(Error::Shutdown)), "{result:?}");
     drop(held);
@@ -680,7 +659,10 @@ async fn close_sends_shutdown_on_a_connection_it_dialled() {
         let (a, _a_in) = fx.node("a").await;
         let call = {
             let (a, addr) = (a.clone(), peer_addr.clone());
-            tokio::spawn(async move { a.request_vote(&"peer".into(), &addr, vote(&a, 1)).await })
+            tokio::spawn(async move {
+                a.request_vote(&"peer".into(), &addr, vote_from(&a, 1))
+                    .await
+            })
         };
         let conn = guarded("handshake", async {
             peer.accept().await.unwrap().await.unwrap()
@@ -714,13 +696,13 @@ async fn disconnect_peer_closes_the_connection_and_the_next_call_dials_anew() {
     let (b, b_in) = fx.node("n2").await;
     serve(&b, b_in);
     let (id, addr) = (b.local_id().clone(), b.local_addr());
-    guarded("first call", a.request_vote(&id, &addr, vote(&a, 1)))
+    guarded("first call", a.request_vote(&id, &addr, vote_from(&a, 1)))
         .await
         .unwrap();
     assert_eq!(a.connections().len(), 1);
     a.disconnect_peer(&id);
     assert!(a.connections().is_empty(), "{:?}", a.connections());
-    guarded("call after", a.request_vote(&id, &addr, vote(&a, 2)))
+    guarded("call after", a.request_vote(&id, &addr, vote_from(&a, 2)))
         .await
         .unwrap();
     let connections = a.connections();

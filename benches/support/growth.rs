@@ -9,6 +9,7 @@ use quicraft::{
     AppendEntriesRequest, ClusterCa, NodeCertOptions, QuicConfig, QuicTransport, RpcHeader,
     ServerAddress, ServerId, Transport,
 };
+use serde::Serialize;
 
 use super::nodes::{CLUSTER, NodeThread, RuntimeKind, serve};
 use super::report::{Report, per_second};
@@ -112,13 +113,25 @@ pub(crate) fn measure(peers: usize, run: Duration) -> Report {
             follower.close().await;
         }
     });
-    Report::default()
-        .with("peers", peers as u64)
-        .with("kib_per_idle_connection_both_sides", per_connection_kb)
-        .with("handshakes_per_s", per_second(peers as u64, connect_time))
-        .with("rpcs_per_s_one_peer", one_peer)
-        .with("rpcs_per_s_all_peers", many_peers)
-        .with("all_vs_one", many_peers as f64 / one_peer.max(1) as f64)
+    Report::of(&Growth {
+        peers: peers as u64,
+        kib_per_idle_connection_both_sides: per_connection_kb,
+        handshakes_per_s: per_second(peers as u64, connect_time),
+        rpcs_per_s_one_peer: one_peer,
+        rpcs_per_s_all_peers: many_peers,
+        all_vs_one: many_peers as f64 / one_peer.max(1) as f64,
+    })
+}
+
+/// The figures of `growth`.
+#[derive(Serialize)]
+struct Growth {
+    peers: u64,
+    kib_per_idle_connection_both_sides: f64,
+    handshakes_per_s: u64,
+    rpcs_per_s_one_peer: u64,
+    rpcs_per_s_all_peers: u64,
+    all_vs_one: f64,
 }
 
 async fn heartbeat(leader: &QuicTransport, id: &ServerId, addr: &ServerAddress) {

@@ -28,11 +28,13 @@ pub(crate) const MAX_IN_FLIGHT: usize = 128;
 const SNAPSHOT_READ_BUFFER: usize = 64 * 1024;
 
 /// The tokio runtime of each node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum RuntimeKind {
     /// One thread per node: what the issue describes, and the default.
+    #[value(name = "current")]
     CurrentThread,
     /// tokio's default multi-thread runtime per node (one worker per CPU), as `#[tokio::main]`.
+    #[value(name = "multi")]
     MultiThread,
 }
 
@@ -42,12 +44,6 @@ impl RuntimeKind {
             Self::CurrentThread => "current",
             Self::MultiThread => "multi",
         }
-    }
-
-    pub(crate) fn parse(name: &str) -> Option<Self> {
-        [Self::CurrentThread, Self::MultiThread]
-            .into_iter()
-            .find(|kind| kind.name() == name)
     }
 
     fn build(self, node: &str) -> tokio::runtime::Runtime {

@@ -12,7 +12,9 @@ use hdrhistogram::Histogram;
 use quicraft::{ClusterCa, NodeCertOptions, TlsContext};
 
 use super::nodes::{NodeThread, RuntimeKind};
-use super::report::{Report, latency_histogram, max_us, per_second, quantile_us, record};
+use super::report::{
+    Concurrency, Report, Rtt, latency_histogram, max_us, per_second, quantile_us, record,
+};
 
 const REQUEST: [u8; 60] = [0x01; 60];
 const ANSWER: [u8; 40] = [0x80; 40];
@@ -77,12 +79,14 @@ impl RawPair {
             let started = Instant::now();
             let latencies = sequential(&conn, n).await;
             let elapsed = started.elapsed();
-            Report::default()
-                .with("n", latencies.len())
-                .with("p50_us", quantile_us(&latencies, 0.5))
-                .with("p99_us", quantile_us(&latencies, 0.99))
-                .with("max_us", max_us(&latencies))
-                .with("rpcs_per_s", per_second(latencies.len(), elapsed))
+            Report::of(&Rtt {
+                n: latencies.len(),
+                p50_us: quantile_us(&latencies, 0.5),
+                p99_us: quantile_us(&latencies, 0.99),
+                max_us: max_us(&latencies),
+                rpcs_per_s: per_second(latencies.len(), elapsed),
+                cpu_us_per_rpc: None,
+            })
         })
     }
 
@@ -115,10 +119,12 @@ impl RawPair {
                     .expect("histograms with the same bounds");
             }
             let elapsed = started.elapsed();
-            Report::default()
-                .with("tasks", tasks)
-                .with("rpcs_per_s", per_second(latencies.len(), elapsed))
-                .with("p99_us", quantile_us(&latencies, 0.99))
+            Report::of(&Concurrency {
+                tasks,
+                rpcs_per_s: per_second(latencies.len(), elapsed),
+                p99_us: quantile_us(&latencies, 0.99),
+                cpu_us_per_rpc: None,
+            })
         })
     }
 

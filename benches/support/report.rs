@@ -1,120 +1,95 @@
 //! Results: one [`Report`] per scenario and transport, printed as a JSON line or a table row;
 //! latency histograms; the process's peak RSS.
 
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value};
 
-/// A figure of a report.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Value {
-    Int(u64),
-    Float(f64),
-    Text(String),
-    /// Not measurable here (e.g. peak RSS without `/proc`); `null` in JSON.
-    Missing,
-}
-
-impl From<u64> for Value {
-    fn from(v: u64) -> Self {
-        Self::Int(v)
-    }
-}
-
-impl From<f64> for Value {
-    fn from(v: f64) -> Self {
-        if v.is_finite() {
-            Self::Float(v)
-        } else {
-            Self::Missing
-        }
-    }
-}
-
-impl From<&str> for Value {
-    fn from(v: &str) -> Self {
-        Self::Text(v.to_owned())
-    }
-}
-
-impl<T: Into<Value>> From<Option<T>> for Value {
-    fn from(v: Option<T>) -> Self {
-        v.map_or(Self::Missing, Into::into)
-    }
-}
-
-impl fmt::Display for Value {
-    /// As in JSON, minus the quotes around text.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Int(v) => write!(f, "{v}"),
-            Self::Float(v) => write!(f, "{v:.2}"),
-            Self::Text(v) => f.write_str(v),
-            Self::Missing => f.write_str("null"),
-        }
-    }
-}
-
-/// The figures of one scenario run against one transport, in the issue's key order. A
-/// scenario fills in the figures; who ran it fills in the implementation and scenario.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The figures of one scenario run against one transport, in the issue's key order: a
+/// scenario's `#[derive(Serialize)]` figures flattened after the implementation and scenario,
+/// which who ran it fills in. Figures that are not finite, or not measurable here (e.g. peak
+/// RSS without `/proc`), are `null`; the others are floats rounded to 2 decimals, integers or
+/// text. One JSON line is how a report crosses from a child process to its parent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Report {
+    #[serde(rename = "impl")]
     pub(crate) implementation: String,
     pub(crate) scenario: String,
-    pub(crate) fields: Vec<(String, Value)>,
+    #[serde(flatten)]
+    pub(crate) fields: Map<String, Value>,
 }
 
 impl Report {
-    /// Appends the figure `key`.
-    pub(crate) fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.fields.push((key.to_owned(), value.into()));
+    /// A report of `figures`, a struct whose fields become the report's, in their order.
+    pub(crate) fn of(figures: &impl Serialize) -> Self {
+        Self::default().with(figures)
+    }
+
+    /// Appends the fields of `figures`, a struct, with floats rounded to 2 decimals.
+    pub(crate) fn with(mut self, figures: &impl Serialize) -> Self {
+        let Value::Object(fields) = serde_json::to_value(figures).expect("figures serialize")
+        else {
+            panic!("a report's figures are a struct");
+        };
+        for (key, value) in fields {
+            let value = match value.as_f64() {
+                Some(float) if value.is_f64() => Number::from_f64((float * 100.0).round() / 100.0)
+                    .map_or(Value::Null, Value::Number),
+                _ => value,
+            };
+            self.fields.insert(key, value);
+        }
         self
     }
 
     /// `{"impl":"quicraft","scenario":"rtt","n":20000,...}`
     pub(crate) fn to_json(&self) -> String {
-        let mut out = format!(
-            r#"{{"impl":"{}","scenario":"{}""#,
-            self.implementation, self.scenario
-        );
-        for (key, value) in &self.fields {
-            match value {
-                Value::Text(text) => write!(out, r#","{key}":"{text}""#),
-                other => write!(out, r#","{key}":{other}"#),
-            }
-            .expect("writing to a String");
-        }
-        out.push('}');
-        out
+        serde_json::to_string(self).expect("a report serializes")
     }
 
-    /// Reads back what [`to_json`](Self::to_json) wrote (flat, with no commas, colons or
-    /// quotes inside strings): how a report crosses from a child process to its parent.
+    /// Reads back what [`to_json`](Self::to_json) wrote.
     pub(crate) fn from_json(line: &str) -> Option<Self> {
-        let body = line.trim().strip_prefix('{')?.strip_suffix('}')?;
-        let mut report = Self::default();
-        for pair in body.split(',') {
-            let (key, value) = pair.split_once(':')?;
-            let key = key.trim().trim_matches('"');
-            let value = value.trim();
-            let value = if let Some(text) = value.strip_prefix('"') {
-                Value::Text(text.strip_suffix('"')?.to_owned())
-            } else if value == "null" {
-                Value::Missing
-            } else if let Ok(int) = value.parse() {
-                Value::Int(int)
-            } else {
-                Value::Float(value.parse().ok()?)
-            };
-            match (key, value) {
-                ("impl", Value::Text(text)) => report.implementation = text,
-                ("scenario", Value::Text(text)) => report.scenario = text,
-                (key, value) => report.fields.push((key.to_owned(), value)),
-            }
+        serde_json::from_str(line).ok()
+    }
+}
+
+/// The figures of `rtt`: sequential round trips.
+#[derive(Serialize)]
+pub(crate) struct Rtt {
+    pub(crate) n: u64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) max_us: f64,
+    pub(crate) rpcs_per_s: u64,
+    /// Both nodes together, when they share this process (absent for `raw-quinn`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cpu_us_per_rpc: Option<f64>,
+}
+
+/// The figures of `concurrency`: many tasks' round trips over one connection.
+#[derive(Serialize)]
+pub(crate) struct Concurrency {
+    pub(crate) tasks: u64,
+    pub(crate) rpcs_per_s: u64,
+    pub(crate) p99_us: f64,
+    /// As [`Rtt::cpu_us_per_rpc`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cpu_us_per_rpc: Option<f64>,
+}
+
+/// A figure as a table shows it: as in JSON, minus the quotes around text, floats with 2
+/// decimals.
+fn cell(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Number(number) if number.is_f64() => {
+            format!("{:.2}", number.as_f64().unwrap_or(f64::NAN))
         }
-        Some(report)
+        other => other.to_string(),
     }
 }
 
@@ -148,12 +123,12 @@ impl Printer {
         } else {
             if self.current.as_deref() != Some(report.scenario.as_str()) {
                 self.current = Some(report.scenario.clone());
-                let header: Vec<&str> = report.fields.iter().map(|(k, _)| k.as_str()).collect();
+                let header: Vec<&str> = report.fields.keys().map(String::as_str).collect();
                 println!();
                 println!("{}", row(&report.scenario, &header, &header));
             }
-            let values: Vec<String> = report.fields.iter().map(|(_, v)| v.to_string()).collect();
-            let keys: Vec<&str> = report.fields.iter().map(|(k, _)| k.as_str()).collect();
+            let values: Vec<String> = report.fields.values().map(cell).collect();
+            let keys: Vec<&str> = report.fields.keys().map(String::as_str).collect();
             println!(
                 "{}",
                 row(&format!("  {}", report.implementation), &keys, &values)

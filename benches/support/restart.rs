@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use hdrhistogram::Histogram;
+use serde::Serialize;
 
 use super::report::{Report, latency_histogram, max_us, quantile_us, record};
 
@@ -61,15 +62,30 @@ fn order(binary: &Path, certs: &Path, victim_id: &str, survivor_id: &str, rounds
     victim.quit();
     survivor.quit();
     let larger = victim_id > survivor_id;
-    Report::default()
-        .with("restarted_id", if larger { "larger" } else { "smaller" })
-        .with("rounds", rounds)
-        .with("restarted_first_p50_us", quantile_us(&restarted_first, 0.5))
-        .with("restarted_first_max_us", max_us(&restarted_first))
-        .with("survivor_first_p50_us", quantile_us(&survivor_first, 0.5))
-        .with("survivor_first_max_us", max_us(&survivor_first))
-        .with("other_direction_p50_us", quantile_us(&second_call, 0.5))
-        .with("other_direction_max_us", max_us(&second_call))
+    Report::of(&Restart {
+        restarted_id: if larger { "larger" } else { "smaller" },
+        rounds,
+        restarted_first_p50_us: quantile_us(&restarted_first, 0.5),
+        restarted_first_max_us: max_us(&restarted_first),
+        survivor_first_p50_us: quantile_us(&survivor_first, 0.5),
+        survivor_first_max_us: max_us(&survivor_first),
+        other_direction_p50_us: quantile_us(&second_call, 0.5),
+        other_direction_max_us: max_us(&second_call),
+    })
+}
+
+/// The figures of `restart`, for one id order.
+#[derive(Serialize)]
+struct Restart {
+    /// Whether the restarted node's id is the `larger` or the `smaller` of the two.
+    restarted_id: &'static str,
+    rounds: u64,
+    restarted_first_p50_us: f64,
+    restarted_first_max_us: f64,
+    survivor_first_p50_us: f64,
+    survivor_first_max_us: f64,
+    other_direction_p50_us: f64,
+    other_direction_max_us: f64,
 }
 
 /// `rpc_node` built with this benchmark's profile (`cargo bench` does not build examples).

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clap::Parser;
 use emulator::{LinkConfig, Side, WanLink};
 use hdrhistogram::Histogram;
 use quicraft::{
@@ -32,6 +33,7 @@ use quicraft::{
     RpcHeader, ServerAddress, ServerId, Transport,
 };
 use report::{Printer, Report};
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::oneshot;
 
@@ -52,15 +54,46 @@ const PORT: u16 = 7000;
 const CLUSTER: &str = "wanbench";
 
 /// Settings of a run, from the command line.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Parser)]
+#[command(
+    about = "quicraft against a TCP + TLS 1.3 baseline on an emulated WAN link (root only).",
+    override_usage = "cargo bench --bench wan -- [OPTIONS]"
+)]
 struct Options {
+    /// One JSON line per implementation and loss.
+    #[arg(long)]
     json: bool,
-    idle: Duration,
-    loaded_cap: Duration,
+    /// Shorter phases: 2 s of idle heartbeats and a 10 s cap on the loaded phase (else 5 s
+    /// and 30 s).
+    #[arg(long)]
+    quick: bool,
+    /// Loss rates of the link, in percent.
+    #[arg(long = "loss", value_name = "PCT,...", value_delimiter = ',', default_values_t = [0.0, 0.5, 2.0])]
     losses: Vec<f64>,
+    /// The implementations to run.
+    #[arg(
+        long = "impl",
+        value_name = "NAME,...",
+        value_delimiter = ',',
+        value_parser = ["quicraft", "tcp-baseline"],
+        default_values = ["quicraft", "tcp-baseline"]
+    )]
     impls: Vec<String>,
+    /// The baseline's TCP congestion control.
+    #[arg(long, value_name = "NAME", default_value = "cubic")]
     tcp_cc: String,
-    queue_bytes: usize,
+    /// quicraft's congestion controller (default: the transport's).
+    #[arg(long, value_name = "NAME", value_parser = quic_cc)]
+    quic_cc: Option<quicraft::CongestionController>,
+    /// quicraft's `QuicConfig::heartbeat_hedge` delay in milliseconds (default: off).
+    #[arg(long, value_name = "MS")]
+    heartbeat_hedge: Option<u64>,
+    /// The bottleneck queue in KB (625 KB is one bandwidth-delay product).
+    #[arg(long, value_name = "KB", default_value_t = 625)]
+    queue_kb: usize,
+    /// What `cargo bench` passes to every bench binary; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 /// quicraft's congestion controller for this run (`--quic-cc`), set once in `main`.
@@ -68,74 +101,39 @@ static QUIC_CC: std::sync::OnceLock<quicraft::CongestionController> = std::sync:
 /// quicraft's heartbeat hedge delay for this run (`--heartbeat-hedge MS`), set once in `main`.
 static HEARTBEAT_HEDGE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
 
+fn quic_cc(name: &str) -> Result<quicraft::CongestionController, String> {
+    match name {
+        "cubic" => Ok(quicraft::CongestionController::Cubic),
+        "newreno" => Ok(quicraft::CongestionController::NewReno),
+        "bbr" => Ok(quicraft::CongestionController::Bbr),
+        other => Err(format!("{other}: cubic, newreno or bbr")),
+    }
+}
+
 impl Options {
-    fn parse() -> Result<Self, String> {
-        let mut options = Self {
-            json: false,
-            idle: Duration::from_secs(5),
-            loaded_cap: Duration::from_secs(30),
-            losses: vec![0.0, 0.5, 2.0],
-            impls: vec!["quicraft".into(), "tcp-baseline".into()],
-            tcp_cc: "cubic".into(),
-            queue_bytes: 625_000,
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-            match arg.as_str() {
-                "--json" => options.json = true,
-                "--quick" => {
-                    options.idle = Duration::from_secs(2);
-                    options.loaded_cap = Duration::from_secs(10);
-                }
-                "--loss" => {
-                    options.losses = value("--loss")?
-                        .split(',')
-                        .map(|v| v.parse().map_err(|e| format!("--loss {v}: {e}")))
-                        .collect::<Result<_, _>>()?;
-                }
-                "--impl" => {
-                    options.impls = value("--impl")?.split(',').map(str::to_owned).collect();
-                }
-                "--tcp-cc" => options.tcp_cc = value("--tcp-cc")?,
-                "--quic-cc" => {
-                    let cc = match value("--quic-cc")?.as_str() {
-                        "cubic" => quicraft::CongestionController::Cubic,
-                        "newreno" => quicraft::CongestionController::NewReno,
-                        "bbr" => quicraft::CongestionController::Bbr,
-                        other => return Err(format!("--quic-cc {other}: cubic, newreno or bbr")),
-                    };
-                    let _ = QUIC_CC.set(cc);
-                }
-                "--heartbeat-hedge" => {
-                    let ms: u64 = value("--heartbeat-hedge")?
-                        .parse()
-                        .map_err(|e| format!("--heartbeat-hedge: {e}"))?;
-                    let _ = HEARTBEAT_HEDGE.set(Duration::from_millis(ms));
-                }
-                "--queue-kb" => {
-                    let kb: usize = value("--queue-kb")?
-                        .parse()
-                        .map_err(|e| format!("--queue-kb: {e}"))?;
-                    options.queue_bytes = kb * 1000;
-                }
-                // What `cargo bench` passes to every bench binary.
-                "--bench" => {}
-                other => return Err(format!("unknown argument {other}")),
-            }
-        }
-        Ok(options)
+    /// How long the idle heartbeats are measured.
+    fn idle(&self) -> Duration {
+        Duration::from_secs(if self.quick { 2 } else { 5 })
+    }
+
+    /// The longest the loaded phase runs.
+    fn loaded_cap(&self) -> Duration {
+        Duration::from_secs(if self.quick { 10 } else { 30 })
+    }
+
+    fn queue_bytes(&self) -> usize {
+        self.queue_kb * 1000
     }
 }
 
 fn main() {
-    let options = match Options::parse() {
-        Ok(options) => options,
-        Err(e) => {
-            eprintln!("wan bench: {e}");
-            std::process::exit(2);
-        }
-    };
+    let options = Options::parse();
+    if let Some(cc) = options.quic_cc {
+        let _ = QUIC_CC.set(cc);
+    }
+    if let Some(ms) = options.heartbeat_hedge {
+        let _ = HEARTBEAT_HEDGE.set(Duration::from_millis(ms));
+    }
     if let Err(reason) = emulator::check_supported() {
         println!("wan bench skipped: {reason}");
         return;
@@ -147,7 +145,7 @@ fn main() {
          quicraft congestion controller {:?}, heartbeat hedge {:?}",
         ONE_WAY.as_millis() * 2,
         RATE_BPS / 1_000_000,
-        options.queue_bytes / 1000,
+        options.queue_bytes() / 1000,
         HEARTBEAT_EVERY.as_millis(),
         SNAPSHOT >> 20,
         APPEND >> 10,
@@ -627,7 +625,7 @@ fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
 fn run_one(implementation: &str, loss_pct: f64, options: &Options, printer: &Printer) -> Report {
     let config = LinkConfig::new(ONE_WAY)
         .loss(loss_pct / 100.0)
-        .rate(RATE_BPS, options.queue_bytes);
+        .rate(RATE_BPS, options.queue_bytes());
     let link = WanLink::start(config).expect("start the WAN link");
     let (detail, idle, load) = match implementation {
         "quicraft" => measure(quic_nodes(&link), options),
@@ -650,27 +648,41 @@ fn run_one(implementation: &str, loss_pct: f64, options: &Options, printer: &Pri
     Report {
         implementation: implementation.to_owned(),
         scenario: "wan".to_owned(),
-        fields: Vec::new(),
+        ..Report::of(&Figures {
+            rtt_ms: (ONE_WAY.as_millis() * 2) as u64,
+            loss_pct,
+            hb_p50_ms: ms(&load.heartbeats, 0.5),
+            hb_p99_ms: ms(&load.heartbeats, 0.99),
+            hb_max_ms: report::max_us(&load.heartbeats) / 1000.0,
+            hb_lost: load.unanswered,
+            idle_hb_p50_ms: ms(&idle, 0.5),
+            idle_hb_p99_ms: ms(&idle, 0.99),
+            snapshot_mbit_s: load.snapshot_mbit_s,
+            snapshot_s: load.snapshot_secs,
+            append_mbit_s: load.append_mbit_s,
+            drop_loss: stats.a_to_b.dropped_loss + stats.b_to_a.dropped_loss,
+            drop_queue: stats.a_to_b.dropped_queue + stats.b_to_a.dropped_queue,
+        })
     }
-    .with("rtt_ms", (ONE_WAY.as_millis() * 2) as u64)
-    .with("loss_pct", loss_pct)
-    .with("hb_p50_ms", ms(&load.heartbeats, 0.5))
-    .with("hb_p99_ms", ms(&load.heartbeats, 0.99))
-    .with("hb_max_ms", report::max_us(&load.heartbeats) / 1000.0)
-    .with("hb_lost", load.unanswered)
-    .with("idle_hb_p50_ms", ms(&idle, 0.5))
-    .with("idle_hb_p99_ms", ms(&idle, 0.99))
-    .with("snapshot_mbit_s", load.snapshot_mbit_s)
-    .with("snapshot_s", load.snapshot_secs)
-    .with("append_mbit_s", load.append_mbit_s)
-    .with(
-        "drop_loss",
-        stats.a_to_b.dropped_loss + stats.b_to_a.dropped_loss,
-    )
-    .with(
-        "drop_queue",
-        stats.a_to_b.dropped_queue + stats.b_to_a.dropped_queue,
-    )
+}
+
+/// The figures of one implementation at one loss rate.
+#[derive(Serialize)]
+struct Figures {
+    rtt_ms: u64,
+    loss_pct: f64,
+    hb_p50_ms: f64,
+    hb_p99_ms: f64,
+    hb_max_ms: f64,
+    hb_lost: u64,
+    idle_hb_p50_ms: f64,
+    idle_hb_p99_ms: f64,
+    snapshot_mbit_s: f64,
+    /// `None` (`null`): not done within the phase's cap.
+    snapshot_s: Option<f64>,
+    append_mbit_s: f64,
+    drop_loss: u64,
+    drop_queue: u64,
 }
 
 fn measure<C: Client>(nodes: Nodes<C>, options: &Options) -> (String, Histogram<u64>, Loaded) {
@@ -688,14 +700,14 @@ fn measure<C: Client>(nodes: Nodes<C>, options: &Options) -> (String, Histogram<
         .leader
         .run(heartbeats(
             client.clone(),
-            options.idle,
+            options.idle(),
             Arc::new(AtomicBool::new(false)),
         ))
         .0;
     let load = nodes.leader.run(loaded(
         client.clone(),
         nodes.received.clone(),
-        options.loaded_cap,
+        options.loaded_cap(),
     ));
     nodes.leader.run(async move { client.close().await });
     if let Some(follower) = nodes.follower_quic.clone() {

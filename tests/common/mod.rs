@@ -2,15 +2,18 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
 pub mod logs;
 pub mod pattern;
 pub mod tls;
 pub mod wire;
 
+use std::future::Future;
 use std::time::Duration;
 
 use quicraft::{
-    ClusterCa, GeneratedNode, Identity, Incoming, NodeCertOptions, QuicConfig, QuicTransport,
+    ClusterCa, GeneratedNode, Identity, Incoming, InstallSnapshotRequest, NodeCertOptions,
+    QuicConfig, QuicTransport, RequestVoteRequest, RpcHeader, Transport, TransportStats,
 };
 
 /// A cluster CA and the nodes it certifies, all on 127.0.0.1 with test-sized timeouts.
@@ -73,6 +76,64 @@ impl Fixture {
             .await
             .expect("bind node")
     }
+}
+
+/// Waits for `fut` at most `limit`, so a broken transport fails the test instead of hanging it.
+pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what} did not finish within {limit:?}"),
+    }
+}
+
+/// The header of the RPCs `node` sends.
+pub fn header(node: &QuicTransport) -> RpcHeader {
+    RpcHeader::new(node.local_id().clone(), node.local_addr())
+}
+
+/// A RequestVote from `node` at `term` (its last log entry at index 1, term 1).
+pub fn vote_from(node: &QuicTransport, term: u64) -> RequestVoteRequest {
+    RequestVoteRequest {
+        header: header(node),
+        term,
+        last_log_index: 1,
+        last_log_term: 1,
+        leadership_transfer: false,
+    }
+}
+
+/// An InstallSnapshot of `size` bytes from `node` (term 3, up to index 1000).
+pub fn snapshot_request(node: &QuicTransport, size: u64) -> InstallSnapshotRequest {
+    InstallSnapshotRequest {
+        header: header(node),
+        snapshot_version: 1,
+        term: 3,
+        last_log_index: 1000,
+        last_log_term: 3,
+        configuration: Default::default(),
+        configuration_index: 1,
+        size,
+    }
+}
+
+/// Waits at most `limit` until `node`'s stats satisfy `cond` (polling: they have no change
+/// notification), and returns them.
+pub async fn stats_until(
+    limit: Duration,
+    node: &QuicTransport,
+    what: &str,
+    cond: impl Fn(&TransportStats) -> bool,
+) -> TransportStats {
+    within(limit, what, async {
+        loop {
+            let stats = node.stats();
+            if cond(&stats) {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
 }
 
 /// Logs to the test output when `RUST_LOG` is set.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quicraft::{
-    AppendEntriesRequest, AppendEntriesResponse, Command, DEFAULT_MAX_IN_FLIGHT,
+    AppendEntriesRequest, AppendEntriesResponse, AppendPipeline, Command, DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_MESSAGE_SIZE, Error, ErrorCode, Incoming, InstallSnapshotRequest,
     InstallSnapshotResponse, Limit, Log, MAX_ENTRIES_PER_APPEND, RemoteError,
     RequestPreVoteRequest, RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse,
@@ -47,9 +47,37 @@ pub struct TestNode<T> {
     pub addr: ServerAddress,
 }
 
-impl<T: Transport> TestNode<T> {
+impl<T: Transport + Clone> TestNode<T> {
     pub fn header(&self) -> RpcHeader {
         RpcHeader::new(self.id.clone(), self.addr.clone())
+    }
+
+    /// A pipeline to `to`, opened within the guard.
+    pub async fn pipeline_to(&self, to: &TestNode<T>) -> AppendPipeline {
+        guarded(
+            "pipeline",
+            self.transport.append_entries_pipeline(&to.id, &to.addr),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The append at `seq` to `to`, called from a task of its own.
+    pub fn spawn_append(
+        &self,
+        to: &TestNode<T>,
+        seq: u64,
+    ) -> tokio::task::JoinHandle<Result<AppendEntriesResponse, Error>> {
+        let (t, id, addr, header) = (
+            self.transport.clone(),
+            to.id.clone(),
+            to.addr.clone(),
+            self.header(),
+        );
+        tokio::spawn(async move {
+            t.append_entries(&id, &addr, append_request(&header, seq))
+                .await
+        })
     }
 }
 
@@ -77,10 +105,7 @@ pub async fn pair<H: Harness>(h: &H, a: NodeOptions) -> (TestNode<H::T>, TestNod
 }
 
 async fn guarded<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(GUARD, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("{what} did not finish within {GUARD:?}"),
-    }
+    crate::common::within(GUARD, what, fut).await
 }
 
 /// Polls `fut` once and reports whether it is still waiting.
@@ -88,6 +113,24 @@ async fn is_pending<F: Future + Unpin>(fut: &mut F) -> bool {
     std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx).is_pending())).await
 }
 use std::pin::Pin;
+
+/// Sends `request` with `call` while `incoming`, the target's consumer, checks that it
+/// receives `request` and answers `response`; the caller must get `response`.
+async fn round_trip<Req, Resp, F>(
+    what: &str,
+    incoming: &mut Incoming,
+    request: Req,
+    response: Resp,
+    call: impl FnOnce(Req) -> F,
+) where
+    Req: Clone + Into<Command>,
+    Resp: Clone + Into<Response> + PartialEq + std::fmt::Debug,
+    F: Future<Output = Result<Resp, Error>>,
+{
+    let server = answer_one(incoming, request.clone().into(), response.clone().into());
+    let (got, ()) = guarded(what, async { tokio::join!(call(request), server) }).await;
+    assert_eq!(got.unwrap(), response);
+}
 
 /// Answers one RPC: checks it equals `expected`, responds with `response`.
 async fn answer_one(incoming: &mut Incoming, expected: Command, response: Response) {
@@ -193,14 +236,14 @@ pub async fn append_entries_round_trip<H: Harness>(h: &H) {
     let (a, mut b) = pair(h, NodeOptions::default()).await;
     let request = append_request(&a.header(), 10);
     let response = append_response(&b.header(), 12);
-    let server = answer_one(
+    round_trip(
+        "append_entries",
         &mut b.incoming,
-        request.clone().into(),
-        response.clone().into(),
-    );
-    let client = a.transport.append_entries(&b.id, &b.addr, request);
-    let (got, ()) = guarded("append_entries", async { tokio::join!(client, server) }).await;
-    assert_eq!(got.unwrap(), response);
+        request,
+        response,
+        |request| a.transport.append_entries(&b.id, &b.addr, request),
+    )
+    .await;
 }
 
 pub async fn request_vote_round_trip<H: Harness>(h: &H) {
@@ -217,14 +260,14 @@ pub async fn request_vote_round_trip<H: Harness>(h: &H) {
         term: 20,
         granted: true,
     };
-    let server = answer_one(
+    round_trip(
+        "request_vote",
         &mut b.incoming,
-        request.clone().into(),
-        response.clone().into(),
-    );
-    let client = a.transport.request_vote(&b.id, &b.addr, request);
-    let (got, ()) = guarded("request_vote", async { tokio::join!(client, server) }).await;
-    assert_eq!(got.unwrap(), response);
+        request,
+        response,
+        |request| a.transport.request_vote(&b.id, &b.addr, request),
+    )
+    .await;
 }
 
 pub async fn request_pre_vote_round_trip<H: Harness>(h: &H) {
@@ -240,28 +283,28 @@ pub async fn request_pre_vote_round_trip<H: Harness>(h: &H) {
         term: 20,
         granted: false,
     };
-    let server = answer_one(
+    round_trip(
+        "request_pre_vote",
         &mut b.incoming,
-        request.clone().into(),
-        response.clone().into(),
-    );
-    let client = a.transport.request_pre_vote(&b.id, &b.addr, request);
-    let (got, ()) = guarded("request_pre_vote", async { tokio::join!(client, server) }).await;
-    assert_eq!(got.unwrap(), response);
+        request,
+        response,
+        |request| a.transport.request_pre_vote(&b.id, &b.addr, request),
+    )
+    .await;
 }
 
 pub async fn timeout_now_round_trip<H: Harness>(h: &H) {
     let (a, mut b) = pair(h, NodeOptions::default()).await;
     let request = TimeoutNowRequest { header: a.header() };
     let response = TimeoutNowResponse { header: b.header() };
-    let server = answer_one(
+    round_trip(
+        "timeout_now",
         &mut b.incoming,
-        request.clone().into(),
-        response.clone().into(),
-    );
-    let client = a.transport.timeout_now(&b.id, &b.addr, request);
-    let (got, ()) = guarded("timeout_now", async { tokio::join!(client, server) }).await;
-    assert_eq!(got.unwrap(), response);
+        request,
+        response,
+        |request| a.transport.timeout_now(&b.id, &b.addr, request),
+    )
+    .await;
 }
 
 pub async fn heartbeat_fast_path<H: Harness>(h: &H) {
@@ -296,29 +339,22 @@ pub async fn heartbeat_fast_path<H: Harness>(h: &H) {
     // A non-heartbeat append still goes to the consumer.
     let request = append_request(&a.header(), 1);
     let response = append_response(&b.header(), 1);
-    let server = answer_one(
-        &mut b.incoming,
-        request.clone().into(),
-        response.clone().into(),
-    );
-    let client = a.transport.append_entries(&b.id, &b.addr, request);
-    let (got, ()) = guarded("append", async { tokio::join!(client, server) }).await;
-    assert_eq!(got.unwrap(), response);
+    round_trip("append", &mut b.incoming, request, response, |request| {
+        a.transport.append_entries(&b.id, &b.addr, request)
+    })
+    .await;
 
     // Without a handler, heartbeats reach the consumer.
     b.transport.set_heartbeat_handler(None);
     let response = append_response(&b.header(), 7);
-    let server = answer_one(
+    round_trip(
+        "heartbeat to consumer",
         &mut b.incoming,
-        heartbeat.clone().into(),
-        response.clone().into(),
-    );
-    let client = a.transport.append_entries(&b.id, &b.addr, heartbeat);
-    let (got, ()) = guarded("heartbeat to consumer", async {
-        tokio::join!(client, server)
-    })
+        heartbeat,
+        response,
+        |request| a.transport.append_entries(&b.id, &b.addr, request),
+    )
     .await;
-    assert_eq!(got.unwrap(), response);
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
@@ -598,11 +634,7 @@ pub async fn pipeline_max_in_flight_10<H: Harness>(h: &H) {
 
 pub async fn pipeline_fails_outstanding_when_peer_goes_away<H: Harness>(h: &H) {
     let (a, mut b) = pair(h, NodeOptions::default()).await;
-    let pipeline = a
-        .transport
-        .append_entries_pipeline(&b.id, &b.addr)
-        .await
-        .unwrap();
+    let pipeline = a.pipeline_to(&b).await;
     for seq in 0..5 {
         pipeline
             .send(append_request(&a.header(), seq))
@@ -626,11 +658,7 @@ pub async fn pipeline_fails_outstanding_when_peer_goes_away<H: Harness>(h: &H) {
 
 pub async fn pipeline_close_fails_outstanding<H: Harness>(h: &H) {
     let (a, mut b) = pair(h, NodeOptions::default()).await;
-    let pipeline = a
-        .transport
-        .append_entries_pipeline(&b.id, &b.addr)
-        .await
-        .unwrap();
+    let pipeline = a.pipeline_to(&b).await;
     for seq in 0..3 {
         pipeline
             .send(append_request(&a.header(), seq))
@@ -693,17 +721,14 @@ pub async fn encode_decode_peer_with_address_provider<H: Harness>(h: &H) {
     // Calls are dialled at the provider's address, not the stale one given.
     let request = TimeoutNowRequest { header: a.header() };
     let response = TimeoutNowResponse { header: b.header() };
-    let server = answer_one(
+    round_trip(
+        "timeout_now via provider",
         &mut b.incoming,
-        request.clone().into(),
-        response.clone().into(),
-    );
-    let client = a.transport.timeout_now(&b.id, &stale, request);
-    let (got, ()) = guarded("timeout_now via provider", async {
-        tokio::join!(client, server)
-    })
+        request,
+        response,
+        |request| a.transport.timeout_now(&b.id, &stale, request),
+    )
     .await;
-    assert_eq!(got.unwrap(), response);
 }
 
 pub async fn remote_error_is_typed<H: Harness>(h: &H) {
@@ -908,18 +933,7 @@ pub async fn consumer_that_never_reads_gives_timeout<H: Harness>(h: &H) {
         })
         .await;
     h.link(&a, &b);
-    let calls = (0..4).map(|seq| {
-        let (t, id, addr, header) = (
-            a.transport.clone(),
-            b.id.clone(),
-            b.addr.clone(),
-            a.header(),
-        );
-        tokio::spawn(async move {
-            t.append_entries(&id, &addr, append_request(&header, seq))
-                .await
-        })
-    });
+    let calls = (0..4).map(|seq| a.spawn_append(&b, seq));
     let calls: Vec<_> = calls.collect();
     for call in calls {
         let got = guarded("call", call).await.unwrap();
@@ -1040,12 +1054,7 @@ pub async fn limits_are_enforced_before_sending<H: Harness>(h: &H) {
     )
     .await;
     let header = a.header();
-    let pipeline = guarded(
-        "pipeline",
-        a.transport.append_entries_pipeline(&b.id, &b.addr),
-    )
-    .await
-    .unwrap();
+    let pipeline = a.pipeline_to(&b).await;
     let oversize = AppendEntriesRequest {
         entries: vec![Log::command(1, 3, big)],
         ..append_request(&header, 0)
@@ -1131,12 +1140,7 @@ pub async fn unanswered_pipelined_request_fails_everything_behind_it<H: Harness>
     let timeout = Duration::from_millis(600);
     let (a, mut b) = pair(h, timed(timeout)).await;
     let header = a.header();
-    let pipeline = guarded(
-        "pipeline",
-        a.transport.append_entries_pipeline(&b.id, &b.addr),
-    )
-    .await
-    .unwrap();
+    let pipeline = a.pipeline_to(&b).await;
     for seq in 0..4 {
         guarded("send", pipeline.send(append_request(&header, seq)))
             .await
@@ -1181,12 +1185,7 @@ pub async fn unanswered_pipelined_request_fails_everything_behind_it<H: Harness>
 pub async fn pipeline_next_is_cancel_safe<H: Harness>(h: &H) {
     let (a, mut b) = pair(h, NodeOptions::default()).await;
     let header = a.header();
-    let pipeline = guarded(
-        "pipeline",
-        a.transport.append_entries_pipeline(&b.id, &b.addr),
-    )
-    .await
-    .unwrap();
+    let pipeline = a.pipeline_to(&b).await;
     guarded("send", pipeline.send(append_request(&header, 0)))
         .await
         .unwrap();
@@ -1240,27 +1239,11 @@ pub async fn pipeline_next_is_cancel_safe<H: Harness>(h: &H) {
 pub async fn disconnect_peer_fails_calls_under_way_and_next_call_succeeds<H: Harness>(h: &H) {
     let (a, mut b) = pair(h, NodeOptions::default()).await;
     let header = a.header();
-    let pipeline = guarded(
-        "pipeline",
-        a.transport.append_entries_pipeline(&b.id, &b.addr),
-    )
-    .await
-    .unwrap();
+    let pipeline = a.pipeline_to(&b).await;
     guarded("send", pipeline.send(append_request(&header, 0)))
         .await
         .unwrap();
-    let call = {
-        let (t, id, addr, header) = (
-            a.transport.clone(),
-            b.id.clone(),
-            b.addr.clone(),
-            header.clone(),
-        );
-        tokio::spawn(async move {
-            t.append_entries(&id, &addr, append_request(&header, 1))
-                .await
-        })
-    };
+    let call = a.spawn_append(&b, 1);
     let _held = (
         guarded("RPC", b.incoming.recv()).await.unwrap(),
         guarded("RPC", b.incoming.recv()).await.unwrap(),
@@ -1279,23 +1262,18 @@ pub async fn disconnect_peer_fails_calls_under_way_and_next_call_succeeds<H: Har
 
     let request = append_request(&header, 2);
     let response = append_response(&b.header(), 2);
-    let server = answer_one(
+    round_trip(
+        "call after",
         &mut b.incoming,
-        request.clone().into(),
-        response.clone().into(),
-    );
-    let client = a.transport.append_entries(&b.id, &b.addr, request);
-    let (got, ()) = guarded("call after", async { tokio::join!(client, server) }).await;
-    assert_eq!(got.unwrap(), response);
+        request,
+        response,
+        |request| a.transport.append_entries(&b.id, &b.addr, request),
+    )
+    .await;
 
     // And a new pipeline works (hashicorp/raft's AppendEntriesPipeline_CloseStreams).
     assert!(pipeline.is_closed(), "the broken pipeline is still open");
-    let pipeline = guarded(
-        "new pipeline",
-        a.transport.append_entries_pipeline(&b.id, &b.addr),
-    )
-    .await
-    .unwrap();
+    let pipeline = a.pipeline_to(&b).await;
     guarded("send", pipeline.send(append_request(&header, 3)))
         .await
         .unwrap();
@@ -1309,18 +1287,7 @@ pub async fn disconnect_peer_fails_calls_under_way_and_next_call_succeeds<H: Har
 /// elsewhere at once), and later calls find it `Unreachable`.
 pub async fn peer_close_fails_calls_under_way_with_connection_lost<H: Harness>(h: &H) {
     let (a, mut b) = pair(h, timed(Duration::from_millis(500))).await;
-    let call = {
-        let (t, id, addr, header) = (
-            a.transport.clone(),
-            b.id.clone(),
-            b.addr.clone(),
-            a.header(),
-        );
-        tokio::spawn(async move {
-            t.append_entries(&id, &addr, append_request(&header, 1))
-                .await
-        })
-    };
+    let call = a.spawn_append(&b, 1);
     let _held = guarded("RPC", b.incoming.recv()).await.unwrap();
     guarded("peer close", b.transport.close()).await;
     let got = guarded("call under way", call).await.unwrap();
