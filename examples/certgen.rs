@@ -2,8 +2,8 @@
 //!
 //! A cluster CA signs one certificate per node; a node's identity is the URI SAN
 //! `spiffe://<cluster>/node/<id>` of its certificate. The tool is a thin command-line layer
-//! over the library ([`quicraft::ClusterCa`], [`quicraft::NodeCertOptions`],
-//! [`quicraft::verify_node_chain`]):
+//! over the library ([`quicraft::tls::ClusterCa`], [`quicraft::tls::NodeCertOptions`],
+//! [`quicraft::tls::verify_node_chain`]):
 //!
 //! ```text
 //! cargo run --example certgen -- cluster --cluster prod --nodes n1,n2,n3
@@ -30,9 +30,10 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
-use quicraft::{
-    CaRoots, ClusterCa, GeneratedNode, NodeCertOptions, SpiffeId, validate_cluster_name,
-    validate_node_id, verify_node_chain,
+use quicraft::CaRoots;
+use quicraft::tls::{
+    ClusterCa, GeneratedNode, NodeCertOptions, SpiffeId, validate_cluster_name, validate_node_id,
+    verify_node_chain,
 };
 use rustls_pki_types::{CertificateDer, DnsName};
 use time::{Duration, OffsetDateTime};
@@ -427,8 +428,8 @@ fn revoke(args: &RevokeArgs) -> Result<()> {
     }
     let number = match args.crl_number {
         Some(number) => number,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
             .map_err(|e| Failure(format!("the clock is before 1970: {e}")))?
             .as_secs(),
     };

@@ -9,15 +9,15 @@
 //!   ([`AppendEntriesRequest`], [`RequestVoteRequest`], ...), the receiving side
 //!   ([`Incoming`] yielding [`Rpc`]s), pipelines ([`AppendPipeline`]) and snapshots
 //!   ([`SnapshotReader`]).
-//! - [`QuicTransport`] with [`QuicConfig`]: the QUIC implementation, mutual TLS on every
-//!   connection.
+//! - [`QuicTransport`] with [`QuicConfig`] (and [`QuicTuning`] underneath): the QUIC
+//!   implementation, mutual TLS on every connection.
 //! - [`InmemTransport`]: the in-memory implementation, for testing engines deterministically.
-//! - [`Identity`], [`CaRoots`] and [`ClusterCa`]: a node's certificate and key, the cluster's
-//!   trust roots, and generating both (identities are SPIFFE ids, [`SpiffeId`]).
+//! - [`Identity`] and [`CaRoots`]: a node's certificate and key, and the cluster's trust roots;
+//!   the [`tls`] module generates and checks them ([`tls::ClusterCa`], [`tls::SpiffeId`]).
 //! - [`Error`]: what can go wrong, typed so an engine knows whether to back off or retry.
-//! - [`openraft_adapter`] (cargo feature `openraft`, on by default): the openraft engine on
-//!   any [`Transport`]: [`QuicraftNetworkFactory`] for sending, [`serve_raft`] for receiving,
-//!   and an in-memory key-value store ([`openraft_adapter::mem`]).
+//! - `openraft_adapter` (cargo feature `openraft`, on by default): the openraft engine on any
+//!   [`Transport`]: `QuicraftNetworkFactory` for sending, `serve_raft` for receiving, and
+//!   key-value stores in memory and on disk.
 //!
 //! ```
 //! use quicraft::{AppendEntriesRequest, AppendEntriesResponse, Command, InmemTransport, RpcHeader, Transport};
@@ -61,7 +61,7 @@ mod inmem;
 pub mod openraft_adapter;
 mod quic;
 mod sanitize;
-mod tls;
+pub mod tls;
 mod transport;
 
 pub use codec::CodecError;
@@ -74,20 +74,13 @@ pub use command::{
 };
 pub use error::{Cause, ConfigError, Error, ErrorCode, Limit, RemoteError};
 pub use inmem::{Faults, InmemConfig, InmemTransport};
-#[cfg(feature = "openraft")]
-pub use openraft_adapter::{
-    NodeAddress, OPENRAFT_ERROR, QuicraftNetwork, QuicraftNetworkFactory, WireError, serve_raft,
-};
 pub use quic::{
     CongestionController, ConnectionInfo, QuicConfig, QuicTransport, QuicTuning, TlsFiles,
     TransportStats,
 };
-pub use tls::{
-    ALPN, CaRoots, ClusterCa, GeneratedNode, Identity, NodeCertOptions, RevocationLists, SpiffeId,
-    TlsContext, TlsError, validate_cluster_name, validate_node_id, verify_node_chain,
-};
+pub use tls::{CaRoots, Identity, RevocationLists, TlsError};
 pub use transport::{
-    AppendCompletion, AppendPipeline, BoxFuture, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MESSAGE_SIZE,
-    HeartbeatHandler, Incoming, PipelineSink, Responder, ResponseFuture, Rpc, RpcResult,
-    SNAPSHOT_TIMEOUT_UNIT, ServerAddressProvider, SnapshotReader, Transport, snapshot_timeout,
+    AppendCompletion, AppendPipeline, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MESSAGE_SIZE,
+    HeartbeatHandler, Incoming, Responder, Rpc, RpcResult, SNAPSHOT_TIMEOUT_UNIT,
+    ServerAddressProvider, SnapshotReader, Transport, snapshot_timeout,
 };

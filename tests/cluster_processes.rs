@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use quicraft::{ClusterCa, NodeCertOptions};
+use quicraft::tls::{ClusterCa, NodeCertOptions};
 use tokio::process::Child;
 use tokio::sync::mpsc;
 

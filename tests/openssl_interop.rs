@@ -10,9 +10,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use quicraft::tls::{ClusterCa, NodeCertOptions};
 use quicraft::{
-    CaRoots, ClusterCa, Command as RpcCommand, Identity, Incoming, NodeCertOptions, QuicConfig,
-    QuicTransport, RequestVoteRequest, RequestVoteResponse, RpcHeader, TlsError, Transport,
+    CaRoots, Command as RpcCommand, Identity, Incoming, QuicConfig, QuicTransport,
+    RequestVoteRequest, RequestVoteResponse, RpcHeader, TlsError, Transport,
 };
 
 const CLUSTER: &str = "interop";

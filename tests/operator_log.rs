@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use common::Fixture;
 use common::logs::capture;
-use quicraft::{
-    ClusterCa, NodeCertOptions, QuicTransport, RequestVoteRequest, RpcHeader, Transport,
-};
+use quicraft::tls::{ClusterCa, NodeCertOptions};
+use quicraft::{QuicTransport, RequestVoteRequest, RpcHeader, Transport};
 
 /// The captured lines at WARN.
 fn warnings(text: &str) -> Vec<&str> {

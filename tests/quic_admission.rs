@@ -211,7 +211,7 @@ impl InitialFlood {
             .unwrap()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
-        tls.alpn_protocols = vec![quicraft::ALPN.to_vec()];
+        tls.alpn_protocols = vec![quicraft::tls::ALPN.to_vec()];
         let config =
             quinn_proto::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
         Self {
@@ -350,7 +350,7 @@ async fn past_the_retry_threshold_unvalidated_attempts_get_a_retry() {
 /// A raw quinn client presenting member `node`'s valid certificate, checking the server as
 /// quicraft does (it must be `server`).
 fn member_client(fixture: &Fixture, node: &str, server: &str) -> quinn::ClientConfig {
-    let context = quicraft::TlsContext::new(
+    let context = quicraft::tls::TlsContext::new(
         fixture.cluster(),
         fixture.identity(node),
         fixture.ca.roots(),
@@ -568,7 +568,7 @@ async fn redial_attacker_process() {
     };
     let (target, secs) = spec.split_once(' ').unwrap();
     let pem = |name: &str| std::env::var(name).unwrap().into_bytes();
-    let context = quicraft::TlsContext::new(
+    let context = quicraft::tls::TlsContext::new(
         "admission",
         quicraft::Identity::from_pem(&pem("QUICRAFT_REDIAL_CERT"), &pem("QUICRAFT_REDIAL_KEY"))
             .unwrap(),

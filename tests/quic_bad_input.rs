@@ -17,11 +17,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use quicraft::tls::TlsContext;
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, Command, ErrorCode, Incoming,
     InstallSnapshotRequest, InstallSnapshotResponse, QuicConfig, QuicTransport, RemoteError,
     RequestPreVoteResponse, RequestVoteRequest, RequestVoteResponse, Response, RpcHeader,
-    ServerAddress, ServerId, SnapshotReader, TimeoutNowResponse, TlsContext, Transport,
+    ServerAddress, ServerId, SnapshotReader, TimeoutNowResponse, Transport,
 };
 use quinn::{Endpoint, ReadError, ReadToEndError, RecvStream, SendStream, VarInt};
 use tokio::io::AsyncReadExt;

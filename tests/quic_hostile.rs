@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use quicraft::tls::TlsContext;
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, Command, Incoming, InstallSnapshotRequest, Log,
-    MAX_ENTRIES_PER_APPEND, QuicConfig, QuicTransport, RpcHeader, ServerId, TlsContext, Transport,
+    MAX_ENTRIES_PER_APPEND, QuicConfig, QuicTransport, RpcHeader, ServerId, Transport,
 };
 use quinn::{Endpoint, RecvStream, SendStream};
 
@@ -147,7 +148,7 @@ async fn small_entries_are_held_to_the_peer_budget_at_their_decoded_size() {
     let hostile = RawMember::connect(&fixture, HOSTILE, &node).await;
 
     let body = empty_entries_append(HOSTILE);
-    let decoded_at_least = MAX_ENTRIES_PER_APPEND * std::mem::size_of::<Log>();
+    let decoded_at_least = MAX_ENTRIES_PER_APPEND * size_of::<Log>();
     assert!(body.len() * 8 < decoded_at_least, "the attack amplifies");
     let mut streams = Vec::new();
     for _ in 0..64 {

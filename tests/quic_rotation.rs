@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::Fixture;
+use quicraft::tls::{ClusterCa, NodeCertOptions};
 use quicraft::{
-    CaRoots, ClusterCa, Command, Error, Incoming, NodeCertOptions, QuicTransport,
-    RequestVoteResponse, RevocationLists, RpcHeader, TlsFiles, Transport,
+    CaRoots, Command, Error, Incoming, QuicTransport, RequestVoteResponse, RevocationLists,
+    RpcHeader, TlsFiles, Transport,
 };
 
 fn serve(node: &QuicTransport, mut incoming: Incoming) {
@@ -325,7 +326,7 @@ async fn watched_files_are_reloaded_when_they_change() {
         ca: dir.join("ca.pem"),
         crl: None,
     };
-    let write = |node: &quicraft::GeneratedNode, ca_pem: &str| {
+    let write = |node: &quicraft::tls::GeneratedNode, ca_pem: &str| {
         std::fs::write(&files.cert_chain, &node.cert_pem).unwrap();
         std::fs::write(&files.key, &node.key_pem).unwrap();
         std::fs::write(&files.ca, ca_pem).unwrap();

@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use quicraft::tls::{NodeCertOptions, TlsContext};
 use quicraft::{
-    AppendEntriesRequest, Command, Error, Incoming, InstallSnapshotRequest, Log, NodeCertOptions,
-    QuicTransport, RequestPreVoteRequest, RequestVoteRequest, RequestVoteResponse, RpcHeader,
-    ServerAddress, ServerId, TimeoutNowRequest, TlsContext, Transport,
+    AppendEntriesRequest, Command, Error, Incoming, InstallSnapshotRequest, Log, QuicTransport,
+    RequestPreVoteRequest, RequestVoteRequest, RequestVoteResponse, RpcHeader, ServerAddress,
+    ServerId, TimeoutNowRequest, Transport,
 };
 use quinn::{ConnectionError, Endpoint};
 use time::OffsetDateTime;

@@ -120,7 +120,7 @@ impl AsyncRead for Noise {
     }
 }
 
-async fn guarded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+async fn guarded<F: Future>(what: &str, fut: F) -> F::Output {
     common::within(GUARD, what, fut).await
 }
 
@@ -650,7 +650,8 @@ async fn a_hedged_heartbeat_times_out_on_the_original_deadline() {
 async fn close_sends_shutdown_on_a_connection_it_dialled() {
     common::init_tracing();
     let fx = Fixture::new("close-code");
-    let tls = quicraft::TlsContext::new(fx.cluster(), fx.identity("peer"), fx.ca.roots()).unwrap();
+    let tls =
+        quicraft::tls::TlsContext::new(fx.cluster(), fx.identity("peer"), fx.ca.roots()).unwrap();
     let peer =
         quinn::Endpoint::server(tls.server_config().unwrap(), "127.0.0.1:0".parse().unwrap())
             .unwrap();

@@ -429,7 +429,7 @@ fn empty_entries_do_not_amplify_memory() {
     let body = body_of_empty_entries((MAX - 16) / 6);
     assert!(body.len() <= MAX);
     if let Ok(request) = postcard::from_bytes::<AppendEntriesRequest>(&body) {
-        let held = request.entries.capacity() * std::mem::size_of::<Log>();
+        let held = request.entries.capacity() * size_of::<Log>();
         assert!(
             held <= MAX,
             "{} bytes of body held {held} bytes of entries",

@@ -9,7 +9,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use quicraft::{ALPN, ClusterCa, NodeCertOptions, SpiffeId, TlsContext};
+use quicraft::tls::{ALPN, ClusterCa, NodeCertOptions, SpiffeId, TlsContext};
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, ConnectionError, Endpoint, TransportErrorCode};
 use rustls::AlertDescription;

@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use quicraft::tls::{ClusterCa, NodeCertOptions};
 use quicraft::{
-    AppendEntriesRequest, ClusterCa, NodeCertOptions, QuicConfig, QuicTransport, RpcHeader,
-    ServerAddress, ServerId, Transport,
+    AppendEntriesRequest, QuicConfig, QuicTransport, RpcHeader, ServerAddress, ServerId, Transport,
 };
 use serde::Serialize;
 

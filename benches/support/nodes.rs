@@ -11,11 +11,11 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
+use quicraft::tls::{ClusterCa, NodeCertOptions};
 use quicraft::{
-    AppendEntriesRequest, AppendEntriesResponse, ClusterCa, Command, InmemConfig, InmemTransport,
-    InstallSnapshotRequest, InstallSnapshotResponse, Log, NodeCertOptions, QuicConfig,
-    QuicTransport, QuicTuning, RemoteError, Rpc, RpcHeader, ServerAddress, ServerId,
-    SnapshotReader, Transport,
+    AppendEntriesRequest, AppendEntriesResponse, Command, InmemConfig, InmemTransport,
+    InstallSnapshotRequest, InstallSnapshotResponse, Log, QuicConfig, QuicTransport, QuicTuning,
+    RemoteError, Rpc, RpcHeader, ServerAddress, ServerId, SnapshotReader, Transport,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::oneshot;

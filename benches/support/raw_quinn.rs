@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use quicraft::{ClusterCa, NodeCertOptions, TlsContext};
+use quicraft::tls::{ClusterCa, NodeCertOptions, TlsContext};
 
 use super::nodes::{NodeThread, RuntimeKind};
 use super::report::{

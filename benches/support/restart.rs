@@ -127,11 +127,11 @@ impl Certs {
         let dir =
             std::env::temp_dir().join(format!("quicraft-bench-restart-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the certificate directory");
-        let ca = quicraft::ClusterCa::generate(CLUSTER).expect("generate a CA");
+        let ca = quicraft::tls::ClusterCa::generate(CLUSTER).expect("generate a CA");
         std::fs::write(dir.join("ca.pem"), ca.cert_pem()).expect("write ca.pem");
         for id in ["1", "2"] {
             let node = ca
-                .issue_node(id, &quicraft::NodeCertOptions::default())
+                .issue_node(id, &quicraft::tls::NodeCertOptions::default())
                 .expect("issue a node certificate");
             std::fs::write(dir.join(format!("{id}.pem")), &node.cert_pem).expect("write cert");
             std::fs::write(dir.join(format!("{id}.key")), &node.key_pem).expect("write key");

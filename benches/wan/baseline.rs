@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+use quicraft::tls::{ClusterCa, GeneratedNode};
 use quicraft::{
-    AppendEntriesRequest, AppendEntriesResponse, ClusterCa, GeneratedNode, InstallSnapshotRequest,
-    InstallSnapshotResponse, RpcHeader,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    RpcHeader,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};

@@ -27,10 +27,11 @@ use bytes::Bytes;
 use clap::Parser;
 use emulator::{LinkConfig, Side, WanLink};
 use hdrhistogram::Histogram;
+use quicraft::tls::{ClusterCa, NodeCertOptions};
 use quicraft::{
-    AppendEntriesRequest, AppendEntriesResponse, ClusterCa, Command, InstallSnapshotRequest,
-    InstallSnapshotResponse, Log, NodeCertOptions, QuicConfig, QuicTransport, RemoteError, Rpc,
-    RpcHeader, ServerAddress, ServerId, Transport,
+    AppendEntriesRequest, AppendEntriesResponse, Command, InstallSnapshotRequest,
+    InstallSnapshotResponse, Log, QuicConfig, QuicTransport, RemoteError, Rpc, RpcHeader,
+    ServerAddress, ServerId, Transport,
 };
 use report::{Printer, Report};
 use serde::Serialize;

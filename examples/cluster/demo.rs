@@ -11,7 +11,7 @@ use std::time::Instant;
 use openraft::BasicNode;
 use quicraft::openraft_adapter::JoinGuard;
 use quicraft::openraft_adapter::durable::DurableStore;
-use quicraft::{ClusterCa, NodeCertOptions};
+use quicraft::tls::{ClusterCa, NodeCertOptions};
 
 use crate::node::{Node, Start};
 use crate::{BoxError, Cli};

@@ -14,11 +14,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use quicraft::fuzzing::{Frame, encode};
-use quicraft::{
-    AppendEntriesRequest, AppendEntriesResponse, ClusterCa, Command, ErrorCode,
-    InstallSnapshotRequest, Log, LogType, NodeCertOptions, RemoteError, RequestPreVoteRequest,
-    RequestVoteRequest, RequestVoteResponse, Response, RpcHeader, TimeoutNowRequest,
-};
+use quicraft::{AppendEntriesRequest, AppendEntriesResponse, Command, ErrorCode, InstallSnapshotRequest, Log, LogType, RemoteError, RequestPreVoteRequest, RequestVoteRequest, RequestVoteResponse, Response, RpcHeader, TimeoutNowRequest};
+use quicraft::tls::{ClusterCa, NodeCertOptions};
 use quicraft_fuzz::MAX;
 use rcgen::string::Ia5String;
 use rcgen::{CertificateParams, KeyPair, SanType};

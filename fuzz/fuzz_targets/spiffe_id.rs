@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use quicraft::fuzzing::spiffe_id_from_der;
-use quicraft::{SpiffeId, validate_cluster_name, validate_node_id};
+use quicraft::tls::{SpiffeId, validate_cluster_name, validate_node_id};
 
 quicraft_fuzz::guard_allocations!();
 

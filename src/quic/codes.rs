@@ -63,7 +63,7 @@ pub(crate) fn refused_by_peer(error: &ConnectionError) -> Option<String> {
         ConnectionError::ApplicationClosed(close) if close.error_code == conn::IDENTITY => {
             Some(format!(
                 "it refused this node's identity ({})",
-                crate::sanitize::untrusted(String::from_utf8_lossy(&close.reason))
+                untrusted(String::from_utf8_lossy(&close.reason))
             ))
         }
         _ => None,

@@ -21,7 +21,7 @@
 //! Loading a node's files:
 //!
 //! ```no_run
-//! # use quicraft::{CaRoots, Identity, TlsContext, TlsError};
+//! # use quicraft::tls::{CaRoots, Identity, TlsContext, TlsError};
 //! # fn main() -> Result<(), TlsError> {
 //! let identity = Identity::from_pem_files("certs/n1.pem", "certs/n1.key")?;
 //! let roots = CaRoots::from_pem_file("certs/ca.pem")?;

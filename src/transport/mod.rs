@@ -18,10 +18,8 @@ pub(crate) use limits::{check_entries, check_request, encode_error};
 pub use peer::ServerAddressProvider;
 pub(crate) use peer::{AddressResolver, decode_peer};
 pub(crate) use pipeline::max_in_flight_or_default;
-pub use pipeline::{
-    AppendCompletion, AppendPipeline, BoxFuture, DEFAULT_MAX_IN_FLIGHT, PipelineSink,
-    ResponseFuture,
-};
+pub use pipeline::{AppendCompletion, AppendPipeline, DEFAULT_MAX_IN_FLIGHT};
+pub(crate) use pipeline::{BoxFuture, PipelineSink, ResponseFuture};
 pub(crate) use queue::{Held, Queued};
 pub(crate) use rpc::unanswered;
 pub use rpc::{HeartbeatHandler, Incoming, Responder, Rpc, RpcResult};

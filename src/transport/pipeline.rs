@@ -27,13 +27,13 @@ pub(crate) fn max_in_flight_or_default(max_in_flight: usize) -> usize {
     }
 }
 
-pub use futures_util::future::BoxFuture;
+pub(crate) use futures_util::future::BoxFuture;
 
 /// Resolves to the response of one pipelined request.
-pub type ResponseFuture = BoxFuture<'static, Result<AppendEntriesResponse, Error>>;
+pub(crate) type ResponseFuture = BoxFuture<'static, Result<AppendEntriesResponse, Error>>;
 
 /// What a transport provides to build an [`AppendPipeline`]: an ordered way to the peer.
-pub trait PipelineSink: Send + Sync + 'static {
+pub(crate) trait PipelineSink: Send + Sync + 'static {
     /// Puts `request` on its way, after every request started before it, and returns the
     /// future of its response. [`AppendPipeline`] calls this from one task at a time.
     fn start<'a>(
@@ -98,7 +98,7 @@ impl AppendPipeline {
     /// A pipeline over `sink` allowing `max_in_flight` outstanding requests (at least 2),
     /// failing a response not received within `timeout`, and closing when `shutdown` (the
     /// transport's) is cancelled.
-    pub fn new(
+    pub(crate) fn new(
         sink: impl PipelineSink,
         max_in_flight: usize,
         timeout: Duration,

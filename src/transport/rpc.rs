@@ -34,7 +34,11 @@ pub struct Rpc {
 
 impl Rpc {
     /// An RPC as a transport hands it to a consumer; `responder` carries the answer back.
-    pub fn new(command: Command, snapshot: Option<SnapshotReader>, responder: Responder) -> Self {
+    pub(crate) fn new(
+        command: Command,
+        snapshot: Option<SnapshotReader>,
+        responder: Responder,
+    ) -> Self {
         Self {
             command,
             snapshot,
@@ -90,7 +94,7 @@ pub struct Responder {
 
 impl Responder {
     /// A responder for a request of `kind`, and the receiver its answer arrives on.
-    pub fn new(kind: RpcKind) -> (Self, oneshot::Receiver<RpcResult>) {
+    pub(crate) fn new(kind: RpcKind) -> (Self, oneshot::Receiver<RpcResult>) {
         let (tx, rx) = oneshot::channel();
         (Self { kind, tx }, rx)
     }

@@ -11,9 +11,10 @@ pub mod wire;
 use std::future::Future;
 use std::time::Duration;
 
+use quicraft::tls::{ClusterCa, GeneratedNode, NodeCertOptions};
 use quicraft::{
-    ClusterCa, GeneratedNode, Identity, Incoming, InstallSnapshotRequest, NodeCertOptions,
-    QuicConfig, QuicTransport, RequestVoteRequest, RpcHeader, Transport, TransportStats,
+    Identity, Incoming, InstallSnapshotRequest, QuicConfig, QuicTransport, RequestVoteRequest,
+    RpcHeader, Transport, TransportStats,
 };
 
 /// A cluster CA and the nodes it certifies, all on 127.0.0.1 with test-sized timeouts.

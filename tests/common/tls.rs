@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use quicraft::GeneratedNode;
+use quicraft::tls::GeneratedNode;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls13_signature};
@@ -72,7 +72,7 @@ pub fn tls13_client() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::Wan
 }
 
 pub fn quinn_client(mut config: rustls::ClientConfig) -> quinn::ClientConfig {
-    config.alpn_protocols = vec![quicraft::ALPN.to_vec()];
+    config.alpn_protocols = vec![quicraft::tls::ALPN.to_vec()];
     quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(config).unwrap()))
 }
 

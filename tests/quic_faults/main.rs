@@ -36,11 +36,12 @@ use std::time::Duration;
 
 use common::pattern::Pattern;
 use common::{Fixture, header, snapshot_request, vote_from};
+use quicraft::tls::TlsContext;
 use quicraft::{
     AppendEntriesRequest, AppendEntriesResponse, AppendPipeline, Command, Error, ErrorCode,
     Incoming, InstallSnapshotResponse, Log, QuicConfig, QuicTransport, RequestPreVoteRequest,
     RequestPreVoteResponse, RequestVoteResponse, Response, Rpc, RpcHeader, RpcKind, ServerAddress,
-    ServerId, TimeoutNowRequest, TimeoutNowResponse, TlsContext, Transport,
+    ServerId, TimeoutNowRequest, TimeoutNowResponse, Transport,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};

@@ -225,8 +225,8 @@ async fn call_cut_by_a_local_connection_close_is_connection_lost_not_shutdown() 
     let call = {
         let (a, id, addr) = (a.clone(), b.local_id().clone(), b.local_addr());
         tokio::spawn(async move {
-            let request = quicraft::TimeoutNowRequest {
-                header: quicraft::RpcHeader::new(a.local_id().clone(), a.local_addr()),
+            let request = TimeoutNowRequest {
+                header: RpcHeader::new(a.local_id().clone(), a.local_addr()),
             };
             a.timeout_now(&id, &addr, request).await
         })
