@@ -102,6 +102,22 @@ impl Client {
     }
 }
 
+/// Opens a request stream to `peer` on `conn`, sent at `priority`.
+pub(super) async fn open_request(
+    conn: &PeerConn,
+    peer: &ServerAddress,
+    priority: i32,
+) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
+    let (send, recv) = conn
+        .conn
+        .open_bi()
+        .await
+        .map_err(|e| codes::connection_error(peer, &e))?;
+    // Cannot fail: the stream was just opened and is not finished.
+    let _ = send.set_priority(priority);
+    Ok((send, recv))
+}
+
 /// The caller-facing error for a frame that could not be read as an answer.
 pub(super) fn answer_read_error(peer: &ServerAddress, error: ReadFrameError) -> Error {
     match error {
@@ -241,14 +257,8 @@ async fn unary_call<T: TryFrom<Response, Error = Response>>(
         .guarded(kind, deadline, async {
             let _active = conn.active();
             let watchdog = client.pool.watchdog(&conn.conn, deadline);
-            let (mut send, mut recv) = conn
-                .conn
-                .open_bi()
-                .await
-                .map_err(|e| codes::connection_error(&peer, &e))?;
+            let (mut send, mut recv) = open_request(&conn, &peer, priority).await?;
             span.record("stream", u64::from(send.id()));
-            // Cannot fail: the stream was just opened and is not finished.
-            let _ = send.set_priority(priority);
             send.write_chunk(encoded)
                 .await
                 .map_err(|e| codes::write_error(&peer, &e))?;
@@ -422,13 +432,8 @@ where
                 .await
                 .map_err(|e| request_write_error(&peer, RpcKind::InstallSnapshot, e))?;
 
-            let (mut send, mut recv) = conn
-                .conn
-                .open_bi()
-                .await
-                .map_err(|e| codes::connection_error(&peer, &e))?;
+            let (mut send, mut recv) = open_request(&conn, &peer, priority::APPEND).await?;
             span.record("stream", u64::from(send.id()));
-            let _ = send.set_priority(priority::APPEND);
             write_frame(
                 &mut send,
                 &Frame::InstallSnapshot {

@@ -11,7 +11,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::client::Client;
-use super::client::{answer, answer_read_error, request_write_error};
+use super::client::{answer, answer_read_error, open_request, request_write_error};
 use super::codes::{self, stream};
 use super::io::{FrameReader, write_frame};
 use super::metrics::{CallOutcome, Kind};
@@ -66,12 +66,7 @@ async fn open_lane(
     let (send, recv, active) = client
         .guarded(RpcKind::AppendEntries, deadline, async {
             let active = conn.active();
-            let (mut send, recv) = conn
-                .conn
-                .open_bi()
-                .await
-                .map_err(|e| codes::connection_error(&peer, &e))?;
-            let _ = send.set_priority(priority::APPEND);
+            let (mut send, recv) = open_request(&conn, &peer, priority::APPEND).await?;
             write_frame(&mut send, &Frame::PipelineOpen, config.max_message_size)
                 .await
                 .map_err(|e| request_write_error(&peer, RpcKind::AppendEntries, e))?;
