@@ -7,7 +7,8 @@
 //!
 //! Flags: `--json` (one line per implementation and loss), `--quick` (shorter phases),
 //! `--loss 0,0.5,2`, `--impl quicraft,tcp-baseline`, `--quic-cc cubic|newreno|bbr` (quicraft's
-//! congestion controller), `--heartbeat-hedge MS` (quicraft's `QuicConfig::heartbeat_hedge`,
+//! congestion controller), `--snapshot-rate MBIT` (quicraft's `QuicConfig::snapshot_rate`),
+//! `--heartbeat-hedge MS` (quicraft's `QuicConfig::heartbeat_hedge`,
 //! off by default), `--tcp-cc cubic` (the baseline's TCP congestion control),
 //! `--queue-kb 625` (the bottleneck queue; 625 KB is one
 //! bandwidth-delay product). Needs root and /dev/net/tun; prints why it skips otherwise.
@@ -89,6 +90,9 @@ struct Options {
     /// quicraft's `QuicConfig::heartbeat_hedge` delay in milliseconds (default: off).
     #[arg(long, value_name = "MS")]
     heartbeat_hedge: Option<u64>,
+    /// quicraft's `QuicConfig::snapshot_rate` in Mbit/s (default: no cap).
+    #[arg(long, value_name = "MBIT")]
+    snapshot_rate: Option<f64>,
     /// The bottleneck queue in KB (625 KB is one bandwidth-delay product).
     #[arg(long, value_name = "KB", default_value_t = 625)]
     queue_kb: usize,
@@ -101,6 +105,8 @@ struct Options {
 static QUIC_CC: std::sync::OnceLock<quicraft::CongestionController> = std::sync::OnceLock::new();
 /// quicraft's heartbeat hedge delay for this run (`--heartbeat-hedge MS`), set once in `main`.
 static HEARTBEAT_HEDGE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+/// quicraft's snapshot rate cap in bytes/s for this run (`--snapshot-rate MBIT`).
+static SNAPSHOT_RATE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 fn quic_cc(name: &str) -> Result<quicraft::CongestionController, String> {
     match name {
@@ -135,6 +141,9 @@ fn main() {
     if let Some(ms) = options.heartbeat_hedge {
         let _ = HEARTBEAT_HEDGE.set(Duration::from_millis(ms));
     }
+    if let Some(mbit) = options.snapshot_rate {
+        let _ = SNAPSHOT_RATE.set((mbit * 1e6 / 8.0) as u64);
+    }
     if let Err(reason) = emulator::check_supported() {
         println!("wan bench skipped: {reason}");
         return;
@@ -143,7 +152,7 @@ fn main() {
     printer.note(&format!(
         "link: {} ms RTT, {} Mbit/s, queue {} KB (tail drop); heartbeat every {} ms; \
          snapshot {} MiB; appends {} KiB x {} in flight; baseline TCP congestion control {}; \
-         quicraft congestion controller {:?}, heartbeat hedge {:?}",
+         quicraft congestion controller {:?}, heartbeat hedge {:?}, snapshot rate {:?} B/s",
         ONE_WAY.as_millis() * 2,
         RATE_BPS / 1_000_000,
         options.queue_bytes() / 1000,
@@ -154,6 +163,7 @@ fn main() {
         options.tcp_cc,
         QUIC_CC.get().copied().unwrap_or_default(),
         HEARTBEAT_HEDGE.get(),
+        SNAPSHOT_RATE.get(),
     ));
     for &loss in &options.losses {
         for implementation in &options.impls {
@@ -418,6 +428,7 @@ fn quic_config(ca: &ClusterCa, node: &str, bind: std::net::SocketAddr) -> QuicCo
                 .congestion_controller(QUIC_CC.get().copied().unwrap_or_default()),
         )
         .heartbeat_hedge(HEARTBEAT_HEDGE.get().copied())
+        .snapshot_rate(SNAPSHOT_RATE.get().copied())
 }
 
 /// Both nodes of one implementation on `link`; the follower's counters; a description.

@@ -12,6 +12,7 @@ use super::io::{
     FrameReader, ReadFrameError, ResetOnDrop, WriteFrameError, copy_exact_to_stream, write_frame,
 };
 use super::metrics::{CallOutcome, CountingRead, Kind, PeerMetrics};
+use super::pacing::Pacer;
 use super::pool::{PeerConn, Pool};
 use super::priority;
 use super::stats::Counters;
@@ -46,6 +47,8 @@ pub(crate) struct CallSettings {
     pub(crate) max_in_flight: usize,
     pub(crate) snapshot_bytes_per_timeout: u64,
     pub(crate) heartbeat_hedge: Option<std::time::Duration>,
+    /// Bytes per second a snapshot's data may be sent at (`None`: no cap).
+    pub(crate) snapshot_rate: Option<u64>,
 }
 
 impl Client {
@@ -447,7 +450,8 @@ where
             let _ = send.finish();
 
             let streaming = async {
-                let copied = copy_exact_to_stream(&mut data, size, &mut data_stream).await;
+                let pacer = client.settings.snapshot_rate.map(Pacer::new);
+                let copied = copy_exact_to_stream(&mut data, size, &mut data_stream, pacer).await;
                 if copied.is_ok() {
                     data_stream.finish();
                 }

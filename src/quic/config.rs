@@ -42,6 +42,7 @@ pub struct QuicConfig {
     pub(super) max_snapshot_streams: u32,
     pub(super) max_in_flight: usize,
     pub(super) heartbeat_hedge: Option<Duration>,
+    pub(super) snapshot_rate: Option<u64>,
     pub(super) tuning: QuicTuning,
     pub(super) consumer_capacity: usize,
     pub(super) backoff_base: Duration,
@@ -84,6 +85,7 @@ impl QuicConfig {
             max_snapshot_streams: 8,
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
             heartbeat_hedge: None,
+            snapshot_rate: None,
             tuning: QuicTuning::default(),
             consumer_capacity: 64,
             backoff_base: Duration::from_millis(100),
@@ -204,6 +206,17 @@ impl QuicConfig {
     /// and well under the RTT. `QuicTransport::stats` counts copies sent and won.
     pub fn heartbeat_hedge(mut self, delay: Option<Duration>) -> Self {
         self.heartbeat_hedge = delay;
+        self
+    }
+
+    /// The most bytes per second a snapshot's data is sent at, or `None` for no cap (the
+    /// congestion controller alone decides). Default `None`. On a link shared with the
+    /// cluster's heartbeats and appends, a cap below the bottleneck's rate keeps the snapshot
+    /// from filling the bottleneck's queue, which delays and drops what travels with it; the
+    /// price is a snapshot that takes longer than the link would allow (values below 1 count
+    /// as 1).
+    pub fn snapshot_rate(mut self, bytes_per_second: Option<u64>) -> Self {
+        self.snapshot_rate = bytes_per_second.map(|rate| rate.max(1));
         self
     }
 
@@ -347,6 +360,7 @@ impl fmt::Debug for QuicConfig {
             .field("bind", &self.bind)
             .field("advertise", &self.advertise)
             .field("heartbeat_hedge", &self.heartbeat_hedge)
+            .field("snapshot_rate", &self.snapshot_rate)
             .field("tuning", &self.tuning)
             .field("rpc_timeout", &self.rpc_timeout)
             .field("connect_timeout", &self.connect_timeout)

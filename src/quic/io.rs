@@ -334,11 +334,13 @@ impl Drop for ResetOnDrop {
 
 /// Copies exactly `size` bytes from `source` onto a QUIC stream, a chunk at a time. Each chunk
 /// is read into its own buffer and handed to quinn as `Bytes`, so quinn keeps it without a
-/// second copy; memory stays bounded by quinn's send window.
+/// second copy; memory stays bounded by quinn's send window. With a `pacer`, each chunk waits
+/// for its turn at the pacer's rate.
 pub(crate) async fn copy_exact_to_stream<R>(
     source: &mut R,
     size: u64,
     stream: &mut SendStream,
+    mut pacer: Option<super::pacing::Pacer>,
 ) -> Result<(), crate::transport::CopyError>
 where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
@@ -356,6 +358,9 @@ where
         // `take` stops the read at `want` bytes even if the source has more.
         let read = (&mut *source).take(want as u64).read_buf(&mut chunk).await;
         let n = CopyError::check_read(copied, read)?;
+        if let Some(pacer) = &mut pacer {
+            pacer.admit(n).await;
+        }
         stream
             .write_chunk(chunk.freeze())
             .await

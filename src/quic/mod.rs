@@ -8,6 +8,7 @@ mod config;
 mod connector;
 mod io;
 mod metrics;
+mod pacing;
 mod pipeline;
 mod pool;
 mod reload;
@@ -194,6 +195,7 @@ impl QuicTransport {
                 max_in_flight: config.max_in_flight,
                 snapshot_bytes_per_timeout: config.snapshot_bytes_per_timeout,
                 heartbeat_hedge: config.heartbeat_hedge,
+                snapshot_rate: config.snapshot_rate,
             },
             stats: stats.clone(),
             shutdown: shutdown.clone(),
