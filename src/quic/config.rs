@@ -53,10 +53,7 @@ pub struct QuicConfig {
     /// `None`: derived from the node's private key.
     pub(super) reset_secret: Option<Arc<[u8]>>,
     // Handshake admission (src/quic/admission.rs).
-    pub(super) max_handshakes: usize,
-    pub(super) max_handshakes_per_address: usize,
-    pub(super) handshake_retry_threshold: usize,
-    pub(super) handshake_rate_per_address: (u32, u32),
+    pub(super) admission: super::admission::Limits,
 }
 
 /// Streams a peer may open at first on a connection (see [`QuicConfig::max_streams`]).
@@ -93,10 +90,13 @@ impl QuicConfig {
             address_provider: None,
             max_buffered_bytes_per_peer: None,
             reset_secret: None,
-            max_handshakes: 64,
-            max_handshakes_per_address: 4,
-            handshake_retry_threshold: 16,
-            handshake_rate_per_address: (8, 16),
+            admission: super::admission::Limits {
+                retry_threshold: 16,
+                max_total: 64,
+                max_per_address: 4,
+                rate_per_second: 8.0,
+                burst: 16.0,
+            },
         }
     }
 
@@ -288,8 +288,8 @@ impl QuicConfig {
     /// holds tens of KiB until it completes or `connect_timeout` passes; `total` should exceed
     /// the cluster's size so that a whole cluster restarting at once is not refused.
     pub fn max_incoming_handshakes(mut self, total: usize, per_address: usize) -> Self {
-        self.max_handshakes = total.max(1);
-        self.max_handshakes_per_address = per_address.max(1);
+        self.admission.max_total = total.max(1);
+        self.admission.max_per_address = per_address.max(1);
         self
     }
 
@@ -298,7 +298,7 @@ impl QuicConfig {
     /// Spoofed or fire-and-forget floods then hold nothing, at one round trip more per
     /// handshake while the threshold is passed. 0 asks it of every attempt; `usize::MAX` never.
     pub fn handshake_retry_threshold(mut self, in_progress: usize) -> Self {
-        self.handshake_retry_threshold = in_progress;
+        self.admission.retry_threshold = in_progress;
         self
     }
 
@@ -308,20 +308,9 @@ impl QuicConfig {
     /// backoff, far below the default; too low refuses honest reconnections after a burst of
     /// failures (they retry after their backoff).
     pub fn handshake_rate_per_address(mut self, per_second: u32, burst: u32) -> Self {
-        self.handshake_rate_per_address = (per_second.max(1), burst.max(1));
+        self.admission.rate_per_second = f64::from(per_second.max(1));
+        self.admission.burst = f64::from(burst.max(1));
         self
-    }
-
-    /// The handshake admission limits in effect.
-    pub(super) fn admission_limits(&self) -> super::admission::Limits {
-        let (rate, burst) = self.handshake_rate_per_address;
-        super::admission::Limits {
-            retry_threshold: self.handshake_retry_threshold,
-            max_total: self.max_handshakes,
-            max_per_address: self.max_handshakes_per_address,
-            rate_per_second: f64::from(rate),
-            burst: f64::from(burst),
-        }
     }
 
     /// The stream limit a connection starts with: grown with use up to `max_streams`.
@@ -380,15 +369,7 @@ impl fmt::Debug for QuicConfig {
                 &self.reset_secret.as_ref().map(|_| "set"),
             )
             .field("max_buffered_bytes_per_peer", &self.frame_budget())
-            .field(
-                "max_incoming_handshakes",
-                &(self.max_handshakes, self.max_handshakes_per_address),
-            )
-            .field("handshake_retry_threshold", &self.handshake_retry_threshold)
-            .field(
-                "handshake_rate_per_address",
-                &self.handshake_rate_per_address,
-            )
+            .field("handshake_admission", &self.admission)
             .finish_non_exhaustive()
     }
 }

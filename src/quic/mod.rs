@@ -203,7 +203,7 @@ impl QuicTransport {
         });
         let acceptor = Arc::new(admission::Acceptor {
             pool: pool.clone(),
-            limits: config.admission_limits(),
+            limits: config.admission,
             cluster: config.cluster.clone(),
             handshake_timeout: config.connect_timeout,
             stats,
