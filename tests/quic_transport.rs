@@ -713,16 +713,19 @@ async fn disconnect_peer_closes_the_connection_and_the_next_call_dials_anew() {
     b.close().await;
 }
 
-/// `QuicConfig::snapshot_rate`: a 2 MB snapshot capped at 4 MB/s takes at least its share of
+/// `SnapshotPacing::Rate`: a 2 MB snapshot capped at 4 MB/s takes at least its share of
 /// a second (less the pacer's 10 ms burst) and arrives byte-exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capped_snapshot_keeps_to_its_rate_and_arrives_byte_exact() {
     common::init_tracing();
     let fx = Fixture::new("snapshot-rate");
     let rate = 4_000_000;
-    let (a, _a_in) = QuicTransport::bind(fx.config("n1").snapshot_rate(Some(rate)))
-        .await
-        .unwrap();
+    let (a, _a_in) = QuicTransport::bind(
+        fx.config("n1")
+            .snapshot_pacing(quicraft::SnapshotPacing::Rate(rate)),
+    )
+    .await
+    .unwrap();
     let (b, b_in) = fx.node("n2").await;
     serve(&b, b_in);
     let size = 2_000_000;

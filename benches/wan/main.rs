@@ -7,7 +7,8 @@
 //!
 //! Flags: `--json` (one line per implementation and loss), `--quick` (shorter phases),
 //! `--loss 0,0.5,2`, `--impl quicraft,tcp-baseline`, `--quic-cc cubic|newreno|bbr` (quicraft's
-//! congestion controller), `--snapshot-rate MBIT` (quicraft's `QuicConfig::snapshot_rate`),
+//! congestion controller), `--snapshot-pacing off|auto|MBIT` (quicraft's
+//! `QuicConfig::snapshot_pacing`),
 //! `--heartbeat-hedge MS` (quicraft's `QuicConfig::heartbeat_hedge`,
 //! off by default), `--tcp-cc cubic` (the baseline's TCP congestion control),
 //! `--queue-kb 625` (the bottleneck queue; 625 KB is one
@@ -90,9 +91,10 @@ struct Options {
     /// quicraft's `QuicConfig::heartbeat_hedge` delay in milliseconds (default: off).
     #[arg(long, value_name = "MS")]
     heartbeat_hedge: Option<u64>,
-    /// quicraft's `QuicConfig::snapshot_rate` in Mbit/s (default: no cap).
-    #[arg(long, value_name = "MBIT")]
-    snapshot_rate: Option<f64>,
+    /// quicraft's `QuicConfig::snapshot_pacing`: `off`, `auto`, or a rate in Mbit/s
+    /// (default: the transport's).
+    #[arg(long, value_name = "off|auto|MBIT", value_parser = snapshot_pacing)]
+    snapshot_pacing: Option<quicraft::SnapshotPacing>,
     /// The bottleneck queue in KB (625 KB is one bandwidth-delay product).
     #[arg(long, value_name = "KB", default_value_t = 625)]
     queue_kb: usize,
@@ -105,8 +107,19 @@ struct Options {
 static QUIC_CC: std::sync::OnceLock<quicraft::CongestionController> = std::sync::OnceLock::new();
 /// quicraft's heartbeat hedge delay for this run (`--heartbeat-hedge MS`), set once in `main`.
 static HEARTBEAT_HEDGE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-/// quicraft's snapshot rate cap in bytes/s for this run (`--snapshot-rate MBIT`).
-static SNAPSHOT_RATE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+/// quicraft's snapshot pacing for this run (`--snapshot-pacing`).
+static SNAPSHOT_PACING: std::sync::OnceLock<quicraft::SnapshotPacing> = std::sync::OnceLock::new();
+
+fn snapshot_pacing(value: &str) -> Result<quicraft::SnapshotPacing, String> {
+    match value {
+        "off" => Ok(quicraft::SnapshotPacing::Off),
+        "auto" => Ok(quicraft::SnapshotPacing::Auto),
+        mbit => mbit
+            .parse::<f64>()
+            .map(|mbit| quicraft::SnapshotPacing::Rate((mbit * 1e6 / 8.0) as u64))
+            .map_err(|e| format!("{mbit}: off, auto or Mbit/s ({e})")),
+    }
+}
 
 fn quic_cc(name: &str) -> Result<quicraft::CongestionController, String> {
     match name {
@@ -141,8 +154,8 @@ fn main() {
     if let Some(ms) = options.heartbeat_hedge {
         let _ = HEARTBEAT_HEDGE.set(Duration::from_millis(ms));
     }
-    if let Some(mbit) = options.snapshot_rate {
-        let _ = SNAPSHOT_RATE.set((mbit * 1e6 / 8.0) as u64);
+    if let Some(pacing) = options.snapshot_pacing {
+        let _ = SNAPSHOT_PACING.set(pacing);
     }
     if let Err(reason) = emulator::check_supported() {
         println!("wan bench skipped: {reason}");
@@ -152,7 +165,7 @@ fn main() {
     printer.note(&format!(
         "link: {} ms RTT, {} Mbit/s, queue {} KB (tail drop); heartbeat every {} ms; \
          snapshot {} MiB; appends {} KiB x {} in flight; baseline TCP congestion control {}; \
-         quicraft congestion controller {:?}, heartbeat hedge {:?}, snapshot rate {:?} B/s",
+         quicraft congestion controller {:?}, heartbeat hedge {:?}, snapshot pacing {:?}",
         ONE_WAY.as_millis() * 2,
         RATE_BPS / 1_000_000,
         options.queue_bytes() / 1000,
@@ -163,7 +176,7 @@ fn main() {
         options.tcp_cc,
         QUIC_CC.get().copied().unwrap_or_default(),
         HEARTBEAT_HEDGE.get(),
-        SNAPSHOT_RATE.get(),
+        SNAPSHOT_PACING.get(),
     ));
     for &loss in &options.losses {
         for implementation in &options.impls {
@@ -420,15 +433,18 @@ fn quic_config(ca: &ClusterCa, node: &str, bind: std::net::SocketAddr) -> QuicCo
         .issue_node(node, &NodeCertOptions::default())
         .expect("issue a node certificate")
         .identity;
-    QuicConfig::new(CLUSTER, identity, ca.roots())
+    let config = QuicConfig::new(CLUSTER, identity, ca.roots())
         .bind(bind)
         .rpc_timeout(Duration::from_secs(60))
         .tuning(
             quicraft::QuicTuning::default()
                 .congestion_controller(QUIC_CC.get().copied().unwrap_or_default()),
         )
-        .heartbeat_hedge(HEARTBEAT_HEDGE.get().copied())
-        .snapshot_rate(SNAPSHOT_RATE.get().copied())
+        .heartbeat_hedge(HEARTBEAT_HEDGE.get().copied());
+    match SNAPSHOT_PACING.get() {
+        Some(pacing) => config.snapshot_pacing(*pacing),
+        None => config,
+    }
 }
 
 /// Both nodes of one implementation on `link`; the follower's counters; a description.

@@ -12,7 +12,7 @@ use super::io::{
     FrameReader, ReadFrameError, ResetOnDrop, WriteFrameError, copy_exact_to_stream, write_frame,
 };
 use super::metrics::{CallOutcome, CountingRead, Kind, PeerMetrics};
-use super::pacing::Pacer;
+use super::pacing::{Pacer, SnapshotPacing};
 use super::pool::{PeerConn, Pool};
 use super::priority;
 use super::stats::Counters;
@@ -47,8 +47,8 @@ pub(crate) struct CallSettings {
     pub(crate) max_in_flight: usize,
     pub(crate) snapshot_bytes_per_timeout: u64,
     pub(crate) heartbeat_hedge: Option<std::time::Duration>,
-    /// Bytes per second a snapshot's data may be sent at (`None`: no cap).
-    pub(crate) snapshot_rate: Option<u64>,
+    /// How a snapshot's data is paced.
+    pub(crate) snapshot_pacing: SnapshotPacing,
 }
 
 impl Client {
@@ -450,7 +450,7 @@ where
             let _ = send.finish();
 
             let streaming = async {
-                let pacer = client.settings.snapshot_rate.map(Pacer::new);
+                let pacer = Pacer::new(client.settings.snapshot_pacing).map(|p| (p, &conn.conn));
                 let copied = copy_exact_to_stream(&mut data, size, &mut data_stream, pacer).await;
                 if copied.is_ok() {
                     data_stream.finish();

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{QuicTuning, TlsFiles};
+use super::{QuicTuning, SnapshotPacing, TlsFiles};
 use crate::tls::{CaRoots, Identity, RevocationLists};
 use crate::transport::ServerAddressProvider;
 
@@ -42,7 +42,7 @@ pub struct QuicConfig {
     pub(super) max_snapshot_streams: u32,
     pub(super) max_in_flight: usize,
     pub(super) heartbeat_hedge: Option<Duration>,
-    pub(super) snapshot_rate: Option<u64>,
+    pub(super) snapshot_pacing: SnapshotPacing,
     pub(super) tuning: QuicTuning,
     pub(super) consumer_capacity: usize,
     pub(super) backoff_base: Duration,
@@ -82,7 +82,7 @@ impl QuicConfig {
             max_snapshot_streams: 8,
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
             heartbeat_hedge: None,
-            snapshot_rate: None,
+            snapshot_pacing: SnapshotPacing::Off,
             tuning: QuicTuning::default(),
             consumer_capacity: 64,
             backoff_base: Duration::from_millis(100),
@@ -209,14 +209,17 @@ impl QuicConfig {
         self
     }
 
-    /// The most bytes per second a snapshot's data is sent at, or `None` for no cap (the
-    /// congestion controller alone decides). Default `None`. On a link shared with the
-    /// cluster's heartbeats and appends, a cap below the bottleneck's rate keeps the snapshot
-    /// from filling the bottleneck's queue, which delays and drops what travels with it; the
-    /// price is a snapshot that takes longer than the link would allow (values below 1 count
-    /// as 1).
-    pub fn snapshot_rate(mut self, bytes_per_second: Option<u64>) -> Self {
-        self.snapshot_rate = bytes_per_second.map(|rate| rate.max(1));
+    /// How a snapshot's data is paced. Default [`SnapshotPacing::Off`]: the congestion
+    /// controller alone decides. On a bottleneck shared with the cluster's heartbeats and
+    /// appends, pacing the snapshot below the bottleneck's rate ([`SnapshotPacing::Rate`], or
+    /// [`SnapshotPacing::Auto`], which backs off when the round-trip time shows a queue) keeps
+    /// its queue short, which shortens their delays and spares them its drops; the price is a
+    /// snapshot held below what the link could carry.
+    pub fn snapshot_pacing(mut self, pacing: SnapshotPacing) -> Self {
+        self.snapshot_pacing = match pacing {
+            SnapshotPacing::Rate(rate) => SnapshotPacing::Rate(rate.max(1)),
+            other => other,
+        };
         self
     }
 
@@ -349,7 +352,7 @@ impl fmt::Debug for QuicConfig {
             .field("bind", &self.bind)
             .field("advertise", &self.advertise)
             .field("heartbeat_hedge", &self.heartbeat_hedge)
-            .field("snapshot_rate", &self.snapshot_rate)
+            .field("snapshot_pacing", &self.snapshot_pacing)
             .field("tuning", &self.tuning)
             .field("rpc_timeout", &self.rpc_timeout)
             .field("connect_timeout", &self.connect_timeout)

@@ -340,7 +340,7 @@ pub(crate) async fn copy_exact_to_stream<R>(
     source: &mut R,
     size: u64,
     stream: &mut SendStream,
-    mut pacer: Option<super::pacing::Pacer>,
+    mut pacer: Option<(super::pacing::Pacer, &quinn::Connection)>,
 ) -> Result<(), crate::transport::CopyError>
 where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
@@ -358,8 +358,8 @@ where
         // `take` stops the read at `want` bytes even if the source has more.
         let read = (&mut *source).take(want as u64).read_buf(&mut chunk).await;
         let n = CopyError::check_read(copied, read)?;
-        if let Some(pacer) = &mut pacer {
-            pacer.admit(n).await;
+        if let Some((pacer, conn)) = &mut pacer {
+            pacer.admit(n, conn).await;
         }
         stream
             .write_chunk(chunk.freeze())

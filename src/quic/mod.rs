@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::QuicConfig;
+pub use pacing::SnapshotPacing;
 pub use reload::TlsFiles;
 pub use stats::TransportStats;
 pub use tuning::{CongestionController, QuicTuning};
@@ -195,7 +196,7 @@ impl QuicTransport {
                 max_in_flight: config.max_in_flight,
                 snapshot_bytes_per_timeout: config.snapshot_bytes_per_timeout,
                 heartbeat_hedge: config.heartbeat_hedge,
-                snapshot_rate: config.snapshot_rate,
+                snapshot_pacing: config.snapshot_pacing,
             },
             stats: stats.clone(),
             shutdown: shutdown.clone(),

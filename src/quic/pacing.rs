@@ -1,47 +1,158 @@
-//! Snapshot pacing: holds a snapshot's data to a byte rate, so that a bulk transfer leaves
-//! room on a shared bottleneck for heartbeats and appends (`QuicConfig::snapshot_rate`).
+//! Snapshot pacing: holds a snapshot's data below what the path's bottleneck drains, so that a
+//! bulk transfer does not fill the bottleneck's queue, which would delay and drop the
+//! heartbeats and appends that share it (`QuicConfig::snapshot_pacing`).
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// A token bucket over time: each chunk of `n` bytes takes `n / rate` seconds, and sending
-/// may run at most [`BURST`] ahead of that schedule.
+/// How a snapshot's data is paced.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub enum SnapshotPacing {
+    /// Not paced: the congestion controller alone decides.
+    #[default]
+    Off,
+    /// At most this many bytes per second.
+    Rate(u64),
+    /// Follows the path: the rate backs off whenever the round-trip time rises above the
+    /// path's least by more than a small margin (queueing at the bottleneck), and grows again
+    /// while it does not, as delay-based background transfers do (LEDBAT, RFC 6817).
+    Auto,
+}
+
+/// The pacing of one transfer.
 #[derive(Debug)]
 pub(crate) struct Pacer {
-    bytes_per_second: u64,
-    /// When the bytes sent so far are due, by the rate.
+    bucket: Option<Bucket>,
+    adaptive: Option<Adaptive>,
+}
+
+impl Pacer {
+    /// The pacer `pacing` asks for, or `None`.
+    pub(crate) fn new(pacing: SnapshotPacing) -> Option<Self> {
+        match pacing {
+            SnapshotPacing::Off => None,
+            SnapshotPacing::Rate(rate) => Some(Self {
+                bucket: Some(Bucket::new(rate as f64)),
+                adaptive: None,
+            }),
+            SnapshotPacing::Auto => Some(Self {
+                bucket: None,
+                adaptive: Some(Adaptive::default()),
+            }),
+        }
+    }
+
+    /// Accounts for `bytes` about to be sent on `conn`, first waiting until the pace allows
+    /// them.
+    ///
+    /// Cancel-safe: a cancelled wait leaves the bytes accounted for, which only delays the
+    /// next chunk.
+    pub(crate) async fn admit(&mut self, bytes: usize, conn: &quinn::Connection) {
+        let now = Instant::now();
+        if let Some(adaptive) = &mut self.adaptive {
+            match adaptive.observe(now, conn.rtt(), bytes) {
+                Some(rate) => match &mut self.bucket {
+                    Some(bucket) => bucket.rate = rate,
+                    None => self.bucket = Some(Bucket::new(rate)),
+                },
+                None if !adaptive.engaged() => self.bucket = None,
+                None => {}
+            }
+        }
+        if let Some(bucket) = &mut self.bucket
+            && let Some(until) = bucket.take(now, bytes)
+        {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+}
+
+/// How far ahead of its schedule a paced transfer may send: a chunk of the copy loop at once,
+/// without sleeping for every chunk on a fast path.
+const BURST: Duration = Duration::from_millis(10);
+
+/// A token bucket over time: `n` bytes take `n / rate` seconds, and sending may run at most
+/// [`BURST`] ahead of that schedule.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    /// When the bytes taken so far are due, by the rate.
     due: Instant,
 }
 
-/// How far ahead of its schedule a paced transfer may send: one chunk of the copy loop at
-/// once, without sleeping for every chunk on a fast path.
-const BURST: Duration = Duration::from_millis(10);
-
-impl Pacer {
-    /// A pacer at `bytes_per_second` (at least 1), starting now.
-    pub(crate) fn new(bytes_per_second: u64) -> Self {
+impl Bucket {
+    fn new(bytes_per_second: f64) -> Self {
         Self {
-            bytes_per_second: bytes_per_second.max(1),
+            rate: bytes_per_second.max(1.0),
             due: Instant::now(),
         }
     }
 
-    /// Accounts for `bytes` about to be sent, waiting first until the schedule allows them.
-    ///
-    /// Cancel-safe: a cancelled wait leaves the bytes accounted for, which only delays the
-    /// next chunk.
-    pub(crate) async fn admit(&mut self, bytes: usize) {
-        let now = Instant::now();
+    /// Takes `bytes`; returns when they may go if that is later than `now` allows.
+    fn take(&mut self, now: Instant, bytes: usize) -> Option<Instant> {
         // An idle spell earns no credit beyond the burst.
         if self.due + BURST < now {
             self.due = now - BURST;
         }
-        let takes = Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
-        self.due += takes;
-        if self.due > now + BURST {
-            tokio::time::sleep_until(self.due - BURST).await;
+        self.due += Duration::from_secs_f64(bytes as f64 / self.rate.max(1.0));
+        (self.due > now + BURST).then(|| self.due - BURST)
+    }
+}
+
+/// The least queueing delay the adaptive pacer reacts to; on a long path a tenth of its
+/// round trip.
+const TARGET_DELAY_MIN: Duration = Duration::from_millis(2);
+/// How often the adaptive pacer adjusts at the least (on a long path, once a round trip).
+const ADJUST_MIN: Duration = Duration::from_millis(10);
+/// On queueing: the new rate as a share of the rate measured.
+const BACK_OFF: f64 = 0.85;
+/// Without queueing: the growth of the rate per adjustment.
+const GROWTH: f64 = 1.05;
+
+/// The adaptive pacer's state: the least RTT seen, and what was sent since the last
+/// adjustment.
+#[derive(Debug, Default)]
+struct Adaptive {
+    min_rtt: Option<Duration>,
+    /// The pacing rate once queueing was seen (unpaced before).
+    rate: Option<f64>,
+    since: Option<Instant>,
+    bytes: usize,
+}
+
+impl Adaptive {
+    fn engaged(&self) -> bool {
+        self.rate.is_some()
+    }
+
+    /// Takes an RTT sample and `bytes` about to be sent; returns the new rate when it changed.
+    fn observe(&mut self, now: Instant, rtt: Duration, bytes: usize) -> Option<f64> {
+        let min_rtt = self.min_rtt.map_or(rtt, |least| least.min(rtt));
+        self.min_rtt = Some(min_rtt);
+        let since = *self.since.get_or_insert(now);
+        self.bytes += bytes;
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed < min_rtt.max(ADJUST_MIN) {
+            return None;
         }
+        let measured = self.bytes as f64 / elapsed.as_secs_f64();
+        self.since = Some(now);
+        self.bytes = 0;
+        let target = (min_rtt / 10).max(TARGET_DELAY_MIN);
+        let queueing = rtt.saturating_sub(min_rtt);
+        let rate = if queueing > target {
+            // Queueing: back off below what actually went out.
+            self.rate.unwrap_or(measured).min(measured) * BACK_OFF
+        } else {
+            // Room: grow, but not far past what the path took (a pacer well above the
+            // path's rate does nothing, and would take long to come back down).
+            let rate = self.rate?;
+            (rate * GROWTH).min(measured * 2.0)
+        };
+        self.rate = Some(rate.max(1.0));
+        self.rate
     }
 }
 
@@ -50,13 +161,15 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn a_paced_transfer_keeps_to_its_rate_after_the_burst() {
+    async fn a_bucket_keeps_to_its_rate_after_the_burst() {
         let start = Instant::now();
-        let mut pacer = Pacer::new(1_000_000);
+        let mut bucket = Bucket::new(1_000_000.0);
         // 2 MB in 64 KiB chunks at 1 MB/s: about 2 s, less the burst.
         let mut sent = 0;
         while sent < 2_000_000 {
-            pacer.admit(65_536).await;
+            if let Some(until) = bucket.take(Instant::now(), 65_536) {
+                tokio::time::sleep_until(until).await;
+            }
             sent += 65_536;
         }
         let took = start.elapsed();
@@ -67,12 +180,35 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_time_earns_no_more_than_the_burst() {
-        let mut pacer = Pacer::new(1_000_000);
+        let mut bucket = Bucket::new(1_000_000.0);
         tokio::time::sleep(Duration::from_secs(10)).await;
+        // 100 KB at 1 MB/s after 10 s idle: not at once, 90 ms late by the schedule.
+        let until = bucket.take(Instant::now(), 100_000).expect("must wait");
+        assert!(until - Instant::now() >= Duration::from_millis(80));
+    }
+
+    #[test]
+    fn the_adaptive_pacer_stays_off_until_queueing_then_backs_off_and_regrows() {
+        let mut pacer = Adaptive::default();
         let start = Instant::now();
-        // 100 KB at 1 MB/s after 10 s idle: not sent at once, 90 ms late by the schedule.
-        pacer.admit(100_000).await;
-        let took = start.elapsed();
-        assert!(took >= Duration::from_millis(80), "{took:?}");
+        let rtt = Duration::from_millis(50);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // No queueing: not engaged, whatever is sent.
+        assert_eq!(pacer.observe(at(0), rtt, 1_000_000), None);
+        assert_eq!(pacer.observe(at(60), rtt, 1_000_000), None);
+        assert!(!pacer.engaged());
+        // 600 KB in 60 ms with the RTT 20 ms above its least: back off below what went out.
+        let backed = pacer
+            .observe(at(120), rtt + Duration::from_millis(20), 600_000)
+            .expect("engaged");
+        let measured = 600_000.0 / 0.060;
+        assert!((backed - measured * BACK_OFF).abs() < 1.0, "{backed}");
+        // The queue drains: the rate grows again, a step per adjustment.
+        pacer.observe(at(130), rtt, 0);
+        let grown = pacer.observe(at(200), rtt, 1_000_000).expect("adjusted");
+        assert!(
+            (grown - backed * GROWTH).abs() < 1.0,
+            "{grown} after {backed}"
+        );
     }
 }
