@@ -101,15 +101,14 @@ impl Bucket {
     }
 }
 
-/// The least queueing delay the adaptive pacer reacts to; on a long path a tenth of its
+/// The least queueing delay the adaptive pacer aims at; on a long path a quarter of its
 /// round trip.
-const TARGET_DELAY_MIN: Duration = Duration::from_millis(2);
+const TARGET_DELAY_MIN: Duration = Duration::from_millis(5);
 /// How often the adaptive pacer adjusts at the least (on a long path, once a round trip).
 const ADJUST_MIN: Duration = Duration::from_millis(10);
-/// On queueing: the new rate as a share of the rate measured.
-const BACK_OFF: f64 = 0.85;
-/// Without queueing: the growth of the rate per adjustment.
-const GROWTH: f64 = 1.05;
+/// The most the rate changes in one adjustment, either way, as a share of itself: reached
+/// with no queueing at all (growth) or with twice the target (decrease).
+const STEP: f64 = 0.1;
 
 /// The adaptive pacer's state: the least RTT seen, and what was sent since the last
 /// adjustment.
@@ -128,6 +127,11 @@ impl Adaptive {
     }
 
     /// Takes an RTT sample and `bytes` about to be sent; returns the new rate when it changed.
+    ///
+    /// Unpaced until the RTT first shows a queue over the target; from then on, once a round
+    /// trip, the rate moves towards keeping the queueing delay at the target, by up to
+    /// [`STEP`] of itself (LEDBAT's rule, RFC 6817, on a rate), and never far above what
+    /// actually went out.
     fn observe(&mut self, now: Instant, rtt: Duration, bytes: usize) -> Option<f64> {
         let min_rtt = self.min_rtt.map_or(rtt, |least| least.min(rtt));
         self.min_rtt = Some(min_rtt);
@@ -140,17 +144,15 @@ impl Adaptive {
         let measured = self.bytes as f64 / elapsed.as_secs_f64();
         self.since = Some(now);
         self.bytes = 0;
-        let target = (min_rtt / 10).max(TARGET_DELAY_MIN);
-        let queueing = rtt.saturating_sub(min_rtt);
-        let rate = if queueing > target {
-            // Queueing: back off below what actually went out.
-            self.rate.unwrap_or(measured).min(measured) * BACK_OFF
-        } else {
-            // Room: grow, but not far past what the path took (a pacer well above the
-            // path's rate does nothing, and would take long to come back down).
-            let rate = self.rate?;
-            (rate * GROWTH).min(measured * 2.0)
+        let target = (min_rtt / 4).max(TARGET_DELAY_MIN).as_secs_f64();
+        let queueing = rtt.saturating_sub(min_rtt).as_secs_f64();
+        let off_target = ((target - queueing) / target).clamp(-1.0, 1.0);
+        let rate = match self.rate {
+            None if off_target >= 0.0 => return None,
+            None => measured,
+            Some(rate) => rate,
         };
+        let rate = (rate * (1.0 + STEP * off_target)).min(measured.max(1.0) * 2.0);
         self.rate = Some(rate.max(1.0));
         self.rate
     }
@@ -188,27 +190,29 @@ mod tests {
     }
 
     #[test]
-    fn the_adaptive_pacer_stays_off_until_queueing_then_backs_off_and_regrows() {
+    fn the_adaptive_pacer_stays_off_until_queueing_then_steers_towards_the_target() {
         let mut pacer = Adaptive::default();
         let start = Instant::now();
-        let rtt = Duration::from_millis(50);
+        let rtt = Duration::from_millis(40);
         let at = |ms: u64| start + Duration::from_millis(ms);
         // No queueing: not engaged, whatever is sent.
         assert_eq!(pacer.observe(at(0), rtt, 1_000_000), None);
-        assert_eq!(pacer.observe(at(60), rtt, 1_000_000), None);
+        assert_eq!(pacer.observe(at(50), rtt, 1_000_000), None);
         assert!(!pacer.engaged());
-        // 600 KB in 60 ms with the RTT 20 ms above its least: back off below what went out.
+        // 600 KB in 50 ms with 20 ms of queueing (twice the 10 ms target): engaged at what
+        // went out, less the whole step.
         let backed = pacer
-            .observe(at(120), rtt + Duration::from_millis(20), 600_000)
+            .observe(at(100), rtt + Duration::from_millis(20), 600_000)
             .expect("engaged");
-        let measured = 600_000.0 / 0.060;
-        assert!((backed - measured * BACK_OFF).abs() < 1.0, "{backed}");
-        // The queue drains: the rate grows again, a step per adjustment.
-        pacer.observe(at(130), rtt, 0);
-        let grown = pacer.observe(at(200), rtt, 1_000_000).expect("adjusted");
-        assert!(
-            (grown - backed * GROWTH).abs() < 1.0,
-            "{grown} after {backed}"
-        );
+        let measured = 600_000.0 / 0.050;
+        assert!((backed - measured * (1.0 - STEP)).abs() < 1.0, "{backed}");
+        // At the target: unchanged.
+        let held = pacer
+            .observe(at(150), rtt + Duration::from_millis(10), 600_000)
+            .expect("adjusted");
+        assert!((held - backed).abs() < 1.0, "{held} after {backed}");
+        // The queue gone: grows by the whole step.
+        let grown = pacer.observe(at(200), rtt, 600_000).expect("adjusted");
+        assert!((grown - held * (1.0 + STEP)).abs() < 1.0, "{grown} after {held}");
     }
 }
