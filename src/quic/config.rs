@@ -82,7 +82,7 @@ impl QuicConfig {
             max_snapshot_streams: 8,
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
             heartbeat_hedge: None,
-            snapshot_pacing: SnapshotPacing::Off,
+            snapshot_pacing: SnapshotPacing::Auto,
             tuning: QuicTuning::default(),
             consumer_capacity: 64,
             backoff_base: Duration::from_millis(100),
@@ -209,12 +209,11 @@ impl QuicConfig {
         self
     }
 
-    /// How a snapshot's data is paced. Default [`SnapshotPacing::Off`]: the congestion
-    /// controller alone decides. On a bottleneck shared with the cluster's heartbeats and
-    /// appends, pacing the snapshot below the bottleneck's rate ([`SnapshotPacing::Rate`], or
-    /// [`SnapshotPacing::Auto`], which backs off when the round-trip time shows a queue) keeps
-    /// its queue short, which shortens their delays and spares them its drops; the price is a
-    /// snapshot held below what the link could carry.
+    /// How a snapshot's data is paced. Default [`SnapshotPacing::Auto`]: once the round-trip
+    /// time shows a queue at the bottleneck, the snapshot's rate keeps that queue short, so
+    /// heartbeats and appends sharing the path wait less and are not dropped with it; a path
+    /// with no queue (a LAN, one host) is not paced at all. [`SnapshotPacing::Off`] leaves
+    /// the congestion controller alone to decide; [`SnapshotPacing::Rate`] caps the rate.
     pub fn snapshot_pacing(mut self, pacing: SnapshotPacing) -> Self {
         self.snapshot_pacing = match pacing {
             SnapshotPacing::Rate(rate) => SnapshotPacing::Rate(rate.max(1)),

@@ -11,13 +11,14 @@ use tokio::time::Instant;
 #[non_exhaustive]
 pub enum SnapshotPacing {
     /// Not paced: the congestion controller alone decides.
-    #[default]
     Off,
     /// At most this many bytes per second.
     Rate(u64),
     /// Follows the path: the rate backs off whenever the round-trip time rises above the
     /// path's least by more than a small margin (queueing at the bottleneck), and grows again
-    /// while it does not, as delay-based background transfers do (LEDBAT, RFC 6817).
+    /// while it does not, as delay-based background transfers do (LEDBAT, RFC 6817). The
+    /// default.
+    #[default]
     Auto,
 }
 
@@ -213,6 +214,9 @@ mod tests {
         assert!((held - backed).abs() < 1.0, "{held} after {backed}");
         // The queue gone: grows by the whole step.
         let grown = pacer.observe(at(200), rtt, 600_000).expect("adjusted");
-        assert!((grown - held * (1.0 + STEP)).abs() < 1.0, "{grown} after {held}");
+        assert!(
+            (grown - held * (1.0 + STEP)).abs() < 1.0,
+            "{grown} after {held}"
+        );
     }
 }
