@@ -11,19 +11,12 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-
-use common::{Fixture, TempDir, example_binary};
+use common::rpc_node::RpcNode;
+use common::{Fixture, TempDir};
 
 const CLUSTER: &str = "moving";
 /// Calls in both directions succeed again within this long after the address changed.
 const REACHABLE_WITHIN_MS: u64 = 2_000;
-/// Bound on waiting for a process to print a line.
-const GUARD: Duration = Duration::from_secs(20);
 const PORT: u16 = 7100;
 
 /// Runs `ip ARGS`, failing the test on error.
@@ -115,60 +108,16 @@ impl Drop for Hosts {
     }
 }
 
-/// One `rpc_node` process in a namespace, listening on the wildcard address.
-struct Node {
-    id: &'static str,
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
+/// `ip` at the nodes' port.
+fn at(ip: &str) -> String {
+    format!("{ip}:{PORT}")
 }
 
-impl Node {
-    async fn start(certs: &TempDir, id: &'static str, namespace: &str) -> Self {
-        let listen = format!("0.0.0.0:{PORT}");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", namespace])
-            .arg(example_binary("rpc_node"))
-            .args(["--cluster", CLUSTER, "--id", id, "--listen", &listen])
-            .arg("--certs")
-            .arg(certs.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn rpc_node");
-        let stdin = child.stdin.take().unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut node = Self {
-            id,
-            child,
-            stdin,
-            lines,
-        };
-        let ready = node.line().await;
-        assert_eq!(ready, format!("ready {listen}"), "node {id} did not start");
-        node
-    }
-
-    async fn line(&mut self) -> String {
-        tokio::time::timeout(GUARD, self.lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("node {} printed nothing within {GUARD:?}", self.id))
-            .expect("read node output")
-            .unwrap_or_else(|| panic!("node {} exited", self.id))
-    }
-
-    /// Heartbeats `peer` at `ip` until one succeeds, for at most `max_ms`; the reply line.
-    async fn call(&mut self, peer: &str, ip: &str, max_ms: u64) -> String {
-        let command = format!("call {peer} {ip}:{PORT} {max_ms}\n");
-        self.stdin.write_all(command.as_bytes()).await.unwrap();
-        self.line().await
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stdin.write_all(b"quit\n").await;
-        let _ = tokio::time::timeout(GUARD, self.child.wait()).await;
-    }
+/// Starts node `id` in `namespace`, listening on the wildcard address.
+async fn start(certs: &TempDir, id: &'static str, namespace: &str) -> RpcNode {
+    let listen = format!("0.0.0.0:{PORT}");
+    let wrapper = ["ip", "netns", "exec", namespace];
+    RpcNode::start(&wrapper, CLUSTER, id, &listen, certs, &[]).await
 }
 
 /// Asserts that `reply` is `ok ...` within the bound; returns the milliseconds it took.
@@ -199,33 +148,33 @@ async fn reachable_after_the_address_changes(mover_dials: bool) {
         for mover_first in [true, false] {
             let tag = format!("{}{}", u8::from(mover_dials), u8::from(mover_first));
             let hosts = Hosts::new(&tag);
-            let mut mover = Node::start(&certs, mover_id, &hosts.names[0]).await;
-            let mut other = Node::start(&certs, other_id, &hosts.names[1]).await;
+            let mut mover = start(&certs, mover_id, &hosts.names[0]).await;
+            let mut other = start(&certs, other_id, &hosts.names[1]).await;
             // Who dials: the first call opens the connection both then use.
             let when = format!("mover {mover_id}, dialled by the mover: {mover_dials}");
             if mover_dials {
-                assert_reached(&mover.call(other_id, "198.18.6.2", 5_000).await, &when);
+                assert_reached(&mover.call(other_id, &at("198.18.6.2"), 5_000).await, &when);
             } else {
-                assert_reached(&other.call(mover_id, "198.18.6.1", 5_000).await, &when);
+                assert_reached(&other.call(mover_id, &at("198.18.6.1"), 5_000).await, &when);
             }
             hosts.move_host0("198.18.6.11");
             let when = format!("{when}, after the move, mover calling first: {mover_first}");
             if mover_first {
                 let reply = mover
-                    .call(other_id, "198.18.6.2", REACHABLE_WITHIN_MS)
+                    .call(other_id, &at("198.18.6.2"), REACHABLE_WITHIN_MS)
                     .await;
                 assert_reached(&reply, &format!("{when}: mover -> other"));
                 let reply = other
-                    .call(mover_id, "198.18.6.11", REACHABLE_WITHIN_MS)
+                    .call(mover_id, &at("198.18.6.11"), REACHABLE_WITHIN_MS)
                     .await;
                 assert_reached(&reply, &format!("{when}: other -> mover"));
             } else {
                 let reply = other
-                    .call(mover_id, "198.18.6.11", REACHABLE_WITHIN_MS)
+                    .call(mover_id, &at("198.18.6.11"), REACHABLE_WITHIN_MS)
                     .await;
                 assert_reached(&reply, &format!("{when}: other -> mover"));
                 let reply = mover
-                    .call(other_id, "198.18.6.2", REACHABLE_WITHIN_MS)
+                    .call(other_id, &at("198.18.6.2"), REACHABLE_WITHIN_MS)
                     .await;
                 assert_reached(&reply, &format!("{when}: mover -> other"));
             }

@@ -13,27 +13,18 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-
-use common::{Fixture, TempDir, example_binary, free_udp_addr};
+use common::rpc_node::RpcNode;
+use common::{Fixture, TempDir, free_udp_addr};
 
 const CLUSTER: &str = "restart";
 /// What the issue asks: calls in both directions succeed again within 2 s of the restart.
 const REACHABLE_WITHIN_MS: u64 = 2_000;
-/// Bound on waiting for a process to print a line.
-const GUARD: Duration = Duration::from_secs(20);
 
-/// One `rpc_node` process.
+/// One `rpc_node` process on a loopback address.
 struct Node {
-    id: &'static str,
+    node: RpcNode,
     addr: SocketAddr,
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
 }
 
 impl Node {
@@ -47,52 +38,21 @@ impl Node {
         addr: SocketAddr,
         extra: &[&str],
     ) -> Self {
-        let mut child = Command::new(example_binary("rpc_node"))
-            .args(["--cluster", CLUSTER, "--id", id])
-            .args(extra)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--certs")
-            .arg(certs.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn rpc_node");
-        let stdin = child.stdin.take().unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut node = Self {
-            id,
-            addr,
-            child,
-            stdin,
-            lines,
-        };
-        let ready = node.line().await;
-        assert_eq!(ready, format!("ready {addr}"), "node {id} did not start");
-        node
-    }
-
-    async fn line(&mut self) -> String {
-        tokio::time::timeout(GUARD, self.lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("node {} printed nothing within {GUARD:?}", self.id))
-            .expect("read node output")
-            .unwrap_or_else(|| panic!("node {} exited", self.id))
+        let node = RpcNode::start(&[], CLUSTER, id, &addr.to_string(), certs, extra).await;
+        Self { node, addr }
     }
 
     /// Heartbeats `peer` until one succeeds, for at most `max_ms`; the node's reply line.
     async fn call(&mut self, peer: &Node, max_ms: u64) -> String {
-        let command = format!("call {} {} {max_ms}\n", peer.id, peer.addr);
-        self.stdin.write_all(command.as_bytes()).await.unwrap();
-        self.line().await
+        let addr = peer.addr.to_string();
+        self.node.call(peer.node.id, &addr, max_ms).await
     }
 
     /// SIGKILL, and wait until the process is gone.
-    async fn kill(mut self) -> (&'static str, SocketAddr) {
-        self.child.start_kill().expect("SIGKILL");
-        self.child.wait().await.expect("reap the killed node");
-        (self.id, self.addr)
+    async fn kill(self) -> (&'static str, SocketAddr) {
+        let id = self.node.id;
+        self.node.kill().await;
+        (id, self.addr)
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod logs;
 pub mod pattern;
+pub mod rpc_node;
 pub mod tls;
 pub mod wire;
 
