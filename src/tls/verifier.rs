@@ -20,6 +20,34 @@ pub(crate) struct ClusterClientVerifier {
     pub(crate) cluster: String,
 }
 
+/// The signature checks both verifiers share: TLS 1.3 only, through the trust policy's
+/// algorithms.
+macro_rules! signatures_by_policy {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Err(tls12_refused())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.policy.verify_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.policy.signature_schemes()
+        }
+    };
+}
+
 impl ClientCertVerifier for ClusterClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
@@ -53,27 +81,7 @@ impl ClientCertVerifier for ClusterClientVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(tls12_refused())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.policy.verify_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.policy.signature_schemes()
-    }
+    signatures_by_policy!();
 }
 
 /// Dialler side: accepts a server certificate only if the policy accepts its chain for
@@ -108,27 +116,7 @@ impl ServerCertVerifier for NodeServerVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(tls12_refused())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.policy.verify_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.policy.signature_schemes()
-    }
+    signatures_by_policy!();
 }
 
 /// The error for a TLS 1.2 signature check: quicraft is TLS 1.3 only (so is QUIC).
