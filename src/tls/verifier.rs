@@ -68,17 +68,18 @@ impl ClientCertVerifier for ClusterClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let accept = Accept::NodeOf(&self.cluster);
-        match self
-            .policy
-            .verify(end_entity, intermediates, now, Side::Client, accept)
-        {
-            Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(refusal) => {
-                let words = explain::refusal(&refusal, end_entity, &explain::whose(end_entity));
-                tracing::warn!("refusing a peer that dialled this node: {words}");
-                Err(refusal.into_rustls())
-            }
-        }
+        check(
+            &self.policy,
+            (end_entity, intermediates),
+            now,
+            Side::Client,
+            accept,
+        )
+        .map(|()| ClientCertVerified::assertion())
+        .map_err(|(words, error)| {
+            tracing::warn!("refusing a peer that dialled this node: {words}");
+            error
+        })
     }
 
     signatures_by_policy!();
@@ -102,21 +103,40 @@ impl ServerCertVerifier for NodeServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let accept = Accept::Only(&self.expected);
-        match self
-            .policy
-            .verify(end_entity, intermediates, now, Side::Server, accept)
-        {
-            Ok(_) => Ok(ServerCertVerified::assertion()),
-            Err(refusal) => {
-                let words = explain::refusal(&refusal, end_entity, &explain::whose(end_entity));
-                let node = self.expected.node();
-                tracing::warn!("refusing node {node} (dialled by this node): {words}");
-                Err(refusal.into_rustls())
-            }
-        }
+        check(
+            &self.policy,
+            (end_entity, intermediates),
+            now,
+            Side::Server,
+            accept,
+        )
+        .map(|()| ServerCertVerified::assertion())
+        .map_err(|(words, error)| {
+            let node = self.expected.node();
+            tracing::warn!("refusing node {node} (dialled by this node): {words}");
+            error
+        })
     }
 
     signatures_by_policy!();
+}
+
+/// Runs the policy on a peer's chain; a refusal comes back in plain words (for the one
+/// warning line each side logs) with rustls' error (for the alert).
+fn check(
+    policy: &TrustPolicy,
+    (end_entity, intermediates): (&CertificateDer<'_>, &[CertificateDer<'_>]),
+    now: UnixTime,
+    side: Side,
+    accept: Accept<'_>,
+) -> Result<(), (String, rustls::Error)> {
+    match policy.verify(end_entity, intermediates, now, side, accept) {
+        Ok(_) => Ok(()),
+        Err(refusal) => {
+            let words = explain::refusal(&refusal, end_entity, &explain::whose(end_entity));
+            Err((words, refusal.into_rustls()))
+        }
+    }
 }
 
 /// The error for a TLS 1.2 signature check: quicraft is TLS 1.3 only (so is QUIC).
