@@ -68,6 +68,9 @@ impl Client {
             return Err(Error::Shutdown);
         }
         let target = self.resolver.resolve(id, target);
+        if let Some(conn) = self.pool.ready(id, &target) {
+            return Ok((conn, target));
+        }
         let after = deadline.saturating_duration_since(Instant::now());
         let got = tokio::select! {
             biased;
@@ -80,6 +83,22 @@ impl Client {
                 reason: format!("no connection within the RPC deadline ({after:?})"),
                 peer: target,
             }),
+        }
+    }
+
+    /// Runs `call`, made only of operations on one connection, under `deadline`. Closing the
+    /// transport closes the connection, which ends `call` at once; that failure is reported
+    /// as [`Error::Shutdown`]. `after` is the deadline's length, for [`Error::Timeout`].
+    pub(super) async fn on_connection<T>(
+        &self,
+        rpc: RpcKind,
+        (deadline, after): (Instant, std::time::Duration),
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(Err(_)) if self.shutdown.is_cancelled() => Err(Error::Shutdown),
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout { rpc, after }),
         }
     }
 
@@ -256,8 +275,9 @@ async fn unary_call<T: TryFrom<Response, Error = Response>>(
     let encoded = encoded.freeze();
     let (conn, peer) = client.connection(id, target, deadline).await?;
     *metrics = Some(conn.metrics.clone());
+    let after = client.settings.rpc_timeout;
     client
-        .guarded(kind, deadline, async {
+        .on_connection(kind, (deadline, after), async {
             let _active = conn.active();
             let watchdog = client.pool.watchdog(&conn.conn, deadline);
             let (mut send, mut recv) = open_request(&conn, &peer, priority).await?;

@@ -185,6 +185,17 @@ impl Pool {
         }
     }
 
+    /// The live connection to `id` if calls to `target` may use it now, without waiting for
+    /// anything: the fast path of [`get`](Self::get).
+    pub(crate) fn ready(&self, id: &ServerId, target: &ServerAddress) -> Option<PeerConn> {
+        let mut entries = self.entries();
+        let entry = entries.get_mut(id)?;
+        if entry.settling.is_some() {
+            return None;
+        }
+        self.usable(entry, target)
+    }
+
     /// The entry's connection if calls to `target` may use it; clears a dead one. The usual
     /// case, the address it is confirmed for, is one string comparison.
     fn usable(&self, entry: &mut Entry, target: &ServerAddress) -> Option<PeerConn> {
