@@ -238,6 +238,7 @@ impl Impl {
                 vec![support::growth::measure(
                     GROWTH_PEERS,
                     workload.concurrency_for,
+                    options.tuning(),
                 )]
             }
             Self::Quicraft if scenario == Scenario::Restart => {
@@ -624,8 +625,9 @@ struct Options {
     /// reported as stream_window (null: the default).
     #[arg(long, value_name = "BYTES")]
     stream_window: Option<u32>,
-    /// QuicTuning::max_udp_payload (default: the transport's, 1452); 65527 lets path MTU
-    /// discovery use loopback's 64 KiB MTU; reported as max_udp_payload (null: the default).
+    /// QuicTuning::max_udp_payload (default: the transport's, 65527, which lets path MTU
+    /// discovery use loopback's 64 KiB MTU; 1452 keeps packets Ethernet-sized); reported as
+    /// max_udp_payload (null: the default).
     #[arg(long, value_name = "BYTES")]
     max_udp_payload: Option<u16>,
     /// A scenario to run (repeatable; default all).

@@ -183,22 +183,7 @@ async fn a_large_max_udp_payload_is_reached_on_loopback_and_kept_under_bulk_tran
     .await
     .unwrap();
     serve(&b, b_in);
-    // Discovery probes ride on the connection's own timers; keep calling until they are
-    // acknowledged (bounded: 2,000 round trips, far more than the few probes need).
-    let mut mtu = 0;
-    for term in 1..=2_000 {
-        guarded(
-            "a→b",
-            a.request_vote(b.local_id(), &b.local_addr(), vote_from(&a, term)),
-        )
-        .await
-        .unwrap();
-        mtu = a.connections()[0].mtu;
-        if mtu > 1472 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    let mtu = mtu_after_discovery(&a, &b, 1472).await;
     assert!(mtu > 1472 && mtu <= 16_384, "path MTU stuck at {mtu}");
 
     // A bulk transfer at that MTU: quinn batches up to 10 packets per send, which at 16 KB
@@ -223,6 +208,41 @@ async fn a_large_max_udp_payload_is_reached_on_loopback_and_kept_under_bulk_tran
         after >= mtu,
         "the path MTU fell from {mtu} to {after} during the transfer"
     );
+}
+
+/// `a`'s path MTU to `b` once discovery has passed `above`, or where it stopped. Discovery
+/// probes ride on the connection's own timers; this keeps calling until they are acknowledged
+/// (bounded: 2,000 round trips, far more than the few probes need).
+async fn mtu_after_discovery(a: &QuicTransport, b: &QuicTransport, above: u16) -> u16 {
+    let mut mtu = 0;
+    for term in 1..=2_000 {
+        guarded(
+            "a→b",
+            a.request_vote(b.local_id(), &b.local_addr(), vote_from(a, term)),
+        )
+        .await
+        .unwrap();
+        mtu = a.connections()[0].mtu;
+        if mtu > above {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    mtu
+}
+
+/// Without `max_udp_payload` set, a node bound to loopback searches up to the loopback
+/// interface's MTU (65536 on Linux), not Ethernet's.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_path_mtu_discovery_climbs_to_what_loopback_carries() {
+    common::init_tracing();
+    let fx = Fixture::new("mtu-default");
+    let (a, _a_in) = fx.node("n1").await;
+    let (b, b_in) = fx.node("n2").await;
+    serve(&b, b_in);
+    let mtu = mtu_after_discovery(&a, &b, 16_384).await;
+    assert!(mtu > 16_384, "path MTU stopped at {mtu} on loopback");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

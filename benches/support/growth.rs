@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use quicraft::tls::{ClusterCa, NodeCertOptions};
 use quicraft::{
-    AppendEntriesRequest, QuicConfig, QuicTransport, RpcHeader, ServerAddress, ServerId, Transport,
+    AppendEntriesRequest, QuicConfig, QuicTransport, QuicTuning, RpcHeader, ServerAddress,
+    ServerId, Transport,
 };
 use serde::Serialize;
 
-use super::nodes::{CLUSTER, NodeThread, RuntimeKind, serve};
+use super::nodes::{CLUSTER, NodeThread, RuntimeKind, Tuning, serve};
 use super::report::{Report, per_second};
 
 /// This process's resident set size now, in KiB (`VmRSS`).
@@ -25,14 +26,16 @@ fn rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn measure(peers: usize, run: Duration) -> Report {
+pub(crate) fn measure(peers: usize, run: Duration, tuning: Tuning) -> Report {
     let ca = ClusterCa::generate(CLUSTER).expect("a CA");
     let config = |node: &str| {
         let identity = ca
             .issue_node(node, &NodeCertOptions::default())
             .expect("a node certificate")
             .identity;
-        QuicConfig::new(CLUSTER, identity, ca.roots()).bind("127.0.0.1:0".parse().expect("addr"))
+        QuicConfig::new(CLUSTER, identity, ca.roots())
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .tuning(tuning.apply(QuicTuning::default()))
     };
     let followers_thread = NodeThread::start("followers", RuntimeKind::CurrentThread);
     let configs: Vec<_> = (0..peers).map(|i| config(&format!("f{i}"))).collect();

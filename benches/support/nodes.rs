@@ -254,7 +254,7 @@ pub(crate) struct Tuning {
 }
 
 impl Tuning {
-    fn apply(self, tuning: QuicTuning) -> QuicTuning {
+    pub(crate) fn apply(self, tuning: QuicTuning) -> QuicTuning {
         let tuning = match self.busy_poll {
             Some(window) => tuning.busy_poll(window),
             None => tuning,

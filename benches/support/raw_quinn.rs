@@ -13,7 +13,8 @@ use quicraft::tls::{ClusterCa, NodeCertOptions, TlsContext};
 
 use super::nodes::{NodeThread, RuntimeKind};
 use super::report::{
-    Concurrency, Report, Rtt, latency_histogram, max_us, per_second, quantile_us, record,
+    Concurrency, Report, Rtt, cpu_us_per, latency_histogram, max_us, per_second, process_cpu,
+    quantile_us, record,
 };
 
 const REQUEST: [u8; 60] = [0x01; 60];
@@ -76,16 +77,18 @@ impl RawPair {
         let conn = self.conn.clone();
         self.client.run(async move {
             sequential(&conn, warmup).await;
+            let cpu = process_cpu();
             let started = Instant::now();
             let latencies = sequential(&conn, n).await;
             let elapsed = started.elapsed();
+            let cpu = process_cpu().saturating_sub(cpu);
             Report::of(&Rtt {
                 n: latencies.len(),
                 p50_us: quantile_us(&latencies, 0.5),
                 p99_us: quantile_us(&latencies, 0.99),
                 max_us: max_us(&latencies),
                 rpcs_per_s: per_second(latencies.len(), elapsed),
-                cpu_us_per_rpc: None,
+                cpu_us_per_rpc: Some(cpu_us_per(cpu, latencies.len())),
             })
         })
     }
@@ -95,6 +98,7 @@ impl RawPair {
         let conn = self.conn.clone();
         self.client.run(async move {
             sequential(&conn, warmup).await;
+            let cpu = process_cpu();
             let started = Instant::now();
             let deadline = started + run;
             let senders: Vec<_> = (0..tasks)
@@ -119,11 +123,12 @@ impl RawPair {
                     .expect("histograms with the same bounds");
             }
             let elapsed = started.elapsed();
+            let cpu = process_cpu().saturating_sub(cpu);
             Report::of(&Concurrency {
                 tasks,
                 rpcs_per_s: per_second(latencies.len(), elapsed),
                 p99_us: quantile_us(&latencies, 0.99),
-                cpu_us_per_rpc: None,
+                cpu_us_per_rpc: Some(cpu_us_per(cpu, latencies.len())),
             })
         })
     }

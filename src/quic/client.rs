@@ -242,11 +242,12 @@ async fn unary<Q: Request>(
         started,
         (&span, &mut metrics),
     );
-    // Wrapped only when enabled: the wrapper is one more move of the call's state.
+    // Wrapped only when enabled: the wrapper is one more move of the call's state, and boxed
+    // so that the call's own future does not hold the state twice.
     let result = if span.is_disabled() {
         call.await
     } else {
-        call.instrument(span.clone()).await
+        Box::pin(call.instrument(span.clone())).await
     };
     record_call(client, id, metrics, metric_kind, started, &result);
     result
@@ -315,7 +316,9 @@ pub(super) async fn append_entries(
 ) -> Result<AppendEntriesResponse, Error> {
     let heartbeat = request.is_heartbeat();
     match client.settings.heartbeat_hedge {
-        Some(delay) if heartbeat => hedged_heartbeat(client, id, target, request, delay).await,
+        Some(delay) if heartbeat => {
+            Box::pin(hedged_heartbeat(client, id, target, request, delay)).await
+        }
         _ => {
             let priority = if heartbeat {
                 priority::CONTROL

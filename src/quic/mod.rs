@@ -6,6 +6,7 @@ mod client;
 mod codes;
 mod config;
 mod connector;
+mod interfaces;
 mod io;
 mod metrics;
 mod pacing;
@@ -124,23 +125,22 @@ impl QuicTransport {
         .with_revocation(config.revocation.clone());
         let local_id = ServerId::from(tls.local_id().node());
         config.check_frame_budget()?;
+        let tuning = config.tuning.for_bind(config.bind.ip());
         let transport_config = Arc::new(
-            config
-                .tuning
-                .transport_config(config.initial_streams(), config.max_snapshot_streams)?,
+            tuning.transport_config(config.initial_streams(), config.max_snapshot_streams)?,
         );
         let server_config = connector::server_config(&tls, &transport_config)?;
-        let socket = udp_socket(config.bind, config.tuning.udp_buffer_size)?;
+        let socket = udp_socket(config.bind, tuning.udp_buffer_size)?;
         let runtime = quinn::default_runtime().ok_or_else(|| {
             ConfigError::Invalid("QuicTransport::bind needs a tokio runtime".to_owned())
         })?;
         let socket: Arc<dyn quinn::AsyncUdpSocket> = Arc::new(socket::QuicSocket::new(
             runtime.wrap_udp_socket(socket)?,
-            config.tuning.max_udp_payload,
-            config.tuning.busy_poll,
+            tuning.udp_payload(),
+            tuning.busy_poll,
         ));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            endpoint_config(&config)?,
+            endpoint_config(&config, &tuning)?,
             Some(server_config),
             socket,
             runtime,
@@ -333,7 +333,10 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpS
     Ok(socket.into())
 }
 
-fn endpoint_config(config: &QuicConfig) -> Result<quinn::EndpointConfig, Error> {
+fn endpoint_config(
+    config: &QuicConfig,
+    tuning: &QuicTuning,
+) -> Result<quinn::EndpointConfig, Error> {
     let keys = match &config.reset_secret {
         Some(secret) if secret.len() < reset::MIN_SECRET_LEN => {
             return Err(Error::Config(ConfigError::Invalid(format!(
@@ -348,7 +351,7 @@ fn endpoint_config(config: &QuicConfig) -> Result<quinn::EndpointConfig, Error> 
     let mut endpoint = keys.endpoint_config();
     // The largest datagram this node accepts, which peers' path MTU discovery may not exceed;
     // quinn's default (1472) would cap `max_udp_payload` settings above it.
-    let accept = config.tuning.max_udp_payload.max(1472);
+    let accept = tuning.udp_payload().max(1472);
     endpoint
         .max_udp_payload_size(accept)
         .map_err(|source| ConfigError::Quic {

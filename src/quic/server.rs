@@ -326,11 +326,12 @@ impl Stream {
         );
         let served = Served { kind, started };
         let serve = self.serve_request(frame, send, recv, rendezvous, held, served);
-        // Wrapped only when enabled: the wrapper is one more move of the request's state.
+        // Wrapped only when enabled, and boxed then: the wrapper is one more move of the
+        // request's state, and the stream's future would hold that state twice.
         if span.is_disabled() {
             serve.await
         } else {
-            serve.instrument(span).await
+            Box::pin(serve.instrument(span)).await
         }
     }
 
