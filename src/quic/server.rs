@@ -114,7 +114,13 @@ impl Server {
                             parked: parked.clone(),
                             budget: budget.clone(),
                         };
-                        self.tasks.spawn(stream.serve_bi(send, recv, rendezvous.clone()));
+                        // Polled here first: a request that came whole with its stream and
+                        // is answered at once (a heartbeat, by the heartbeat handler) needs no
+                        // task of its own. The rest go on in one.
+                        let mut serve = Box::pin(stream.serve_bi(send, recv, rendezvous.clone()));
+                        if futures_util::poll!(serve.as_mut()).is_pending() {
+                            self.tasks.spawn(serve);
+                        }
                     }
                     Err(e) => {
                         tracing::debug!(%peer, error = %untrusted(&e), "connection ended");
