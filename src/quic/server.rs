@@ -541,15 +541,18 @@ impl Stream {
         let Some(answer) = answer else { return };
         let frame = Frame::answer(answer);
         tokio::select! {
-            _ = self.server.shutdown.cancelled() => {
-                let _ = send.reset(stream::SHUTDOWN);
-            }
+            // The write first: it usually completes at once, and then the shutdown token
+            // (a waiter list behind a lock) is not looked at.
+            biased;
             written = write_frame(send, &frame, self.max()) => match written {
                 Ok(()) => {
                     let _ = send.finish();
                 }
                 Err(e) => tracing::debug!(peer = %self.peer, error = ?e, "answer not delivered"),
             },
+            _ = self.server.shutdown.cancelled() => {
+                let _ = send.reset(stream::SHUTDOWN);
+            }
         }
     }
 
