@@ -491,3 +491,64 @@ pub(super) mod tests {
         assert_eq!(&buf[..], b"keep");
     }
 }
+
+#[cfg(test)]
+mod resume_layout {
+    use bytes::{Bytes, BytesMut};
+
+    use super::*;
+
+    fn encoded(frame: &Frame) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        encode(frame, &mut buf, 1 << 20).unwrap();
+        buf.to_vec()
+    }
+
+    fn bytes(hex: &str) -> Vec<u8> {
+        hex.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    }
+
+    /// The frames of a resumable snapshot as `docs/PROTOCOL.md` §7.3 shows them.
+    #[test]
+    fn resumable_snapshot_frames_have_the_documented_layout() {
+        let header = crate::command::RpcHeader::new("n1", "127.0.0.1:7000");
+        let request = InstallSnapshotRequest {
+            header,
+            snapshot_version: 1,
+            term: 4,
+            last_log_index: 100,
+            last_log_term: 4,
+            configuration: Bytes::from_static(b"cfg"),
+            configuration_index: 90,
+            size: 1 << 20,
+        };
+        let resume_id = 0x1234_5678_9abc_def0;
+        let offer = Frame::ResumableSnapshot {
+            transfer_id: 2,
+            resume_id,
+            request,
+        };
+        assert_eq!(
+            encoded(&offer),
+            bytes(
+                "08 00 00 00 2a 02 f0 bd f3 d5 89 cf 95 9a 12 03 02 6e 31 0e 31 32 37 2e 30 2e \
+                 30 2e 31 3a 37 30 30 30 00 01 04 64 04 03 63 66 67 5a 80 80 40"
+            )
+        );
+        let resume = Frame::SnapshotResume(SnapshotResume {
+            transfer_id: 6,
+            resume_id,
+            size: 1 << 20,
+        });
+        assert_eq!(
+            encoded(&resume),
+            bytes("09 00 00 00 0d 06 f0 bd f3 d5 89 cf 95 9a 12 80 80 40")
+        );
+        assert_eq!(
+            encoded(&Frame::ResumeFrom { offset: 300_000 }),
+            bytes("82 00 00 00 03 e0 a7 12")
+        );
+    }
+}

@@ -29,6 +29,9 @@ use crate::command::ServerId;
 use crate::error::{ErrorCode, RemoteError};
 use crate::transport::{Queued, RpcResult, unanswered};
 
+/// The generation of a transfer's first attachment, the one its `ResumableSnapshot` opens.
+pub(crate) const FIRST_ATTACHMENT: u64 = 1;
+
 /// Why the claim of an attachment's data stream did not give a stream.
 pub(crate) enum ClaimFailure {
     /// The connection carrying it was lost: the transfer waits for a resume.
@@ -76,6 +79,8 @@ pub(crate) struct Transfer {
     generation: watch::Sender<u64>,
     /// The consumer's answer, awaited by the request stream of the current attachment.
     answer: tokio::sync::Mutex<Option<oneshot::Receiver<RpcResult>>>,
+    /// Set once the answer was taken for a request stream: nothing is left to resume.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 /// How waiting for the answer on one request stream ended.
@@ -126,6 +131,10 @@ impl Transfer {
         matches!(state.source, Source::Failed(..))
     }
 
+    fn is_ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn expired(&self, state: &State, now: Instant) -> bool {
         matches!(state.source, Source::Parked(since) if now.duration_since(since) >= self.grace)
     }
@@ -172,7 +181,7 @@ impl Transfer {
                 Source::Failed(io::ErrorKind::TimedOut, self.not_resumed()),
             );
         }
-        if Self::is_failed(&state) {
+        if Self::is_failed(&state) || self.is_ended() {
             return None;
         }
         self.set_source(&mut state, Source::Claiming(claim));
@@ -220,6 +229,7 @@ impl Transfer {
             biased;
             result = rx => {
                 answer.take();
+                self.ended.store(true, std::sync::atomic::Ordering::Release);
                 Waited::Answer(result.unwrap_or_else(|_| Err(unanswered())))
             }
             () = &mut superseded => Waited::Superseded,
@@ -274,18 +284,19 @@ impl Table {
                 let why = transfer.not_resumed();
                 transfer.set_source(&mut state, Source::Failed(io::ErrorKind::TimedOut, why));
             }
-            !Transfer::is_failed(&state)
+            !Transfer::is_failed(&state) && !transfer.is_ended()
         });
     }
 
-    /// A new transfer from `peer`, whose answer will arrive on `answer`. Refused when the
-    /// peer has as many as allowed, or already uses `resume_id`.
+    /// A new transfer from `peer`, whose answer will arrive on `answer` and whose first data
+    /// stream `claim` finds (attachment 1). Refused when the peer has as many as allowed, or
+    /// already uses `resume_id`.
     pub(crate) fn register(
         &self,
         peer: &ServerId,
-        resume_id: u64,
-        declared: u64,
+        (resume_id, declared): (u64, u64),
         answer: oneshot::Receiver<RpcResult>,
+        claim: Claim,
     ) -> Result<Arc<Transfer>, RemoteError> {
         let mut map = self.transfers();
         Self::prune(&mut map);
@@ -313,24 +324,16 @@ impl Table {
             stats: self.stats.clone(),
             state: Mutex::new(State {
                 accepted: 0,
-                source: Source::Failed(io::ErrorKind::NotConnected, "not attached".to_owned()),
+                source: Source::Claiming(claim),
                 waker: None,
                 queued: None,
             }),
-            generation: watch::Sender::new(0),
+            generation: watch::Sender::new(FIRST_ATTACHMENT),
             answer: tokio::sync::Mutex::new(Some(answer)),
+            ended: false.into(),
         });
         map.insert(key, Arc::downgrade(&transfer));
         Ok(transfer)
-    }
-
-    /// The first attachment of a transfer just registered: `claim` finds its data stream.
-    /// Returns its generation.
-    pub(crate) fn attach_first(transfer: &Transfer, claim: Claim) -> u64 {
-        let mut state = transfer.state();
-        transfer.set_source(&mut state, Source::Claiming(claim));
-        transfer.generation.send_modify(|g| *g += 1);
-        *transfer.generation.borrow()
     }
 
     /// The transfer `resume_id` of `peer`, if it is held and has not failed.
@@ -475,5 +478,119 @@ impl Outgoing {
         if let Some(token) = self.peers().remove(peer) {
             token.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(max: usize, grace: Duration) -> (Table, Arc<Counters>) {
+        let stats = Arc::new(Counters::default());
+        (Table::new(max, grace, stats.clone()), stats)
+    }
+
+    fn answer() -> oneshot::Receiver<RpcResult> {
+        // The sender half is dropped: nothing here waits for the answer.
+        oneshot::channel().1
+    }
+
+    /// A claim that never finishes (no stream comes).
+    fn pending_claim() -> Claim {
+        Box::pin(std::future::pending())
+    }
+
+    #[tokio::test]
+    async fn a_peer_holds_at_most_max_transfers_and_ids_are_unique_per_peer() {
+        let (table, _) = table(2, Duration::from_secs(1));
+        let (n1, n2) = (ServerId::from("n1"), ServerId::from("n2"));
+        let a = table
+            .register(&n1, (1, 10), answer(), pending_claim())
+            .unwrap();
+        let duplicate = table
+            .register(&n1, (1, 10), answer(), pending_claim())
+            .err()
+            .unwrap();
+        assert_eq!(duplicate.code, ErrorCode::BAD_REQUEST);
+        // Another peer may use the same id.
+        let _b = table
+            .register(&n2, (1, 10), answer(), pending_claim())
+            .unwrap();
+        let _c = table
+            .register(&n1, (2, 10), answer(), pending_claim())
+            .unwrap();
+        let full = table
+            .register(&n1, (3, 10), answer(), pending_claim())
+            .err()
+            .unwrap();
+        assert_eq!(full.code, ErrorCode::UNAVAILABLE);
+        // A transfer nobody holds any more frees its place.
+        drop(a);
+        table
+            .register(&n1, (3, 10), answer(), pending_claim())
+            .unwrap();
+        assert!(table.get(&n1, 1).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_transfer_resumes_within_its_grace_period_only() {
+        let (table, stats) = table(8, Duration::from_secs(3));
+        let peer = ServerId::from("n1");
+        let transfer = table
+            .register(&peer, (7, 100), answer(), pending_claim())
+            .unwrap();
+        let first = FIRST_ATTACHMENT;
+        transfer.lost(first);
+        assert_eq!(stats.stats(0).snapshots_parked, 1);
+        // A loss reported for an older attachment changes nothing.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let (offset, second) = transfer.attach(pending_claim()).unwrap();
+        assert_eq!((offset, stats.stats(0).snapshots_parked), (0, 0));
+        assert!(second > first);
+        transfer.lost(first);
+        assert_eq!(
+            stats.stats(0).snapshots_parked,
+            0,
+            "a stale loss is ignored"
+        );
+        transfer.lost(second);
+        assert_eq!(stats.stats(0).snapshots_parked, 1);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(table.get(&peer, 7).is_none(), "past its grace period");
+        assert!(transfer.attach(pending_claim()).is_none());
+        assert_eq!(stats.stats(0).snapshots_parked, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reader_waits_while_parked_then_fails_timed_out() {
+        use tokio::io::AsyncReadExt;
+
+        let (table, _) = table(8, Duration::from_secs(3));
+        let transfer = table
+            .register(&ServerId::from("n1"), (7, 100), answer(), pending_claim())
+            .unwrap();
+        transfer.lost(FIRST_ATTACHMENT);
+        let mut reader = ResumableData::new(transfer.clone(), metrics::Counter::noop());
+        let mut buf = [0u8; 8];
+        let started = Instant::now();
+        let error = reader.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        // And the failure is final.
+        let again = reader.read(&mut buf).await.unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn disconnect_ends_the_sessions_of_one_peer() {
+        let outgoing = Outgoing::default();
+        let (n1, n2) = (ServerId::from("n1"), ServerId::from("n2"));
+        let (s1, s2) = (outgoing.session(&n1), outgoing.session(&n2));
+        outgoing.disconnect(&n1);
+        assert!(s1.is_cancelled() && !s2.is_cancelled());
+        assert!(
+            !outgoing.session(&n1).is_cancelled(),
+            "a later call starts afresh"
+        );
     }
 }

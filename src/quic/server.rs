@@ -661,11 +661,13 @@ impl Stream {
             }
         };
         let (responder, rx) = Responder::new(command.kind());
-        let transfer = match self
-            .server
-            .resumable
-            .register(&self.peer, resume_id, size, rx)
-        {
+        let claim = self.resumable_claim(rendezvous.clone(), transfer_id);
+        let transfer = match self.server.resumable.register(
+            &self.peer,
+            (resume_id, size),
+            rx,
+            claim,
+        ) {
             Ok(transfer) => transfer,
             Err(error) => {
                 tracing::warn!(peer = %self.peer, resume_id, why = %error.message, "resumable snapshot refused");
@@ -674,8 +676,7 @@ impl Stream {
                 return self.write_answer(&mut send, Some(Err(error))).await;
             }
         };
-        let claim = self.resumable_claim(rendezvous.clone(), transfer_id);
-        let generation = resume::Table::attach_first(&transfer, claim);
+        let generation = resume::FIRST_ATTACHMENT;
         let data = ResumableData::new(
             transfer.clone(),
             self.conn.metrics.snapshot_received_bytes(),
@@ -705,7 +706,8 @@ impl Stream {
                 return self.write_answer(&mut send, answer).await;
             }
         }
-        self.answer_resumable(&transfer, generation, send, served)
+        let data = (rendezvous, transfer_id);
+        self.answer_resumable(&transfer, generation, send, data, served)
             .await;
     }
 
@@ -756,18 +758,21 @@ impl Stream {
             transfer.lost(generation);
             return;
         }
-        self.answer_resumable(&transfer, generation, send, served)
+        let data = (rendezvous, resume.transfer_id);
+        self.answer_resumable(&transfer, generation, send, data, served)
             .await;
     }
 
     /// Waits for the consumer's answer to a resumable transfer on the request stream of
     /// attachment `generation`, and writes it there; leaves it to a newer attachment if one
-    /// takes over or this connection is lost.
+    /// takes over or this connection is lost. Once answered, the attachment's data stream
+    /// (`data`: its rendezvous and stream id) is let go if it was never read.
     async fn answer_resumable(
         &self,
         transfer: &Transfer,
         generation: u64,
         mut send: SendStream,
+        (rendezvous, data_stream): (Arc<Rendezvous>, u64),
         served: Served,
     ) {
         let _active = self.conn.active();
@@ -780,6 +785,7 @@ impl Stream {
                 }
                 self.record(served, outcome);
                 self.write_answer(&mut send, answer).await;
+                rendezvous.abandon(data_stream);
             }
             Waited::Superseded => {
                 let _ = send.reset(stream::STOPPED);
