@@ -338,7 +338,8 @@ impl InmemTransport {
         let base = data.stream_position().await.map_err(Error::Io)?;
         let mut route = self.route(id, target)?;
         let (writer, reader) = tokio::io::duplex(config.snapshot_buffer);
-        let transfer = resume::Transfer::new(reader, config.resume_grace());
+        // The receiver's grace period, as over QUIC.
+        let transfer = resume::Transfer::new(reader, route.peer.config.resume_grace());
         let reader = SnapshotReader::new(resume::Reader::new(transfer.clone()), size);
         let mut rx = self
             .deliver(&route, command, Some(reader), deadline, timeout)
