@@ -231,6 +231,9 @@ impl ErrorCode {
     pub const IDENTITY_MISMATCH: Self = Self(5);
     /// The request broke the protocol (unknown kind, oversize, malformed).
     pub const BAD_REQUEST: Self = Self(6);
+    /// A resumed snapshot names no transfer the receiver holds: it never had it, its grace
+    /// period passed, or it already ended (`docs/PROTOCOL.md` §8.6).
+    pub const TRANSFER_UNKNOWN: Self = Self(7);
 }
 
 impl fmt::Debug for ErrorCode {
@@ -242,6 +245,7 @@ impl fmt::Debug for ErrorCode {
             Self::WRONG_RESPONSE => "WRONG_RESPONSE",
             Self::IDENTITY_MISMATCH => "IDENTITY_MISMATCH",
             Self::BAD_REQUEST => "BAD_REQUEST",
+            Self::TRANSFER_UNKNOWN => "TRANSFER_UNKNOWN",
             _ => return write!(f, "ErrorCode({})", self.0),
         };
         f.write_str(name)

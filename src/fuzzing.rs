@@ -13,7 +13,7 @@ use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
 
 use crate::codec::CodecError;
-pub use crate::codec::{Frame, FrameAssembler, Need, encode};
+pub use crate::codec::{Frame, FrameAssembler, Need, SnapshotResume, encode};
 use crate::command::{AppendEntriesRequest, Command};
 use crate::tls::{SpiffeId, TlsError};
 

@@ -250,3 +250,79 @@ async fn closed_peer_is_unreachable() {
     let got = a.timeout_now(&"b".into(), &"b".into(), ping("a")).await;
     assert!(matches!(got, Err(Error::Unreachable { .. })), "{got:?}");
 }
+
+/// A resumable snapshot whose link is cut waits for it: restored within the receiver's grace
+/// period, the snapshot goes on where the reader stopped; restored after it, the reader has
+/// failed (`TimedOut`, at the end of the grace period) and the sender's resume is refused
+/// with `TRANSFER_UNKNOWN`.
+#[tokio::test(start_paused = true)]
+async fn a_cut_link_under_a_resumable_snapshot_waits_for_the_grace_period() {
+    use tokio::io::AsyncReadExt;
+
+    let grace = Duration::from_millis(300);
+    for restored_after in [Duration::from_millis(200), Duration::from_millis(400)] {
+        let (a, _) = node("a");
+        let (b, mut incoming) = InmemTransport::with_config(
+            "b",
+            InmemConfig::default()
+                .timeout(TIMEOUT)
+                .snapshot_resume_grace(grace),
+        );
+        a.connect(&b);
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let request = quicraft::InstallSnapshotRequest {
+            header: RpcHeader::new("a", "a"),
+            snapshot_version: 1,
+            term: 1,
+            last_log_index: 1,
+            last_log_term: 1,
+            configuration: Default::default(),
+            configuration_index: 1,
+            size: data.len() as u64,
+        };
+        let sender = {
+            let (a, source) = (a.clone(), std::io::Cursor::new(data.clone()));
+            tokio::spawn(async move {
+                a.install_snapshot_resumable(&"b".into(), &"b".into(), request, source)
+                    .await
+            })
+        };
+        let mut rpc = incoming.recv().await.unwrap();
+        let mut reader = rpc.take_snapshot().unwrap();
+        let mut got = vec![0u8; 300_000];
+        reader.read_exact(&mut got).await.unwrap();
+        a.disconnect(&"b".into());
+        let restore = {
+            let (a, b) = (a.clone(), b.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(restored_after).await;
+                a.connect(&b);
+            })
+        };
+        let cut = Instant::now();
+        let rest = reader.read_to_end(&mut got).await;
+        if restored_after < grace {
+            rest.unwrap();
+            assert!(got == data, "the snapshot's bytes differ");
+            rpc.respond(Ok(quicraft::InstallSnapshotResponse {
+                header: RpcHeader::new("b", "b"),
+                term: 1,
+                success: true,
+            }
+            .into()));
+            assert!(sender.await.unwrap().unwrap().success);
+        } else {
+            let error = rest.unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
+            assert_eq!(cut.elapsed(), grace);
+            drop(rpc);
+            match sender.await.unwrap() {
+                Err(Error::Remote(e)) => {
+                    assert_eq!(e.code, quicraft::ErrorCode::TRANSFER_UNKNOWN, "{e:?}")
+                }
+                other => panic!("expected TRANSFER_UNKNOWN, got {other:?}"),
+            }
+        }
+        restore.await.unwrap();
+    }
+}

@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
 use super::CodecError;
-use super::frame::{Frame, FrameKind, HEADER_LEN, SnapshotOffer};
+use super::frame::{Frame, FrameKind, HEADER_LEN, ResumableOffer, SnapshotOffer};
 use crate::command::{Command, InstallSnapshotRequest, decoding_from};
 
 /// Assembles the frames of one stream from pieces of exactly the sizes it asks for
@@ -193,8 +193,20 @@ fn decode_body_of(kind: FrameKind, body: &Bytes, payloads: Payloads) -> Result<F
         FrameKind::SnapshotData => Ok(Frame::SnapshotData {
             transfer_id: decode_body(kind, body)?,
         }),
+        FrameKind::ResumableSnapshot => {
+            let offer: ResumableOffer<InstallSnapshotRequest> = decode_body(kind, body)?;
+            Ok(Frame::ResumableSnapshot {
+                transfer_id: offer.transfer_id,
+                resume_id: offer.resume_id,
+                request: offer.request,
+            })
+        }
+        FrameKind::SnapshotResume => Ok(Frame::SnapshotResume(decode_body(kind, body)?)),
         FrameKind::Response => Ok(Frame::Response(decode_body(kind, body)?)),
         FrameKind::Error => Ok(Frame::Error(decode_body(kind, body)?)),
+        FrameKind::ResumeFrom => Ok(Frame::ResumeFrom {
+            offset: decode_body(kind, body)?,
+        }),
     }
 }
 

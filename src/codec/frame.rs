@@ -22,8 +22,11 @@ pub(crate) enum FrameKind {
     TimeoutNow = 0x05,
     PipelineOpen = 0x06,
     SnapshotData = 0x07,
+    ResumableSnapshot = 0x08,
+    SnapshotResume = 0x09,
     Response = 0x80,
     Error = 0x81,
+    ResumeFrom = 0x82,
 }
 
 impl FrameKind {
@@ -36,8 +39,11 @@ impl FrameKind {
             0x05 => Self::TimeoutNow,
             0x06 => Self::PipelineOpen,
             0x07 => Self::SnapshotData,
+            0x08 => Self::ResumableSnapshot,
+            0x09 => Self::SnapshotResume,
             0x80 => Self::Response,
             0x81 => Self::Error,
+            0x82 => Self::ResumeFrom,
             other => return Err(CodecError::UnknownKind(other)),
         })
     }
@@ -62,8 +68,11 @@ impl FrameKind {
             Self::TimeoutNow => "TimeoutNow",
             Self::PipelineOpen => "PipelineOpen",
             Self::SnapshotData => "SnapshotData",
+            Self::ResumableSnapshot => "ResumableSnapshot",
+            Self::SnapshotResume => "SnapshotResume",
             Self::Response => "Response",
             Self::Error => "Error",
+            Self::ResumeFrom => "ResumeFrom",
         }
     }
 }
@@ -91,16 +100,54 @@ pub enum Frame {
         /// The stream's own QUIC stream id, which the request names.
         transfer_id: u64,
     },
+    /// Kind `08`: the request half of a resumable InstallSnapshot (protocol version 3): as
+    /// [`InstallSnapshot`](Self::InstallSnapshot), plus the id that outlives the connection.
+    ResumableSnapshot {
+        /// The QUIC stream id of the data stream, which carries the data from offset 0.
+        transfer_id: u64,
+        /// The sender's id for the whole transfer, unique per (sender, receiver) pair.
+        resume_id: u64,
+        /// The request.
+        request: InstallSnapshotRequest,
+    },
+    /// Kind `09`: resumes the transfer `resume_id` on a new connection; the receiver answers
+    /// [`ResumeFrom`](Self::ResumeFrom), then the snapshot's answer.
+    SnapshotResume(SnapshotResume),
     /// Kind `80`: an answer.
     Response(Response),
     /// Kind `81`: an error answered instead of a response.
     Error(RemoteError),
+    /// Kind `82`: the receiver's first answer to a [`SnapshotResume`](Self::SnapshotResume):
+    /// the bytes of the snapshot it holds, from which the new data stream continues.
+    ResumeFrom {
+        /// The exact count of bytes the receiver accepted into its consumer's reader.
+        offset: u64,
+    },
+}
+
+/// The body of a `SnapshotResume` frame (kind `09`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotResume {
+    /// The QUIC stream id of the new data stream (on the new connection).
+    pub transfer_id: u64,
+    /// The transfer being resumed, as its `ResumableSnapshot` named it.
+    pub resume_id: u64,
+    /// The snapshot's declared size, which must be the transfer's.
+    pub size: u64,
 }
 
 /// The body of an InstallSnapshot frame.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct SnapshotOffer<R> {
     pub(crate) transfer_id: u64,
+    pub(crate) request: R,
+}
+
+/// The body of a ResumableSnapshot frame.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ResumableOffer<R> {
+    pub(crate) transfer_id: u64,
+    pub(crate) resume_id: u64,
     pub(crate) request: R,
 }
 
@@ -119,8 +166,11 @@ impl Frame {
             Self::InstallSnapshot { .. } => FrameKind::InstallSnapshot,
             Self::PipelineOpen => FrameKind::PipelineOpen,
             Self::SnapshotData { .. } => FrameKind::SnapshotData,
+            Self::ResumableSnapshot { .. } => FrameKind::ResumableSnapshot,
+            Self::SnapshotResume(_) => FrameKind::SnapshotResume,
             Self::Response(_) => FrameKind::Response,
             Self::Error(_) => FrameKind::Error,
+            Self::ResumeFrom { .. } => FrameKind::ResumeFrom,
         }
     }
 }
@@ -219,8 +269,22 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut, max: usize) -> Result<(), Codec
         }
         Frame::PipelineOpen => encode_message(kind, &(), dst, max),
         Frame::SnapshotData { transfer_id } => encode_message(kind, transfer_id, dst, max),
+        Frame::ResumableSnapshot {
+            transfer_id,
+            resume_id,
+            request,
+        } => {
+            let offer = ResumableOffer {
+                transfer_id: *transfer_id,
+                resume_id: *resume_id,
+                request,
+            };
+            encode_message(kind, &offer, dst, max)
+        }
+        Frame::SnapshotResume(m) => encode_message(kind, m, dst, max),
         Frame::Response(m) => encode_message(kind, m, dst, max),
         Frame::Error(m) => encode_message(kind, m, dst, max),
+        Frame::ResumeFrom { offset } => encode_message(kind, offset, dst, max),
     }
 }
 
@@ -315,6 +379,26 @@ pub(super) mod tests {
             },
             Frame::PipelineOpen,
             Frame::SnapshotData { transfer_id: 42 },
+            Frame::ResumableSnapshot {
+                transfer_id: 2,
+                resume_id: u64::MAX - 1,
+                request: InstallSnapshotRequest {
+                    header: header(),
+                    snapshot_version: 1,
+                    term: 4,
+                    last_log_index: 100,
+                    last_log_term: 4,
+                    configuration: Bytes::from_static(b"cfg"),
+                    configuration_index: 90,
+                    size: 1 << 20,
+                },
+            },
+            Frame::SnapshotResume(SnapshotResume {
+                transfer_id: 6,
+                resume_id: 0x0102_0304,
+                size: 1 << 20,
+            }),
+            Frame::ResumeFrom { offset: 300 },
             Frame::Response(Response::AppendEntries(AppendEntriesResponse {
                 header: header(),
                 term: 2,
@@ -405,5 +489,66 @@ pub(super) mod tests {
             Err(CodecError::Encode(_))
         ));
         assert_eq!(&buf[..], b"keep");
+    }
+}
+
+#[cfg(test)]
+mod resume_layout {
+    use bytes::{Bytes, BytesMut};
+
+    use super::*;
+
+    fn encoded(frame: &Frame) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        encode(frame, &mut buf, 1 << 20).unwrap();
+        buf.to_vec()
+    }
+
+    fn bytes(hex: &str) -> Vec<u8> {
+        hex.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    }
+
+    /// The frames of a resumable snapshot as `docs/PROTOCOL.md` §7.3 shows them.
+    #[test]
+    fn resumable_snapshot_frames_have_the_documented_layout() {
+        let header = crate::command::RpcHeader::new("n1", "127.0.0.1:7000");
+        let request = InstallSnapshotRequest {
+            header,
+            snapshot_version: 1,
+            term: 4,
+            last_log_index: 100,
+            last_log_term: 4,
+            configuration: Bytes::from_static(b"cfg"),
+            configuration_index: 90,
+            size: 1 << 20,
+        };
+        let resume_id = 0x1234_5678_9abc_def0;
+        let offer = Frame::ResumableSnapshot {
+            transfer_id: 2,
+            resume_id,
+            request,
+        };
+        assert_eq!(
+            encoded(&offer),
+            bytes(
+                "08 00 00 00 2a 02 f0 bd f3 d5 89 cf 95 9a 12 03 02 6e 31 0e 31 32 37 2e 30 2e \
+                 30 2e 31 3a 37 30 30 30 00 01 04 64 04 03 63 66 67 5a 80 80 40"
+            )
+        );
+        let resume = Frame::SnapshotResume(SnapshotResume {
+            transfer_id: 6,
+            resume_id,
+            size: 1 << 20,
+        });
+        assert_eq!(
+            encoded(&resume),
+            bytes("09 00 00 00 0d 06 f0 bd f3 d5 89 cf 95 9a 12 80 80 40")
+        );
+        assert_eq!(
+            encoded(&Frame::ResumeFrom { offset: 300_000 }),
+            bytes("82 00 00 00 03 e0 a7 12")
+        );
     }
 }

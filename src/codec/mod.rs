@@ -16,7 +16,7 @@ mod frame;
 #[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
 pub use assembler::{FrameAssembler, Need};
 #[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
-pub use frame::{Frame, encode};
+pub use frame::{Frame, SnapshotResume, encode};
 pub(crate) use frame::{FrameKind, encode_message, request_body_len};
 
 /// What is wrong with bytes that claim to be a frame.

@@ -7,10 +7,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{ServerAddress, ServerId};
 
-/// The protocol version this crate speaks in [`RpcHeader::protocol_version`]: 2 since
+/// The protocol version this crate speaks in [`RpcHeader::protocol_version`]: 3 since
+/// snapshots can resume on a new connection (frame kinds `08`, `09`, `82`); 2 since
 /// [`RemoteError::details`](crate::RemoteError::details) travels in `Error` frames
-/// (`docs/PROTOCOL.md` §1.1 has the history and what a version-1 peer sees).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// (`docs/PROTOCOL.md` §1.1 has the history and what an older peer sees).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The longest [`RpcHeader::id`] a decoded header may carry, in bytes: the longest node id a
 /// certificate can name (`spiffe://<cluster>/node/<id>`, see `validate_node_id`), so every

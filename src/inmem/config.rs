@@ -14,6 +14,8 @@ pub struct InmemConfig {
     pub(super) max_in_flight: usize,
     pub(super) consumer_capacity: usize,
     pub(super) snapshot_buffer: usize,
+    /// `None`: three times `timeout`.
+    pub(super) snapshot_resume_grace: Option<Duration>,
     pub(super) max_message_size: usize,
     pub(super) address_provider: Option<Arc<dyn ServerAddressProvider>>,
 }
@@ -25,6 +27,7 @@ impl Default for InmemConfig {
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
             consumer_capacity: 16,
             snapshot_buffer: 64 * 1024,
+            snapshot_resume_grace: None,
             max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
             address_provider: None,
         }
@@ -61,6 +64,22 @@ impl InmemConfig {
         self
     }
 
+    /// How long a resumable snapshot whose link was cut waits for its sender to resume it
+    /// (`Transport::install_snapshot_resumable`), as `QuicConfig::snapshot_resume_grace`.
+    /// Default 3 × [`timeout`](Self::timeout). The receiver's reader waits meanwhile; after it
+    /// the reader fails with [`TimedOut`](std::io::ErrorKind::TimedOut), and the sender, which
+    /// waits for the link as long, fails with `TRANSFER_UNKNOWN`.
+    pub fn snapshot_resume_grace(mut self, grace: Duration) -> Self {
+        self.snapshot_resume_grace = Some(grace);
+        self
+    }
+
+    /// The grace period in effect.
+    pub(super) fn resume_grace(&self) -> Duration {
+        self.snapshot_resume_grace
+            .unwrap_or_else(|| self.timeout.saturating_mul(3))
+    }
+
     /// Largest request sent, in bytes of its encoded body, as the QUIC transport would encode
     /// it. Default 16 MiB, as `QuicConfig::max_message_size`: a request the QUIC transport
     /// would refuse is refused here too, with [`Error::LimitExceeded`](crate::Error::LimitExceeded).
@@ -83,6 +102,7 @@ impl fmt::Debug for InmemConfig {
             .field("max_in_flight", &self.max_in_flight)
             .field("consumer_capacity", &self.consumer_capacity)
             .field("snapshot_buffer", &self.snapshot_buffer)
+            .field("snapshot_resume_grace", &self.resume_grace())
             .field("max_message_size", &self.max_message_size)
             .field("address_provider", &self.address_provider.is_some())
             .finish()

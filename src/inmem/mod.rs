@@ -5,13 +5,14 @@
 
 mod config;
 mod pipeline;
+mod resume;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::io::AsyncRead;
-use tokio::sync::oneshot;
+use tokio::io::{AsyncRead, AsyncSeek};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +48,8 @@ struct Node {
     /// Per peer id, cancelled by [`Transport::disconnect_peer`]: what is under way to that peer
     /// fails, as when a QUIC connection is closed, and the next call starts a new session.
     sessions: Mutex<HashMap<ServerId, CancellationToken>>,
+    /// Notified when a link is made or its faults change: resumable snapshots wait for it.
+    links_changed: Notify,
     shutdown: CancellationToken,
 }
 
@@ -93,6 +96,7 @@ impl InmemTransport {
             dispatcher,
             links: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            links_changed: Notify::new(),
             shutdown: CancellationToken::new(),
         };
         (
@@ -114,6 +118,7 @@ impl InmemTransport {
         if let Some(old) = self.node.links().insert(peer.node.addr.clone(), link) {
             old.cut.cancel();
         }
+        self.node.links_changed.notify_waiters();
     }
 
     /// Cuts the link to the peer at `addr`: what is under way on it fails, and later calls
@@ -138,6 +143,7 @@ impl InmemTransport {
         match self.node.links().get_mut(addr) {
             Some(link) => {
                 link.faults = faults;
+                self.node.links_changed.notify_waiters();
                 true
             }
             None => false,
@@ -273,6 +279,129 @@ impl InmemTransport {
     }
 }
 
+impl InmemTransport {
+    /// After the link under a resumable snapshot was cut: a route to the peer again, waiting
+    /// for the link to be restored until `give_up`. Fails with `cut` (the error that ended the
+    /// attempt) if it is not, and as any call does if this node closes or `session` (the
+    /// peer's session when the link was cut) ends.
+    async fn relink(
+        &self,
+        (id, target): (&ServerId, &ServerAddress),
+        session: &CancellationToken,
+        give_up: Instant,
+        cut: Error,
+    ) -> Result<Route, Error> {
+        loop {
+            let changed = self.node.links_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if session.is_cancelled() {
+                return Err(cut);
+            }
+            match self.route(id, target) {
+                Ok(route) => return Ok(route),
+                Err(Error::Unreachable { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            tokio::select! {
+                biased;
+                _ = self.node.shutdown.cancelled() => return Err(Error::Shutdown),
+                _ = session.cancelled() => return Err(cut),
+                () = tokio::time::sleep_until(give_up) => return Err(cut),
+                () = changed => {}
+            }
+        }
+    }
+
+    /// [`Transport::install_snapshot_resumable`].
+    async fn send_resumable<R>(
+        &self,
+        (id, target): (&ServerId, &ServerAddress),
+        request: InstallSnapshotRequest,
+        mut data: R,
+    ) -> Result<InstallSnapshotResponse, Error>
+    where
+        R: AsyncRead + AsyncSeek + Send + Unpin + 'static,
+    {
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+        let config = &self.node.config;
+        let size = request.size;
+        let timeout = snapshot_timeout(config.timeout, size, SNAPSHOT_TIMEOUT_UNIT);
+        let deadline = Instant::now() + timeout;
+        let timed_out = || Error::Timeout {
+            rpc: RpcKind::InstallSnapshot,
+            after: timeout,
+        };
+        let command = Command::InstallSnapshot(request);
+        check_request(&command, config.max_message_size)?;
+        let base = data.stream_position().await.map_err(Error::Io)?;
+        let mut route = self.route(id, target)?;
+        let (writer, reader) = tokio::io::duplex(config.snapshot_buffer);
+        // The receiver's grace period, as over QUIC.
+        let transfer = resume::Transfer::new(reader, route.peer.config.resume_grace());
+        let reader = SnapshotReader::new(resume::Reader::new(transfer.clone()), size);
+        let mut rx = self
+            .deliver(&route, command, Some(reader), deadline, timeout)
+            .await?;
+        let mut sink = resume::Counted::new(writer, 0);
+        loop {
+            let offset = sink.position;
+            let streaming = async {
+                copy_exact(&mut data, size - offset, &mut sink).await?;
+                // The end of this pipe is the end of the snapshot.
+                sink.shutdown()
+                    .await
+                    .map_err(crate::transport::CopyError::Sink)
+            };
+            let answer = stream_until_answer(streaming, &mut rx, size);
+            let cut = match self
+                .wait_or_fail(&route, tokio::time::timeout_at(deadline, answer))
+                .await
+            {
+                Ok(Ok(Ok(answer))) => return route.answer(answer, RpcKind::InstallSnapshot),
+                Ok(Ok(Err(Error::SnapshotSizeMismatch { declared, actual }))) => {
+                    return Err(Error::SnapshotSizeMismatch {
+                        declared,
+                        actual: actual + offset,
+                    });
+                }
+                Ok(Ok(Err(e))) => return Err(e),
+                Ok(Err(_)) => return Err(timed_out()),
+                Err(cut)
+                    if route.cut.is_cancelled()
+                        && !route.session.is_cancelled()
+                        && !route.peer.shutdown.is_cancelled() =>
+                {
+                    cut
+                }
+                Err(e) => return Err(e),
+            };
+            // The link was cut: what the pipe held is lost; continue once it is back.
+            transfer.lost();
+            let give_up = deadline.min(Instant::now() + config.resume_grace());
+            route = self
+                .relink((id, target), &route.session, give_up, cut)
+                .await?;
+            let (writer, reader) = tokio::io::duplex(config.snapshot_buffer);
+            let Some(at) = transfer.attach(reader) else {
+                return Err(Error::Remote(crate::error::RemoteError::new(
+                    crate::ErrorCode::TRANSFER_UNKNOWN,
+                    "the snapshot was not resumed within the receiver's grace period",
+                )));
+            };
+            tracing::debug!(peer = %id, offset = at, resent = sink.position.saturating_sub(at), "snapshot resumed");
+            let source = base.checked_add(at).ok_or_else(|| {
+                Error::protocol(format!("snapshot offset {at} past the source's end"))
+            })?;
+            data.seek(std::io::SeekFrom::Start(source))
+                .await
+                .map_err(Error::Io)?;
+            sink = resume::Counted::new(writer, at);
+        }
+    }
+}
+
 impl Route {
     fn lost(&self, reason: &str) -> Error {
         Error::lost(&self.target, reason)
@@ -385,6 +514,19 @@ impl Transport for InmemTransport {
                 after: timeout,
             }),
         }
+    }
+
+    async fn install_snapshot_resumable<R>(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        request: InstallSnapshotRequest,
+        data: R,
+    ) -> Result<InstallSnapshotResponse, Error>
+    where
+        R: AsyncRead + AsyncSeek + Send + Unpin + 'static,
+    {
+        self.send_resumable((id, target), request, data).await
     }
 
     async fn append_entries_pipeline(

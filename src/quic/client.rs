@@ -49,6 +49,8 @@ pub(crate) struct CallSettings {
     pub(crate) heartbeat_hedge: Option<std::time::Duration>,
     /// How a snapshot's data is paced.
     pub(crate) snapshot_pacing: SnapshotPacing,
+    /// How long a resumable snapshot redials after losing its connection.
+    pub(crate) snapshot_resume_grace: std::time::Duration,
 }
 
 impl Client {
@@ -195,7 +197,9 @@ pub(super) fn answer<T: TryFrom<Response, Error = Response>>(
 pub(super) fn term_of(frame: &Frame) -> u64 {
     match frame {
         Frame::Request(command) => command.term(),
-        Frame::InstallSnapshot { request, .. } => request.term,
+        Frame::InstallSnapshot { request, .. } | Frame::ResumableSnapshot { request, .. } => {
+            request.term
+        }
         _ => 0,
     }
 }

@@ -43,6 +43,8 @@ pub struct QuicConfig {
     pub(super) max_in_flight: usize,
     pub(super) heartbeat_hedge: Option<Duration>,
     pub(super) snapshot_pacing: SnapshotPacing,
+    /// `None`: [`DEFAULT_RESUME_GRACE_TIMEOUTS`] × `rpc_timeout`.
+    pub(super) snapshot_resume_grace: Option<Duration>,
     pub(super) tuning: QuicTuning,
     pub(super) consumer_capacity: usize,
     pub(super) backoff_base: Duration,
@@ -58,6 +60,9 @@ pub struct QuicConfig {
 
 /// Streams a peer may open at first on a connection (see [`QuicConfig::max_streams`]).
 const INITIAL_STREAMS: u32 = 64;
+
+/// The default grace period of a parked resumable snapshot, in RPC timeouts.
+const DEFAULT_RESUME_GRACE_TIMEOUTS: u32 = 3;
 
 /// The default per-connection frame budget, in frames of `max_message_size`.
 const DEFAULT_FRAME_BUDGET_FRAMES: usize = 4;
@@ -83,6 +88,7 @@ impl QuicConfig {
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
             heartbeat_hedge: None,
             snapshot_pacing: SnapshotPacing::Auto,
+            snapshot_resume_grace: None,
             tuning: QuicTuning::default(),
             consumer_capacity: 64,
             backoff_base: Duration::from_millis(100),
@@ -222,6 +228,20 @@ impl QuicConfig {
         self
     }
 
+    /// How long a resumable snapshot being received waits for its sender to resume it after
+    /// the connection carrying it was lost (`Transport::install_snapshot_resumable`,
+    /// `docs/PROTOCOL.md` §8.6). Default 3 × [`rpc_timeout`](Self::rpc_timeout) (30 s). The
+    /// consumer's reader simply waits meanwhile; after it, the reader fails with
+    /// [`TimedOut`](std::io::ErrorKind::TimedOut) and a resume is refused. Longer rides out
+    /// longer outages (the sender keeps redialling within the snapshot's own deadline) but
+    /// holds the consumer, and the transfer's slot among `max_snapshot_streams`, that much
+    /// longer before it learns the snapshot failed; it must exceed the time a sender needs to
+    /// notice the loss and dial again (about the idle timeout plus a handshake).
+    pub fn snapshot_resume_grace(mut self, grace: Duration) -> Self {
+        self.snapshot_resume_grace = Some(grace);
+        self
+    }
+
     /// The QUIC and UDP tuning underneath the RPCs (windows, MTU, congestion control,
     /// busy-polling). Default [`QuicTuning::default`].
     pub fn tuning(mut self, tuning: QuicTuning) -> Self {
@@ -320,6 +340,14 @@ impl QuicConfig {
         self.max_streams.min(INITIAL_STREAMS)
     }
 
+    /// The grace period of a parked resumable snapshot in effect.
+    pub(super) fn resume_grace(&self) -> Duration {
+        self.snapshot_resume_grace.unwrap_or_else(|| {
+            self.rpc_timeout
+                .saturating_mul(DEFAULT_RESUME_GRACE_TIMEOUTS)
+        })
+    }
+
     /// The per-connection frame budget in effect.
     pub(super) fn frame_budget(&self) -> usize {
         self.max_buffered_bytes_per_peer.unwrap_or_else(|| {
@@ -352,6 +380,7 @@ impl fmt::Debug for QuicConfig {
             .field("advertise", &self.advertise)
             .field("heartbeat_hedge", &self.heartbeat_hedge)
             .field("snapshot_pacing", &self.snapshot_pacing)
+            .field("snapshot_resume_grace", &self.resume_grace())
             .field("tuning", &self.tuning)
             .field("rpc_timeout", &self.rpc_timeout)
             .field("connect_timeout", &self.connect_timeout)

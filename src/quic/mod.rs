@@ -15,6 +15,8 @@ mod pool;
 mod reload;
 mod rendezvous;
 mod reset;
+mod resume;
+mod resume_send;
 mod server;
 mod snapshot_data;
 mod socket;
@@ -24,7 +26,7 @@ mod tuning;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncSeek};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -92,6 +94,8 @@ struct Node {
     socket_addr: SocketAddr,
     client: Arc<Client>,
     server: Arc<Server>,
+    /// Resumable snapshots under way, which `disconnect_peer` ends.
+    outgoing: resume::Outgoing,
     /// Whether stale revocation lists fail closed, for the files watched.
     enforce_next_update: bool,
     shutdown: CancellationToken,
@@ -169,6 +173,11 @@ impl QuicTransport {
             },
             dispatcher,
             budgets: io::PeerBudgets::default(),
+            resumable: Arc::new(resume::Table::new(
+                config.max_snapshot_streams as usize,
+                config.resume_grace(),
+                stats.clone(),
+            )),
             stats: stats.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
@@ -197,6 +206,7 @@ impl QuicTransport {
                 snapshot_bytes_per_timeout: config.snapshot_bytes_per_timeout,
                 heartbeat_hedge: config.heartbeat_hedge,
                 snapshot_pacing: config.snapshot_pacing,
+                snapshot_resume_grace: config.resume_grace(),
             },
             stats: stats.clone(),
             shutdown: shutdown.clone(),
@@ -221,6 +231,7 @@ impl QuicTransport {
             socket_addr,
             client,
             server,
+            outgoing: resume::Outgoing::default(),
             enforce_next_update: config.revocation.enforces_next_update(),
             shutdown,
             tasks,
@@ -415,6 +426,28 @@ impl Transport for QuicTransport {
         client::install_snapshot(&self.node.client, id, target, request, data).await
     }
 
+    async fn install_snapshot_resumable<R>(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        request: InstallSnapshotRequest,
+        data: R,
+    ) -> Result<InstallSnapshotResponse, Error>
+    where
+        R: AsyncRead + AsyncSeek + Send + Unpin + 'static,
+    {
+        let session = self.node.outgoing.session(id);
+        resume_send::install_snapshot_resumable(
+            &self.node.client,
+            session,
+            id,
+            target,
+            request,
+            data,
+        )
+        .await
+    }
+
     async fn append_entries_pipeline(
         &self,
         id: &ServerId,
@@ -436,6 +469,7 @@ impl Transport for QuicTransport {
     }
 
     fn disconnect_peer(&self, id: &ServerId) {
+        self.node.outgoing.disconnect(id);
         self.node.pool().disconnect(id);
     }
 
@@ -443,6 +477,7 @@ impl Transport for QuicTransport {
         let node = &self.node;
         node.shutdown.cancel();
         node.server.dispatcher.close();
+        node.server.resumable.fail_all();
         let endpoint = node.connector().take_endpoint();
         node.tasks.close();
         if let Some(endpoint) = endpoint {

@@ -54,6 +54,17 @@ pub struct TransportStats {
     /// bound: too many in progress overall or from their address, or their address dialling
     /// too often.
     pub handshakes_refused: u64,
+    // Resumable snapshots (`Transport::install_snapshot_resumable`).
+    /// Resumable snapshots this node sent that resumed on a new connection after losing
+    /// theirs, counted once per resume the receiver accepted, since the transport was bound.
+    pub snapshot_resumes: u64,
+    /// Snapshot bytes this node sent twice since the transport was bound: on each resume,
+    /// what it had handed to QUIC beyond the offset the receiver confirmed. At most one stream
+    /// flow-control window (`QuicTuning::stream_receive_window` of the receiver) per resume.
+    pub snapshot_bytes_resent: u64,
+    /// Resumable snapshots this node is receiving whose connection was lost, waiting for
+    /// their sender to resume them (`QuicConfig::snapshot_resume_grace`), now.
+    pub snapshots_parked: usize,
 }
 
 /// The node-wide counters behind [`TransportStats`].
@@ -70,9 +81,30 @@ pub(crate) struct Counters {
     handshakes_accepted: AtomicU64,
     handshakes_retried: AtomicU64,
     handshakes_refused: AtomicU64,
+    // Resumable snapshots.
+    snapshot_resumes: AtomicU64,
+    snapshot_bytes_resent: AtomicU64,
+    snapshots_parked: AtomicUsize,
 }
 
 impl Counters {
+    /// A resumable snapshot this node sends resumed, sending `resent` bytes again.
+    pub(crate) fn snapshot_resumed(&self, resent: u64) {
+        self.snapshot_resumes.fetch_add(1, Ordering::Relaxed);
+        self.snapshot_bytes_resent
+            .fetch_add(resent, Ordering::Relaxed);
+    }
+
+    /// A resumable snapshot being received lost its connection and waits for a resume.
+    pub(crate) fn snapshot_parked(&self) {
+        self.snapshots_parked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A parked snapshot was resumed, failed or dropped.
+    pub(crate) fn snapshot_unparked(&self) {
+        self.snapshots_parked.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// `bytes` more are held for incoming frames.
     pub(crate) fn frame_bytes_held(&self, bytes: usize) {
         let now = self.frame_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
@@ -143,6 +175,9 @@ impl Counters {
             handshakes_accepted: self.handshakes_accepted.load(Ordering::Relaxed),
             handshakes_retried: self.handshakes_retried.load(Ordering::Relaxed),
             handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
+            snapshot_resumes: self.snapshot_resumes.load(Ordering::Relaxed),
+            snapshot_bytes_resent: self.snapshot_bytes_resent.load(Ordering::Relaxed),
+            snapshots_parked: self.snapshots_parked.load(Ordering::Relaxed),
         }
     }
 }

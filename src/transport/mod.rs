@@ -10,7 +10,7 @@ mod snapshot;
 
 use std::future::Future;
 
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncSeek};
 
 pub(crate) use dispatch::{Delivered, Dispatcher};
 pub use limits::DEFAULT_MAX_MESSAGE_SIZE;
@@ -78,6 +78,15 @@ use crate::error::Error;
 /// - **Snapshots** send exactly the declared size. A source that ends early fails the call
 ///   with [`Error::SnapshotSizeMismatch`] at once, and the receiver's [`SnapshotReader`] fails
 ///   with [`std::io::ErrorKind::UnexpectedEof`] within about one round trip.
+/// - **Resumable snapshots**
+///   ([`install_snapshot_resumable`](Self::install_snapshot_resumable)) survive a lost
+///   connection (over QUIC) or a cut link (in memory): the sender reconnects and continues
+///   from the exact count of bytes the receiver's reader has yielded, and the reader yields
+///   one continuous stream, never a gap or a repeated byte. The receiver waits a grace period
+///   for the resume; after it the reader fails with [`std::io::ErrorKind::TimedOut`] and a
+///   late resume fails the call with [`Error::Remote`]
+///   [`ErrorCode::TRANSFER_UNKNOWN`](crate::ErrorCode::TRANSFER_UNKNOWN).
+///   [`disconnect_peer`](Self::disconnect_peer) on the sender still ends the call.
 /// - **A peer that closes** fails the calls under way to it with [`Error::ConnectionLost`];
 ///   later calls find it unreachable.
 /// - **[`disconnect_peer`](Self::disconnect_peer)** fails what is under way to that peer with
@@ -134,6 +143,33 @@ pub trait Transport: Send + Sync + 'static {
     ) -> impl Future<Output = Result<InstallSnapshotResponse, Error>> + Send
     where
         R: AsyncRead + Send + Unpin + 'static;
+
+    /// As [`install_snapshot`](Self::install_snapshot), for a source that can seek: when the
+    /// connection carrying the snapshot is lost, the sender connects again (within the
+    /// snapshot's deadline, [`snapshot_timeout`]), asks the receiver how many bytes its reader
+    /// has yielded, seeks `data` there and sends the rest; the receiver's [`SnapshotReader`]
+    /// meanwhile waits, then continues with exactly the next byte. At most one flow-control
+    /// window is sent twice per resume.
+    ///
+    /// The snapshot is the `request.size` bytes of `data` from its position when the call
+    /// begins. Failures other than a lost connection (the peer's answer or refusal, a source
+    /// that ends early, the deadline, [`disconnect_peer`](Self::disconnect_peer),
+    /// [`close`](Self::close)) end the call as they end `install_snapshot`. A peer that does not
+    /// speak protocol version 3 refuses the request
+    /// ([`Error::Remote`] [`ErrorCode::BAD_REQUEST`](crate::ErrorCode::BAD_REQUEST)).
+    ///
+    /// Cancel-safe in the sense of the other calls: dropping it abandons the snapshot (the
+    /// receiver's reader fails about one round trip later, or after its grace period if the
+    /// connection was down).
+    fn install_snapshot_resumable<R>(
+        &self,
+        id: &ServerId,
+        target: &ServerAddress,
+        request: InstallSnapshotRequest,
+        data: R,
+    ) -> impl Future<Output = Result<InstallSnapshotResponse, Error>> + Send
+    where
+        R: AsyncRead + AsyncSeek + Send + Unpin + 'static;
 
     /// Opens a pipeline of AppendEntries to the peer; fails with
     /// [`Error::PipelineNotSupported`] when pipelining is turned off.

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 
 /// The length of the random block the pattern repeats.
 pub const BLOCK: usize = 64 * 1024;
@@ -63,13 +63,68 @@ impl Pattern {
     }
 }
 
+impl AsyncSeek for Pattern {
+    fn start_seek(mut self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        let target = match position {
+            io::SeekFrom::Start(at) => Some(at),
+            io::SeekFrom::Current(delta) => self.pos.checked_add_signed(delta),
+            io::SeekFrom::End(delta) => self.len.checked_add_signed(delta),
+        };
+        self.pos = target.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the pattern's start",
+            )
+        })?;
+        Ok(())
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        Poll::Ready(Ok(self.pos))
+    }
+}
+
+/// FNV-1a over a byte stream, fed in pieces of any size (the same bytes give the same hash
+/// however they are cut).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// The hash of the first `len` bytes of `Pattern::new(seed, _)`.
+    pub fn of_pattern(seed: u64, len: u64) -> Self {
+        let mut pattern = Pattern::new(seed, len);
+        let mut hash = Self::default();
+        let mut buf = vec![0u8; BLOCK];
+        let mut left = len;
+        while left > 0 {
+            let n = (left as usize).min(BLOCK);
+            pattern.fill(&mut buf[..n]);
+            hash.update(&buf[..n]);
+            left -= n as u64;
+        }
+        hash
+    }
+}
+
 impl AsyncRead for Pattern {
     fn poll_read(
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let left = usize::try_from(self.len - self.pos).unwrap_or(usize::MAX);
+        let left = usize::try_from(self.len.saturating_sub(self.pos)).unwrap_or(usize::MAX);
         let n = buf.remaining().min(left);
         let out = buf.initialize_unfilled_to(n);
         self.fill(out);

@@ -44,6 +44,15 @@ impl Harness for InmemHarness {
     async fn absent_peer(&self) -> (ServerId, ServerAddress) {
         (ServerId::from("nobody"), ServerAddress::from("nowhere"))
     }
+
+    fn break_connection(
+        &self,
+        (sender, _): (&InmemTransport, &ServerId),
+        (receiver, addr): (&InmemTransport, &ServerAddress),
+    ) {
+        sender.disconnect(addr);
+        sender.connect(receiver);
+    }
 }
 
 crate::conformance_suite!(InmemHarness);

@@ -51,6 +51,14 @@ impl Harness for QuicHarness {
         drop(socket);
         (ServerId::from("ghost"), ServerAddress::from(addr))
     }
+
+    fn break_connection(
+        &self,
+        (_, sender): (&QuicTransport, &ServerId),
+        (receiver, _): (&QuicTransport, &ServerAddress),
+    ) {
+        receiver.disconnect_peer(sender);
+    }
 }
 
 crate::conformance_suite!(QuicHarness);

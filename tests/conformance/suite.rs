@@ -93,6 +93,12 @@ pub trait Harness: Send + Sync + 'static {
 
     /// The id and address of a peer that does not exist.
     fn absent_peer(&self) -> impl Future<Output = (ServerId, ServerAddress)> + Send;
+
+    /// Breaks what carries calls from `sender` (its transport and id) to `receiver` (its
+    /// transport and address), as a failing network path would, and lets them reach each
+    /// other again afterwards: over QUIC the receiver drops the connection, in memory the
+    /// sender's link is cut and made again.
+    fn break_connection(&self, sender: (&Self::T, &ServerId), receiver: (&Self::T, &ServerAddress));
 }
 
 /// Two linked nodes: `a` sends, `b` answers.
@@ -394,6 +400,63 @@ pub async fn install_snapshot_round_trip<H: Harness>(h: &H) {
         .install_snapshot(&b_id, &b_addr, request, std::io::Cursor::new(data));
     let (got, _b) = guarded("install_snapshot", async { tokio::join!(client, server) }).await;
     assert_eq!(got.unwrap(), response);
+}
+
+/// A resumable snapshot whose connection breaks mid-transfer completes: the sender
+/// reconnects and continues where the receiver's reader stopped, the consumer reads every
+/// byte once and in order, and the sender gets the answer. A plain snapshot broken in the same
+/// place fails on both sides.
+pub async fn resumable_snapshot_survives_a_broken_connection<H: Harness>(h: &H) {
+    for resumable in [true, false] {
+        let (a, mut b) = pair(h, NodeOptions::default()).await;
+        let data = snapshot_bytes(3 * 1024 * 1024 + 17);
+        let request = snapshot_request(&a.header(), data.len() as u64);
+        let response = InstallSnapshotResponse {
+            header: b.header(),
+            term: 7,
+            success: true,
+        };
+        let (a_t, b_t, b_id, b_addr) = (
+            a.transport.clone(),
+            b.transport.clone(),
+            b.id.clone(),
+            b.addr.clone(),
+        );
+        let source = std::io::Cursor::new(data.clone());
+        let client = tokio::spawn(async move {
+            if resumable {
+                a_t.install_snapshot_resumable(&b_id, &b_addr, request, source)
+                    .await
+            } else {
+                a_t.install_snapshot(&b_id, &b_addr, request, source).await
+            }
+        });
+        let mut rpc = guarded("snapshot RPC", b.incoming.recv())
+            .await
+            .expect("consumer ended");
+        let mut reader = rpc.take_snapshot().expect("a reader");
+        let mut got = vec![0u8; 1024 * 1024];
+        guarded("the first MiB", reader.read_exact(&mut got))
+            .await
+            .expect("reading the first MiB");
+        h.break_connection((&a.transport, &a.id), (&b_t, &b.addr));
+        let rest = guarded("the rest", reader.read_to_end(&mut got)).await;
+        if resumable {
+            rest.expect("the resumed snapshot reads to its end");
+            assert!(got == data, "snapshot bytes differ");
+            rpc.respond(Ok(response.clone().into()));
+            let answer = guarded("install_snapshot_resumable", client).await.unwrap();
+            assert_eq!(answer.unwrap(), response);
+        } else {
+            assert!(rest.is_err(), "a plain snapshot's reader fails");
+            drop(rpc);
+            let answer = guarded("install_snapshot", client).await.unwrap();
+            assert!(
+                matches!(answer, Err(Error::ConnectionLost { .. })),
+                "{answer:?}"
+            );
+        }
+    }
 }
 
 pub async fn snapshot_reader_dropped_half_read<H: Harness>(h: &H) {
@@ -1313,6 +1376,7 @@ macro_rules! conformance_suite {
             timeout_now_round_trip,
             heartbeat_fast_path,
             install_snapshot_round_trip,
+            resumable_snapshot_survives_a_broken_connection,
             snapshot_reader_dropped_half_read,
             snapshot_short_source_fails_both_sides,
             snapshot_source_ends_early_small,
