@@ -594,7 +594,7 @@ mod frames {
         assert_eq!(frame.len(), 60_513);
         let (decoded, _) = read_frames([&frame[..]], MAX);
         if let Some(Frame::Request(Command::AppendEntries(request))) = decoded.first() {
-            let held = request.entries.capacity() * std::mem::size_of::<Log>();
+            let held = request.entries.capacity() * size_of::<Log>();
             assert!(held <= MAX, "held {held} bytes of entries");
         }
     }
