@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::netns::{VethHosts, ip, unsupported};
 use common::rpc_node::RpcNode;
 use common::{Fixture, TempDir};
 
@@ -19,93 +20,22 @@ const CLUSTER: &str = "moving";
 const REACHABLE_WITHIN_MS: u64 = 2_000;
 const PORT: u16 = 7100;
 
-/// Runs `ip ARGS`, failing the test on error.
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Two hosts at 198.18.6.1 and .2 whose address can move (secondary addresses promoted, so
+/// removing the old address keeps the new one; by default the kernel drops every secondary
+/// address of a subnet with its primary).
+fn hosts(tag: &str) -> VethHosts {
+    let hosts = VethHosts::new(&format!("mv{tag}"), "qrv", "198.18.6");
+    for i in 0..2 {
+        hosts.sysctl(i, "net.ipv4.conf.all.promote_secondaries=1");
+    }
+    hosts
 }
 
-/// Why the test cannot run here, if it cannot.
-fn unsupported() -> Option<String> {
-    let uid = std::process::Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("needs root (network namespaces)".to_owned());
-    }
-    match std::process::Command::new("ip").arg("-V").output() {
-        Ok(out) if out.status.success() => None,
-        _ => Some("needs ip (iproute2)".to_owned()),
-    }
-}
-
-/// Two namespaces joined by a veth pair, deleted on drop.
-struct Hosts {
-    names: [String; 2],
-}
-
-impl Hosts {
-    /// Host 0 at 198.18.6.1, host 1 at 198.18.6.2.
-    fn new(tag: &str) -> Self {
-        let pid = std::process::id();
-        let names = [format!("qr-mv{pid}-{tag}0"), format!("qr-mv{pid}-{tag}1")];
-        for name in &names {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", name])
-                .output();
-            ip(&["netns", "add", name]);
-            ip(&["-n", name, "link", "set", "lo", "up"]);
-            // So that removing the old address keeps the new one (by default the kernel drops
-            // every secondary address of a subnet with its primary).
-            let sysctl = std::process::Command::new("ip")
-                .args(["netns", "exec", name, "sysctl", "-qw"])
-                .arg("net.ipv4.conf.all.promote_secondaries=1")
-                .status()
-                .expect("run sysctl");
-            assert!(sysctl.success(), "sysctl promote_secondaries in {name}");
-        }
-        ip(&[
-            "link", "add", "qrv0", "netns", &names[0], "type", "veth", "peer", "name", "qrv1",
-            "netns", &names[1],
-        ]);
-        for (i, name) in names.iter().enumerate() {
-            let dev = format!("qrv{i}");
-            ip(&[
-                "-n",
-                name,
-                "addr",
-                "add",
-                &format!("198.18.6.{}/24", i + 1),
-                "dev",
-                &dev,
-            ]);
-            ip(&["-n", name, "link", "set", &dev, "up"]);
-        }
-        Self { names }
-    }
-
-    /// Moves host 0 from 198.18.6.1 to `new` (in the same /24).
-    fn move_host0(&self, new: &str) {
-        let ns = &self.names[0];
-        ip(&["-n", ns, "addr", "add", &format!("{new}/24"), "dev", "qrv0"]);
-        ip(&["-n", ns, "addr", "del", "198.18.6.1/24", "dev", "qrv0"]);
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", name])
-                .output();
-        }
-    }
+/// Moves host 0 from 198.18.6.1 to `new` (in the same /24).
+fn move_host0(hosts: &VethHosts, new: &str) {
+    let ns = &hosts.names[0];
+    ip(&["-n", ns, "addr", "add", &format!("{new}/24"), "dev", "qrv0"]);
+    ip(&["-n", ns, "addr", "del", "198.18.6.1/24", "dev", "qrv0"]);
 }
 
 /// `ip` at the nodes' port.
@@ -147,7 +77,7 @@ async fn reachable_after_the_address_changes(mover_dials: bool) {
         fixture.write_certs(certs.path(), &[mover_id, other_id]);
         for mover_first in [true, false] {
             let tag = format!("{}{}", u8::from(mover_dials), u8::from(mover_first));
-            let hosts = Hosts::new(&tag);
+            let hosts = hosts(&tag);
             let mut mover = start(&certs, mover_id, &hosts.names[0]).await;
             let mut other = start(&certs, other_id, &hosts.names[1]).await;
             // Who dials: the first call opens the connection both then use.
@@ -157,7 +87,7 @@ async fn reachable_after_the_address_changes(mover_dials: bool) {
             } else {
                 assert_reached(&other.call(mover_id, &at("198.18.6.1"), 5_000).await, &when);
             }
-            hosts.move_host0("198.18.6.11");
+            move_host0(&hosts, "198.18.6.11");
             let when = format!("{when}, after the move, mover calling first: {mover_first}");
             if mover_first {
                 let reply = mover

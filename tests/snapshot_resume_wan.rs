@@ -19,6 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::Fixture;
+use common::netns::{VethHosts, unsupported};
 use common::pattern::{Fnv, Pattern};
 use quicraft::{
     InstallSnapshotResponse, QuicConfig, QuicTransport, QuicTuning, Response, ServerAddress,
@@ -37,83 +38,6 @@ const IDLE: Duration = Duration::from_secs(1);
 const PORT: u16 = 7200;
 /// A bound on every wait, so a broken transport fails the test instead of hanging it.
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// Runs `ip ARGS`, failing the test on error.
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Why the test cannot run here, if it cannot.
-fn unsupported() -> Option<String> {
-    let uid = std::process::Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("needs root (network namespaces)".to_owned());
-    }
-    match std::process::Command::new("ip").arg("-V").output() {
-        Ok(out) if out.status.success() => None,
-        _ => Some("needs ip (iproute2)".to_owned()),
-    }
-}
-
-/// Two namespaces joined by a veth pair (`qrr0` in the first, `qrr1` in the second),
-/// deleted on drop (with them the veth pair).
-struct Hosts {
-    names: [String; 2],
-}
-
-impl Hosts {
-    fn new() -> Self {
-        let pid = std::process::id();
-        let names = [format!("qr-rs{pid}-0"), format!("qr-rs{pid}-1")];
-        for name in &names {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", name])
-                .output();
-            ip(&["netns", "add", name]);
-            ip(&["-n", name, "link", "set", "lo", "up"]);
-        }
-        let hosts = Self { names };
-        let names = &hosts.names;
-        ip(&[
-            "link", "add", "qrr0", "netns", &names[0], "type", "veth", "peer", "name", "qrr1",
-            "netns", &names[1],
-        ]);
-        for (i, name) in names.iter().enumerate() {
-            let dev = format!("qrr{i}");
-            let addr = format!("198.18.7.{}/24", i + 1);
-            ip(&["-n", name, "addr", "add", &addr, "dev", &dev]);
-            ip(&["-n", name, "link", "set", &dev, "up"]);
-        }
-        hosts
-    }
-
-    /// Takes the link down (`up` false) or up again, on both ends.
-    fn set_link(&self, up: bool) {
-        let state = if up { "up" } else { "down" };
-        for (i, name) in self.names.iter().enumerate() {
-            ip(&["-n", name, "link", "set", &format!("qrr{i}"), state]);
-        }
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", name])
-                .output();
-        }
-    }
-}
 
 /// Runs `f` on a new thread inside `namespace`, with a current-thread runtime of its own:
 /// its sockets, and the address checks of its transport, belong to that namespace.
@@ -165,7 +89,7 @@ fn a_snapshot_resumes_after_the_link_comes_back() {
     }
     common::init_tracing();
     let fixture = Arc::new(Fixture::new("resume-wan"));
-    let hosts = Hosts::new();
+    let hosts = VethHosts::new("rs", "qrr", "198.18.7");
 
     // The receiver: reads the snapshot, hashing it, and answers.
     let (b_tx, b_rx) = mpsc::channel::<QuicTransport>();

@@ -10,7 +10,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+use crate::transport::GraceTimer;
 
 enum Source {
     Reading(DuplexStream),
@@ -94,14 +96,14 @@ impl Transfer {
 /// The consumer's view of a [`Transfer`]: the pipes' bytes in order, waiting while parked.
 pub(super) struct Reader {
     transfer: Arc<Transfer>,
-    grace: Option<Pin<Box<Sleep>>>,
+    grace: GraceTimer,
 }
 
 impl Reader {
     pub(super) fn new(transfer: Arc<Transfer>) -> Self {
         Self {
             transfer,
-            grace: None,
+            grace: GraceTimer::default(),
         }
     }
 }
@@ -133,14 +135,7 @@ impl AsyncRead for Reader {
                     }
                 }
                 Source::Parked(since) => {
-                    let deadline = *since + transfer.grace;
-                    let sleep = this
-                        .grace
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    if sleep.deadline() != deadline {
-                        sleep.as_mut().reset(deadline);
-                    }
-                    if sleep.as_mut().poll(cx).is_pending() {
+                    if !this.grace.poll_passed(cx, *since, transfer.grace) {
                         break;
                     }
                     let failed = Source::Failed(io::ErrorKind::TimedOut, transfer.not_resumed());

@@ -20,14 +20,14 @@ use futures_util::future::BoxFuture;
 use quinn::{ReadError, RecvStream, SendStream};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::{oneshot, watch};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::snapshot_data::data_read_error;
 use super::stats::Counters;
 use crate::command::ServerId;
 use crate::error::{ErrorCode, RemoteError};
-use crate::transport::{Queued, RpcResult, unanswered};
+use crate::transport::{GraceTimer, Queued, RpcResult, unanswered};
 
 /// The generation of a transfer's first attachment, the one its `ResumableSnapshot` opens.
 pub(crate) const FIRST_ATTACHMENT: u64 = 1;
@@ -363,7 +363,7 @@ impl Table {
 pub(crate) struct ResumableData {
     transfer: Arc<Transfer>,
     /// The end of the grace period while parked.
-    grace: Option<Pin<Box<Sleep>>>,
+    grace: GraceTimer,
     /// Bytes read, in the peer's metrics.
     bytes: metrics::Counter,
 }
@@ -372,7 +372,7 @@ impl ResumableData {
     pub(crate) fn new(transfer: Arc<Transfer>, bytes: metrics::Counter) -> Self {
         Self {
             transfer,
-            grace: None,
+            grace: GraceTimer::default(),
             bytes,
         }
     }
@@ -429,14 +429,7 @@ impl AsyncRead for ResumableData {
                     }
                 }
                 Source::Parked(since) => {
-                    let deadline = *since + transfer.grace;
-                    let sleep = this
-                        .grace
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    if sleep.deadline() != deadline {
-                        sleep.as_mut().reset(deadline);
-                    }
-                    if sleep.as_mut().poll(cx).is_pending() {
+                    if !this.grace.poll_passed(cx, *since, transfer.grace) {
                         break;
                     }
                     let why = transfer.not_resumed();

@@ -1,6 +1,7 @@
 //! The Raft-facing API: the [`Transport`] trait, the receiving side, pipelines and snapshots.
 
 mod dispatch;
+mod grace;
 mod limits;
 mod peer;
 mod pipeline;
@@ -13,6 +14,7 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncSeek};
 
 pub(crate) use dispatch::{Delivered, Dispatcher};
+pub(crate) use grace::GraceTimer;
 pub use limits::DEFAULT_MAX_MESSAGE_SIZE;
 pub(crate) use limits::{check_entries, check_request, encode_error};
 pub use peer::ServerAddressProvider;

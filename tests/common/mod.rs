@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod logs;
+pub mod netns;
 pub mod pattern;
 pub mod rpc_node;
 pub mod tls;
