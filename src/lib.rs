@@ -75,8 +75,8 @@ pub use command::{
 pub use error::{Cause, ConfigError, Error, ErrorCode, Limit, RemoteError};
 pub use inmem::{Faults, InmemConfig, InmemTransport};
 pub use quic::{
-    CongestionController, ConnectionInfo, QuicConfig, QuicTransport, QuicTuning, SnapshotPacing,
-    TlsFiles, TransportStats,
+    CongestionController, ConnectionInfo, HeartbeatHedge, QuicConfig, QuicTransport, QuicTuning,
+    SnapshotPacing, TlsFiles, TransportStats,
 };
 pub use tls::{CaRoots, Identity, RevocationLists, TlsError};
 pub use transport::{

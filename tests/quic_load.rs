@@ -597,7 +597,15 @@ async fn run(plan: Plan) {
     );
     let pairs = (NODES * (NODES - 1)) as u64;
     assert_eq!(appends_received, appends_acked + unacknowledged);
-    assert_eq!(heartbeats_received, sent.heartbeats);
+    // A heartbeat unanswered after the hedge's delay gets a copy (on this loaded host every
+    // path's round trip exceeds it), and the receiver may see both: none is lost, and
+    // nothing but copies is extra.
+    let copies: u64 = nodes.iter().map(|n| n.stats().heartbeat_copies).sum();
+    assert!(
+        (sent.heartbeats..=sent.heartbeats + copies).contains(&heartbeats_received),
+        "{heartbeats_received} heartbeats received of {} sent with {copies} copies",
+        sent.heartbeats
+    );
     assert_eq!(snapshots_received, sent.snapshots);
     assert!(sent.snapshots >= pairs, "a pair sent no snapshot");
     assert!(sent.heartbeats >= pairs, "a pair sent no heartbeat");

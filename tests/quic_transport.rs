@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::{Fixture, header, snapshot_request, vote_from};
 use quicraft::{
-    AppendEntriesRequest, AppendEntriesResponse, Command, Error, Incoming, InstallSnapshotRequest,
-    InstallSnapshotResponse, QuicTransport, QuicTuning, RequestVoteResponse, Response, Rpc,
-    RpcHeader, Transport,
+    AppendEntriesRequest, AppendEntriesResponse, Command, Error, HeartbeatHedge, Incoming,
+    InstallSnapshotRequest, InstallSnapshotResponse, QuicTransport, QuicTuning,
+    RequestVoteResponse, Response, Rpc, RpcHeader, Transport,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
@@ -565,9 +565,12 @@ async fn a_late_heartbeat_is_answered_through_its_hedged_copy() {
     let fx = Fixture::new("hedge");
     // Long enough that an answered heartbeat never needs a copy, even on a loaded machine.
     let hedge = Duration::from_millis(200);
-    let (a, _a_in) = QuicTransport::bind(fx.config("n1").heartbeat_hedge(Some(hedge)))
-        .await
-        .unwrap();
+    let (a, _a_in) = QuicTransport::bind(
+        fx.config("n1")
+            .heartbeat_hedge(HeartbeatHedge::After(hedge)),
+    )
+    .await
+    .unwrap();
     let (b, _b_in) = fx.node("n2").await;
     let held = hold_first_heartbeats(&b, 1);
     let heartbeat = AppendEntriesRequest::heartbeat(header(&a), 1);
@@ -604,6 +607,33 @@ async fn a_late_heartbeat_is_answered_through_its_hedged_copy() {
     assert_eq!((stats.heartbeat_copies, stats.heartbeat_copies_won), (1, 1));
 }
 
+/// By default ([`HeartbeatHedge::Auto`]) a short path gets no copies: on loopback a heartbeat
+/// that is late means a busy peer, not a lost packet, so the held heartbeat times out alone.
+/// (tests/hedge_wan.rs checks that a long path does get them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_heartbeat_on_a_short_path_gets_no_copy() {
+    common::init_tracing();
+    let fx = Fixture::new("hedge-default");
+    let timeout = Duration::from_millis(300);
+    let (a, _a_in) = QuicTransport::bind(fx.config("n1").rpc_timeout(timeout))
+        .await
+        .unwrap();
+    let (b, _b_in) = fx.node("n2").await;
+    let held = hold_first_heartbeats(&b, 1);
+    let result = guarded(
+        "heartbeat with a held original",
+        a.append_entries(
+            b.local_id(),
+            &b.local_addr(),
+            AppendEntriesRequest::heartbeat(header(&a), 1),
+        ),
+    )
+    .await;
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    assert_eq!(held.lock().unwrap().len(), 1, "the original was held");
+    assert_eq!(a.stats().heartbeat_copies, 0);
+}
+
 /// Neither the heartbeat nor its copy is answered: the call fails with `Timeout` at the
 /// original's deadline, not the copy's, and appends with entries are never hedged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -616,7 +646,7 @@ async fn a_hedged_heartbeat_times_out_on_the_original_deadline() {
     let (a, _a_in) = QuicTransport::bind(
         fx.config("n1")
             .rpc_timeout(timeout)
-            .heartbeat_hedge(Some(hedge)),
+            .heartbeat_hedge(HeartbeatHedge::After(hedge)),
     )
     .await
     .unwrap();

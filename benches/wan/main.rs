@@ -440,7 +440,13 @@ fn quic_config(ca: &ClusterCa, node: &str, bind: std::net::SocketAddr) -> QuicCo
             quicraft::QuicTuning::default()
                 .congestion_controller(QUIC_CC.get().copied().unwrap_or_default()),
         )
-        .heartbeat_hedge(HEARTBEAT_HEDGE.get().copied());
+        .heartbeat_hedge(
+            HEARTBEAT_HEDGE
+                .get()
+                .map_or(quicraft::HeartbeatHedge::Auto, |&d| {
+                    quicraft::HeartbeatHedge::After(d)
+                }),
+        );
     match SNAPSHOT_PACING.get() {
         Some(pacing) => config.snapshot_pacing(*pacing),
         None => config,

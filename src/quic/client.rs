@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::codes::{self, stream};
+use super::hedge::{self, HeartbeatHedge};
 use super::io::{
     FrameReader, ReadFrameError, ResetOnDrop, WriteFrameError, copy_exact_to_stream, write_frame,
 };
@@ -46,7 +47,7 @@ pub(crate) struct CallSettings {
     pub(crate) max_message_size: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) snapshot_bytes_per_timeout: u64,
-    pub(crate) heartbeat_hedge: Option<std::time::Duration>,
+    pub(crate) heartbeat_hedge: HeartbeatHedge,
     /// How a snapshot's data is paced.
     pub(crate) snapshot_pacing: SnapshotPacing,
     /// How long a resumable snapshot redials after losing its connection.
@@ -220,7 +221,7 @@ pub(super) fn record_call<T>(
 
 /// One request on a new bidirectional stream, and its answer, in a `rpc` span (debug level:
 /// peer, kind, term, and the stream once opened), recorded in the peer's metrics.
-async fn unary<Q: Request>(
+pub(super) async fn unary<Q: Request>(
     client: &Arc<Client>,
     id: &ServerId,
     target: &ServerAddress,
@@ -310,81 +311,22 @@ pub(super) async fn control<Q: Request>(
     unary(client, id, target, priority::CONTROL, request).await
 }
 
-/// AppendEntries on its own stream; a heartbeat hedged when `QuicConfig::heartbeat_hedge`
-/// says so.
+/// AppendEntries on its own stream; a heartbeat hedged as `QuicConfig::heartbeat_hedge` says.
 pub(super) async fn append_entries(
     client: &Arc<Client>,
     id: &ServerId,
     target: &ServerAddress,
     request: AppendEntriesRequest,
 ) -> Result<AppendEntriesResponse, Error> {
-    let heartbeat = request.is_heartbeat();
+    if !request.is_heartbeat() {
+        return unary(client, id, target, priority::APPEND, request).await;
+    }
     match client.settings.heartbeat_hedge {
-        Some(delay) if heartbeat => {
-            Box::pin(hedged_heartbeat(client, id, target, request, delay)).await
-        }
-        _ => {
-            let priority = if heartbeat {
-                priority::CONTROL
-            } else {
-                priority::APPEND
-            };
-            unary(client, id, target, priority, request).await
-        }
+        HeartbeatHedge::Off => unary(client, id, target, priority::CONTROL, request).await,
+        hedge => Box::pin(hedge::hedged_heartbeat(client, id, target, request, hedge)).await,
     }
 }
 
-/// A heartbeat, and a copy of it on a second stream if the first has no answer after
-/// `delay` (counted once the connection is up). The first answer of either wins; the loser's
-/// streams are dropped (reset), so the peer writes no second answer. Only the original's
-/// failure is reported (a copy that fails is ignored), and the whole call has one deadline.
-///
-/// Cancel-safe: dropping it drops both calls.
-async fn hedged_heartbeat(
-    client: &Arc<Client>,
-    id: &ServerId,
-    target: &ServerAddress,
-    request: AppendEntriesRequest,
-    delay: std::time::Duration,
-) -> Result<AppendEntriesResponse, Error> {
-    let kind = RpcKind::AppendEntries;
-    let deadline = Instant::now() + client.settings.rpc_timeout;
-    // The delay counts from when the request can go out, not from a dial.
-    client.connection(id, target, deadline).await?;
-    client
-        .guarded(kind, deadline, async {
-            let copy = request.clone();
-            let original = unary(client, id, target, priority::CONTROL, request);
-            tokio::pin!(original);
-            tokio::select! {
-                biased;
-                answer = &mut original => return answer,
-                () = tokio::time::sleep(delay) => {}
-            }
-            let counters = &client.stats;
-            counters.heartbeat_copy_sent();
-            let peer_metrics = client.pool.peer_metrics(id);
-            peer_metrics.heartbeat_copy_sent();
-            tracing::trace!(peer = %id, ?delay, "heartbeat unanswered: sending a copy");
-            let copy = async {
-                match unary(client, id, target, priority::CONTROL, copy).await {
-                    Ok(answer) => answer,
-                    // Left to the original, which ends by the shared deadline.
-                    Err(_) => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                answer = &mut original => answer,
-                answer = copy => {
-                    counters.heartbeat_copy_won();
-                    peer_metrics.heartbeat_copy_won();
-                    Ok(answer)
-                }
-            }
-        })
-        .await
-}
 /// InstallSnapshot: the request on a bidirectional stream, `size` bytes of data on a
 /// unidirectional stream bound to it by a transfer id, streamed with bounded memory.
 ///

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{QuicTuning, SnapshotPacing, TlsFiles};
+use super::{HeartbeatHedge, QuicTuning, SnapshotPacing, TlsFiles};
 use crate::tls::{CaRoots, Identity, RevocationLists};
 use crate::transport::ServerAddressProvider;
 
@@ -41,7 +41,7 @@ pub struct QuicConfig {
     pub(super) max_streams: u32,
     pub(super) max_snapshot_streams: u32,
     pub(super) max_in_flight: usize,
-    pub(super) heartbeat_hedge: Option<Duration>,
+    pub(super) heartbeat_hedge: HeartbeatHedge,
     pub(super) snapshot_pacing: SnapshotPacing,
     /// `None`: [`DEFAULT_RESUME_GRACE_TIMEOUTS`] × `rpc_timeout`.
     pub(super) snapshot_resume_grace: Option<Duration>,
@@ -86,7 +86,7 @@ impl QuicConfig {
             max_streams: 1024,
             max_snapshot_streams: 8,
             max_in_flight: crate::DEFAULT_MAX_IN_FLIGHT,
-            heartbeat_hedge: None,
+            heartbeat_hedge: HeartbeatHedge::Auto,
             snapshot_pacing: SnapshotPacing::Auto,
             snapshot_resume_grace: None,
             tuning: QuicTuning::default(),
@@ -205,13 +205,17 @@ impl QuicConfig {
     }
 
     /// Hedged heartbeats: when a heartbeat (an AppendEntries without entries) has no answer
-    /// after `delay`, a copy goes on a second stream and the first answer wins. Default `None`
-    /// (off). On a lossy long link both copies are lost only with the square of the loss
-    /// rate, so the heartbeat tail shrinks to about one RTT plus `delay`; when the RTT exceeds
-    /// `delay` every heartbeat is sent twice. Pick `delay` above the usual local answer time
-    /// and well under the RTT. `QuicTransport::stats` counts copies sent and won.
-    pub fn heartbeat_hedge(mut self, delay: Option<Duration>) -> Self {
-        self.heartbeat_hedge = delay;
+    /// after a delay, a copy goes on a second stream and the first answer wins. Default
+    /// [`HeartbeatHedge::Auto`]: a copy after 5 ms on paths whose round trip (the least seen)
+    /// is at least that long, none on a LAN or one host (where a late heartbeat means a busy
+    /// peer, not a lost packet; a host so loaded that no round trip ever takes under 5 ms
+    /// looks long, and gets at most one copy per heartbeat). On a lossy long link both copies are lost only with the square of the loss
+    /// rate, so the heartbeat tail shrinks from several RTTs (a loss detection and a
+    /// retransmission) to about one RTT plus the delay, for a few dozen bytes per heartbeat.
+    /// [`HeartbeatHedge::After`] hedges on every path; [`HeartbeatHedge::Off`] never.
+    /// `QuicTransport::stats` counts copies sent and won.
+    pub fn heartbeat_hedge(mut self, hedge: HeartbeatHedge) -> Self {
+        self.heartbeat_hedge = hedge;
         self
     }
 

@@ -6,6 +6,7 @@ mod client;
 mod codes;
 mod config;
 mod connector;
+mod hedge;
 mod interfaces;
 mod io;
 mod metrics;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::QuicConfig;
+pub use hedge::HeartbeatHedge;
 pub use pacing::SnapshotPacing;
 pub use reload::TlsFiles;
 pub use stats::TransportStats;

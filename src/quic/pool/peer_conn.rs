@@ -1,7 +1,8 @@
 //! A connection as the pool hands it out, and why a dial failed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -20,13 +21,15 @@ pub(crate) struct PeerConn {
     active: Arc<Active>,
 }
 
-#[derive(Default)]
 struct Active {
     count: AtomicUsize,
     idle: Notify,
     /// Set when the connection lost the tie-break and is being retired: long-lived users
     /// (pipelines) move to the winner.
     retiring: AtomicBool,
+    /// The least smoothed RTT seen on the connection, in microseconds: the path's length,
+    /// without the queueing and scheduling delays that raise the smoothed RTT under load.
+    least_rtt_us: AtomicU64,
 }
 
 /// Counts one stream under way on a connection while it lives.
@@ -46,12 +49,37 @@ impl PeerConn {
         dialer: ServerId,
         metrics: Arc<PeerMetrics>,
     ) -> Self {
+        let active = Arc::new(Active {
+            count: AtomicUsize::new(0),
+            idle: Notify::new(),
+            retiring: AtomicBool::new(false),
+            least_rtt_us: AtomicU64::new(micros(conn.rtt())),
+        });
         Self {
             conn,
             dialer,
             metrics,
-            active: Arc::default(),
+            active,
         }
+    }
+
+    /// The least round-trip time seen on this connection, now included: how long the path
+    /// is. The smoothed RTT alone also grows with a busy host (a CPU-bound node acknowledges
+    /// late), which is no reason to treat the path as long.
+    pub(crate) fn least_rtt(&self) -> Duration {
+        self.observe_rtt(self.conn.rtt())
+    }
+
+    /// Takes a round trip measured on this connection (an RPC's, which includes the peer's
+    /// answer time and so is never shorter than the path); returns the least so far.
+    pub(crate) fn observe_rtt(&self, rtt: Duration) -> Duration {
+        let rtt = micros(rtt);
+        let least = self
+            .active
+            .least_rtt_us
+            .fetch_min(rtt, Ordering::Relaxed)
+            .min(rtt);
+        Duration::from_micros(least)
     }
 
     pub(crate) fn is_alive(&self) -> bool {
@@ -107,4 +135,8 @@ impl DialFailure {
             Self::Shutdown => Error::Shutdown,
         }
     }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
