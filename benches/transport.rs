@@ -621,13 +621,13 @@ struct Options {
     /// default); reported as busy_poll_us (null: the default).
     #[arg(long, value_name = "US")]
     busy_poll: Option<u64>,
-    /// QuicTuning::stream_receive_window in bytes (default: the transport's, 1250000);
-    /// reported as stream_window (null: the default).
+    /// QuicTuning::stream_receive_window in bytes (default: the transport's, 262144 for these
+    /// loopback-bound nodes, 1250000 elsewhere); reported as stream_window (null: the default).
     #[arg(long, value_name = "BYTES")]
     stream_window: Option<u32>,
-    /// QuicTuning::max_udp_payload (default: the transport's, 65527, which lets path MTU
-    /// discovery use loopback's 64 KiB MTU; 1452 keeps packets Ethernet-sized); reported as
-    /// max_udp_payload (null: the default).
+    /// QuicTuning::max_udp_payload (default: the transport's, from the loopback MTU for these
+    /// loopback-bound nodes, 65488, which lets path MTU discovery use 64 KiB datagrams; 1452
+    /// keeps packets Ethernet-sized); reported as max_udp_payload (null: the default).
     #[arg(long, value_name = "BYTES")]
     max_udp_payload: Option<u16>,
     /// A scenario to run (repeatable; default all).

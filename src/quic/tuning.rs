@@ -28,7 +28,8 @@ pub struct QuicTuning {
     pub(super) idle_timeout: Duration,
     pub(super) keep_alive: Option<Duration>,
     pub(super) receive_window: u64,
-    pub(super) stream_receive_window: u32,
+    /// `None`: by the bind address, at bind ([`Self::for_bind`]).
+    pub(super) stream_receive_window: Option<u32>,
     pub(super) send_window: u64,
     pub(super) udp_buffer_size: usize,
     /// `None`: from the MTU of this host's interfaces, at bind ([`Self::for_bind`]).
@@ -38,13 +39,19 @@ pub struct QuicTuning {
     pub(super) busy_poll: Duration,
 }
 
+/// The default stream window (quinn's): 100 Mbit/s per stream at 100 ms.
+const STREAM_WINDOW: u32 = 1_250_000;
+/// The default stream window of a node bound to loopback: its paths' RTT is tens of
+/// microseconds, so this still carries several GB/s per stream.
+const SAME_HOST_STREAM_WINDOW: u32 = 256 * 1024;
+
 impl Default for QuicTuning {
     fn default() -> Self {
         Self {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Some(Duration::from_secs(5)),
             receive_window: 32 * 1024 * 1024,
-            stream_receive_window: 1_250_000,
+            stream_receive_window: None,
             send_window: 10 * 1024 * 1024,
             udp_buffer_size: 4 * 1024 * 1024,
             max_udp_payload: None,
@@ -79,11 +86,15 @@ impl QuicTuning {
     }
 
     /// Bytes a peer may have in flight to this node on any one stream (QUIC stream flow
-    /// control). Default 1,250,000 (quinn's), at least 16 KiB. Smaller keeps a heartbeat
-    /// from queueing behind a snapshot on a short link; on a long one a stream's rate is at
-    /// most window ÷ RTT, so keep it at or above the bandwidth-delay product there.
+    /// control), at least 16 KiB. A stream's rate is at most window ÷ RTT, and a heartbeat
+    /// can queue behind up to a window of another stream's data. By default it is set when
+    /// the transport binds: 1,250,000 bytes (quinn's; 100 Mbit/s at 100 ms), except for a
+    /// node bound to a loopback address, whose every path is on this host (tens of
+    /// microseconds): 256 KiB there, which still carries several GB/s per stream and keeps
+    /// a heartbeat from waiting behind a snapshot (BENCHMARKS.md has both). quinn fixes the
+    /// window for a connection's life, so it cannot follow each path's RTT.
     pub fn stream_receive_window(mut self, bytes: u32) -> Self {
-        self.stream_receive_window = bytes.max(16 * 1024);
+        self.stream_receive_window = Some(bytes.max(16 * 1024));
         self
     }
 
@@ -121,14 +132,25 @@ impl QuicTuning {
     }
 
     /// These settings for a transport bound to `bind`: the path MTU bound resolved from this
-    /// host's interfaces unless it was set.
+    /// host's interfaces and the stream window from the bind address, unless they were set.
     pub(super) fn for_bind(&self, bind: std::net::IpAddr) -> Self {
         let mut tuning = self.clone();
         tuning.max_udp_payload = Some(
             self.max_udp_payload
                 .unwrap_or_else(|| interfaces::max_udp_payload(bind.is_loopback())),
         );
+        tuning.stream_receive_window = Some(self.stream_window_for(bind));
         tuning
+    }
+
+    /// The stream window for a transport bound to `bind`: as set, else by the address
+    /// ([`Self::stream_receive_window`]).
+    fn stream_window_for(&self, bind: std::net::IpAddr) -> u32 {
+        self.stream_receive_window.unwrap_or(if bind.is_loopback() {
+            SAME_HOST_STREAM_WINDOW
+        } else {
+            STREAM_WINDOW
+        })
     }
 
     /// The path MTU bound in use ([`Self::for_bind`] resolves it first).
@@ -190,7 +212,9 @@ impl QuicTuning {
             .receive_window(
                 quinn::VarInt::from_u64(self.receive_window).unwrap_or(quinn::VarInt::MAX),
             )
-            .stream_receive_window(quinn::VarInt::from_u32(self.stream_receive_window))
+            .stream_receive_window(quinn::VarInt::from_u32(
+                self.stream_receive_window.unwrap_or(STREAM_WINDOW),
+            ))
             .congestion_controller_factory(congestion)
             .initial_rtt(self.initial_rtt)
             .send_window(self.send_window)
@@ -218,4 +242,38 @@ pub enum CongestionController {
     /// random loss. quicraft's default.
     #[default]
     Bbr,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn the_stream_window_follows_the_bind_address_unless_set() {
+        let by_default = QuicTuning::default();
+        let window = |tuning: &QuicTuning, ip: IpAddr| tuning.for_bind(ip).stream_receive_window;
+        assert_eq!(
+            window(&by_default, IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Some(SAME_HOST_STREAM_WINDOW)
+        );
+        assert_eq!(
+            window(&by_default, IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            Some(SAME_HOST_STREAM_WINDOW)
+        );
+        assert_eq!(
+            window(&by_default, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            Some(STREAM_WINDOW)
+        );
+        assert_eq!(
+            window(&by_default, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))),
+            Some(STREAM_WINDOW)
+        );
+        let set = QuicTuning::default().stream_receive_window(2_000_000);
+        assert_eq!(
+            window(&set, IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Some(2_000_000)
+        );
+    }
 }
