@@ -35,13 +35,13 @@ impl HeartbeatHedge {
     /// The delay of [`HeartbeatHedge::Auto`], and the shortest round trip it hedges on.
     pub const AUTO_DELAY: Duration = Duration::from_millis(5);
 
-    /// How long after the original the copy goes on a connection whose least round-trip time
-    /// is `rtt`, or `None` for no copy.
-    pub(crate) fn delay(self, rtt: Duration) -> Option<Duration> {
+    /// How long after the original the copy goes, or `None` for no copy; `long_path` says
+    /// whether a path's least round-trip time is at least a given length.
+    pub(crate) fn delay(self, long_path: impl FnOnce(Duration) -> bool) -> Option<Duration> {
         match self {
             Self::Off => None,
             Self::After(delay) => Some(delay),
-            Self::Auto => (rtt >= Self::AUTO_DELAY).then_some(Self::AUTO_DELAY),
+            Self::Auto => long_path(Self::AUTO_DELAY).then_some(Self::AUTO_DELAY),
         }
     }
 }
@@ -51,7 +51,7 @@ impl HeartbeatHedge {
 /// answer of either wins; the loser's streams are dropped (reset), so the peer writes no
 /// second answer. Only the original's failure is reported (a copy that fails is ignored), and
 /// the whole call has one deadline. The winner's round trip is a sample of the path's length
-/// ([`PeerConn::least_rtt`](super::pool::PeerConn::least_rtt)).
+/// ([`PeerConn::path_at_least`](super::pool::PeerConn::path_at_least)).
 ///
 /// Cancel-safe: dropping it drops both calls.
 pub(super) async fn hedged_heartbeat(
@@ -65,7 +65,7 @@ pub(super) async fn hedged_heartbeat(
     let deadline = Instant::now() + client.settings.rpc_timeout;
     // The delay counts from when the request can go out, not from a dial.
     let (conn, _) = client.connection(id, target, deadline).await?;
-    let Some(delay) = hedge.delay(conn.least_rtt()) else {
+    let Some(delay) = hedge.delay(|rtt| conn.path_at_least(rtt)) else {
         return unary(client, id, target, priority::CONTROL, request).await;
     };
     client
@@ -117,22 +117,26 @@ mod tests {
 
     #[test]
     fn auto_hedges_only_paths_at_least_as_long_as_its_delay() {
+        let path = |least: Duration| move |rtt: Duration| least >= rtt;
         let auto = HeartbeatHedge::Auto;
-        assert_eq!(auto.delay(Duration::from_micros(40)), None);
-        assert_eq!(auto.delay(Duration::from_millis(4)), None);
+        assert_eq!(auto.delay(path(Duration::from_micros(40))), None);
+        assert_eq!(auto.delay(path(Duration::from_millis(4))), None);
         assert_eq!(
-            auto.delay(Duration::from_millis(5)),
+            auto.delay(path(Duration::from_millis(5))),
             Some(HeartbeatHedge::AUTO_DELAY)
         );
         assert_eq!(
-            auto.delay(Duration::from_millis(50)),
+            auto.delay(path(Duration::from_millis(50))),
             Some(HeartbeatHedge::AUTO_DELAY)
         );
         let fixed = HeartbeatHedge::After(Duration::from_millis(200));
         assert_eq!(
-            fixed.delay(Duration::from_micros(40)),
+            fixed.delay(path(Duration::from_micros(40))),
             Some(Duration::from_millis(200))
         );
-        assert_eq!(HeartbeatHedge::Off.delay(Duration::from_secs(1)), None);
+        assert_eq!(
+            HeartbeatHedge::Off.delay(path(Duration::from_secs(1))),
+            None
+        );
     }
 }

@@ -42,10 +42,13 @@ pub(super) struct QuicSocket {
     /// largest packet size allowed.
     max_segments: usize,
     window: Duration,
-    /// Start of the clock `last_active` counts from.
+    /// Start of the clock `window_start` counts from.
     epoch: Instant,
-    /// Nanoseconds after `epoch` of the last datagram sent or received.
-    last_active: AtomicU64,
+    /// A datagram was sent or received since the receive poll last looked: the next pending
+    /// poll opens a window. A flag, so that traffic itself never reads the clock.
+    active: AtomicBool,
+    /// Nanoseconds after `epoch` of the first pending poll after traffic: the window's start.
+    window_start: AtomicU64,
     /// Whether the receive poll is spinning in the current window (set on its first spin).
     spinning: AtomicBool,
     /// Windows in a row whose spin ended without a datagram.
@@ -69,7 +72,8 @@ impl QuicSocket {
             inner,
             window,
             epoch: Instant::now(),
-            last_active: AtomicU64::new(0),
+            active: AtomicBool::new(false),
+            window_start: AtomicU64::new(0),
             spinning: AtomicBool::new(false),
             misses: AtomicU32::new(0),
             skip: AtomicU32::new(0),
@@ -82,13 +86,13 @@ impl QuicSocket {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Records traffic now (only when busy-polling: otherwise nothing reads it), opening a
-    /// window, which is skipped while spinning is backing off.
+    /// Records traffic (only when busy-polling: otherwise nothing reads it), opening a
+    /// window at the next pending poll, which is skipped while spinning is backing off.
     fn touch(&self) {
         if !self.window.is_zero() {
             // Relaxed: a stale read only shortens or lengthens one spin by a few polls, and
             // the back-off counts are a heuristic.
-            self.last_active.store(self.now(), Ordering::Relaxed);
+            self.active.store(true, Ordering::Relaxed);
             let skip = self.skip.load(Ordering::Relaxed);
             if skip > 0 {
                 self.skip.store(skip - 1, Ordering::Relaxed);
@@ -121,13 +125,18 @@ impl QuicSocket {
         }
     }
 
+    /// Whether a pending receive poll should spin: within `window` of the first pending poll
+    /// after the last traffic.
     fn in_window(&self) -> bool {
         if self.window.is_zero() || self.skipping.load(Ordering::Relaxed) {
             return false;
         }
-        let idle = self
-            .now()
-            .saturating_sub(self.last_active.load(Ordering::Relaxed));
+        let now = self.now();
+        if self.active.swap(false, Ordering::Relaxed) {
+            self.window_start.store(now, Ordering::Relaxed);
+            return true;
+        }
+        let idle = now.saturating_sub(self.window_start.load(Ordering::Relaxed));
         u128::from(idle) < self.window.as_nanos()
     }
 }

@@ -63,11 +63,14 @@ impl PeerConn {
         }
     }
 
-    /// The least round-trip time seen on this connection, now included: how long the path
-    /// is. The smoothed RTT alone also grows with a busy host (a CPU-bound node acknowledges
-    /// late), which is no reason to treat the path as long.
-    pub(crate) fn least_rtt(&self) -> Duration {
-        self.observe_rtt(self.conn.rtt())
+    /// Whether this connection's path is at least `rtt` long: the least round-trip time seen
+    /// on it (the current smoothed RTT included) is `rtt` or more. The smoothed RTT alone also
+    /// grows with a busy host (a CPU-bound node acknowledges late), which is no reason to
+    /// treat the path as long. Once short, always short: then it reads one atomic and leaves
+    /// the connection's lock alone.
+    pub(crate) fn path_at_least(&self, rtt: Duration) -> bool {
+        let least = Duration::from_micros(self.active.least_rtt_us.load(Ordering::Relaxed));
+        least >= rtt && self.observe_rtt(self.conn.rtt()) >= rtt
     }
 
     /// Takes a round trip measured on this connection (an RPC's, which includes the peer's
