@@ -34,6 +34,9 @@ pub struct QuicTuning {
     pub(super) udp_buffer_size: usize,
     /// `None`: from the MTU of this host's interfaces, at bind ([`Self::for_bind`]).
     pub(super) max_udp_payload: Option<u16>,
+    /// The bound is known to be every path's MTU (a loopback bind, the bound from the
+    /// interface): path MTU discovery probes it at once instead of searching up to it.
+    mtu_known: bool,
     pub(super) congestion: CongestionController,
     pub(super) initial_rtt: Duration,
     pub(super) busy_poll: Duration,
@@ -55,6 +58,7 @@ impl Default for QuicTuning {
             send_window: 10 * 1024 * 1024,
             udp_buffer_size: 4 * 1024 * 1024,
             max_udp_payload: None,
+            mtu_known: false,
             congestion: CongestionController::Bbr,
             initial_rtt: Duration::from_millis(333),
             busy_poll: Duration::from_micros(50),
@@ -139,6 +143,7 @@ impl QuicTuning {
             self.max_udp_payload
                 .unwrap_or_else(|| interfaces::max_udp_payload(bind.is_loopback())),
         );
+        tuning.mtu_known = self.max_udp_payload.is_none() && bind.is_loopback();
         tuning.stream_receive_window = Some(self.stream_window_for(bind));
         tuning
     }
@@ -203,6 +208,12 @@ impl QuicTuning {
         };
         let mut mtu = quinn::MtuDiscoveryConfig::default();
         mtu.upper_bound(self.udp_payload());
+        if self.mtu_known {
+            // One probe at the bound rather than a binary search of about a dozen probes up
+            // to it: each probe is padded to its size (up to 64 KiB), which the peer parses
+            // byte by byte, so the search cost more than the handshake itself.
+            mtu.minimum_change(self.udp_payload().saturating_sub(MIN_UDP_PAYLOAD).max(1));
+        }
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_idle_timeout(Some(idle))
@@ -225,6 +236,9 @@ impl QuicTuning {
         Ok(transport)
     }
 }
+
+/// The UDP payload every QUIC path carries (RFC 9000), where path MTU discovery starts.
+const MIN_UDP_PAYLOAD: u16 = 1200;
 
 /// Bytes of received datagrams a connection keeps (quinn drops the oldest beyond it).
 const PROBE_DATAGRAM_BUFFER: usize = 1024;
