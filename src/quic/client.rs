@@ -321,9 +321,22 @@ pub(super) async fn append_entries(
     if !request.is_heartbeat() {
         return unary(client, id, target, priority::APPEND, request).await;
     }
-    match client.settings.heartbeat_hedge {
-        HeartbeatHedge::Off => unary(client, id, target, priority::CONTROL, request).await,
-        hedge => Box::pin(hedge::hedged_heartbeat(client, id, target, request, hedge)).await,
+    let hedge = client.settings.heartbeat_hedge;
+    if hedge == HeartbeatHedge::Off {
+        return unary(client, id, target, priority::CONTROL, request).await;
+    }
+    let deadline = Instant::now() + client.settings.rpc_timeout;
+    // The hedge's delay counts from when the request can go out, not from a dial.
+    let (conn, _) = client.connection(id, target, deadline).await?;
+    match hedge.delay(|rtt| conn.path_at_least(rtt)) {
+        None => unary(client, id, target, priority::CONTROL, request).await,
+        // Boxed: it holds two calls, which would otherwise make every heartbeat's future
+        // (and the copy of it into the caller's box) twice as large.
+        Some(delay) => {
+            let call =
+                hedge::hedged_heartbeat(client, (id, target), request, conn, deadline, delay);
+            Box::pin(call).await
+        }
     }
 }
 

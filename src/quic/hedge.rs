@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::client::{Client, unary};
+use super::pool::PeerConn;
 use super::priority;
 use crate::command::{
     AppendEntriesRequest, AppendEntriesResponse, RpcKind, ServerAddress, ServerId,
@@ -46,8 +47,8 @@ impl HeartbeatHedge {
     }
 }
 
-/// A heartbeat, and a copy of it on a second stream if the first has no answer after the
-/// hedge's delay (counted once the connection is up; [`HeartbeatHedge::delay`]). The first
+/// A heartbeat on `conn`, and a copy of it on a second stream if the first has no answer
+/// after `delay` (counted from now: the connection is up; [`HeartbeatHedge::delay`]). The first
 /// answer of either wins; the loser's streams are dropped (reset), so the peer writes no
 /// second answer. Only the original's failure is reported (a copy that fails is ignored), and
 /// the whole call has one deadline. The winner's round trip is a sample of the path's length
@@ -56,18 +57,13 @@ impl HeartbeatHedge {
 /// Cancel-safe: dropping it drops both calls.
 pub(super) async fn hedged_heartbeat(
     client: &Arc<Client>,
-    id: &ServerId,
-    target: &ServerAddress,
+    (id, target): (&ServerId, &ServerAddress),
     request: AppendEntriesRequest,
-    hedge: HeartbeatHedge,
+    conn: PeerConn,
+    deadline: Instant,
+    delay: Duration,
 ) -> Result<AppendEntriesResponse, Error> {
     let kind = RpcKind::AppendEntries;
-    let deadline = Instant::now() + client.settings.rpc_timeout;
-    // The delay counts from when the request can go out, not from a dial.
-    let (conn, _) = client.connection(id, target, deadline).await?;
-    let Some(delay) = hedge.delay(|rtt| conn.path_at_least(rtt)) else {
-        return unary(client, id, target, priority::CONTROL, request).await;
-    };
     client
         .guarded(kind, deadline, async {
             let copy = request.clone();
