@@ -32,7 +32,8 @@
 //! NAME,...` (see `variant.rs`: `quicraft[-hedge-off|-hedge-auto|-hedge-MS][-pacing-off|-pacing-auto|
 //! -pacing-MBIT][-cubic|-newreno|-bbr]`, `tcp-ALGORITHM`), `--runs N` (each row N times: the
 //! medians, and every run's p99s), `--queue-kb KB` (the bottleneck queue at every RTT),
-//! `--snapshot-mib`, `--idle-s`, `--cap-s` (a phase's size or length instead of the mode's).
+//! `--snapshot-mib`, `--idle-s`, `--cap-s` (a phase's size or length instead of the mode's),
+//! `--appends N` (appends outstanding, 0 for none).
 //! The single-setting flags of before stay, as overrides on top of every quicraft variant
 //! (the row's name then ends in `+SETTING`): `--heartbeat-hedge off|auto|MS`, `--snapshot-pacing
 //! off|auto|MBIT`, `--quic-cc cubic|newreno|bbr`. `--impl quicraft,tcp-baseline` instead of
@@ -177,6 +178,10 @@ struct Options {
     /// quick, 30 s + 600 RTT full).
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
     cap_s: Option<u64>,
+    /// AppendEntries of 64 KiB outstanding at once beside the snapshot, instead of 4 (0: the
+    /// snapshot and the heartbeats alone).
+    #[arg(long, value_name = "N")]
+    appends: Option<usize>,
     /// Measures each row this many times (fresh link and nodes each time) and reports the
     /// median of each figure, plus every run's heartbeat p99s.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -241,6 +246,8 @@ struct Phases {
     cap: Duration,
     /// How long heartbeats still in flight at the end of a phase are waited for.
     grace: Duration,
+    /// AppendEntries of the append stream outstanding at once (0: no appends).
+    appends: usize,
 }
 
 impl Phases {
@@ -252,6 +259,7 @@ impl Phases {
                 snapshot: 16 << 20,
                 cap: Duration::from_secs(4) + rtt * 20,
                 grace: Duration::from_secs(2),
+                appends: APPENDS_IN_FLIGHT,
             }
         } else {
             Self {
@@ -259,6 +267,7 @@ impl Phases {
                 snapshot: 256 << 20,
                 cap: Duration::from_secs(30) + rtt * 600,
                 grace: Duration::from_secs(5),
+                appends: APPENDS_IN_FLIGHT,
             }
         }
     }
@@ -273,6 +282,9 @@ impl Phases {
         }
         if let Some(s) = options.cap_s {
             self.cap = Duration::from_secs(s);
+        }
+        if let Some(appends) = options.appends {
+            self.appends = appends;
         }
         self
     }
@@ -336,7 +348,7 @@ fn main() {
         RATE_BPS / 1_000_000,
         HEARTBEAT_EVERY.as_millis(),
         APPEND >> 10,
-        APPENDS_IN_FLIGHT,
+        options.appends.unwrap_or(APPENDS_IN_FLIGHT),
     ));
     let started = Instant::now();
     let mut rows = Vec::new();
@@ -812,7 +824,7 @@ async fn loaded<C: Client>(client: C, received: Arc<Received>, phases: Phases) -
     };
     let payload = Bytes::from(vec![0x3c; APPEND]);
     let seq = Arc::new(AtomicU64::new(0));
-    let appenders: Vec<_> = (0..APPENDS_IN_FLIGHT)
+    let appenders: Vec<_> = (0..phases.appends)
         .map(|_| {
             let (client, payload, seq) = (client.clone(), payload.clone(), seq.clone());
             tokio::spawn(async move {
