@@ -8,7 +8,8 @@
 //!   / Auto / After(MS ms))`;
 //! - `pacing-off` / `pacing-auto` / `pacing-MBIT`: `QuicConfig::snapshot_pacing(Off / Auto /
 //!   Rate(MBIT Mbit/s))`;
-//! - `cubic` / `newreno` / `bbr`: `QuicTuning::congestion_controller`.
+//! - `cubic` / `newreno` / `bbr`: `QuicTuning::congestion_controller`;
+//! - `window-KB`: `QuicTuning::stream_receive_window(KB × 1000)`.
 //!
 //! Settings combine: `quicraft-hedge-5-pacing-off-cubic`. A TCP variant is `tcp-ALGORITHM`,
 //! the baseline with that congestion control set on its sockets (`tcp-cubic`, `tcp-bbr`).
@@ -27,6 +28,8 @@ pub(crate) struct QuicSettings {
     pub(crate) pacing: Option<SnapshotPacing>,
     /// `QuicTuning::congestion_controller`.
     pub(crate) controller: Option<CongestionController>,
+    /// `QuicTuning::stream_receive_window`, in KB.
+    pub(crate) window_kb: Option<u32>,
 }
 
 impl QuicSettings {
@@ -42,6 +45,9 @@ impl QuicSettings {
         if let Some(controller) = self.controller {
             tuning = tuning.congestion_controller(controller);
         }
+        if let Some(kb) = self.window_kb {
+            tuning = tuning.stream_receive_window(kb.saturating_mul(1000));
+        }
         config.tuning(tuning)
     }
 
@@ -51,6 +57,7 @@ impl QuicSettings {
             hedge: over.hedge.or(self.hedge),
             pacing: over.pacing.or(self.pacing),
             controller: over.controller.or(self.controller),
+            window_kb: over.window_kb.or(self.window_kb),
         }
     }
 
@@ -78,6 +85,9 @@ impl QuicSettings {
         }
         if let Some(controller) = self.controller {
             parts.push(controller_name(controller));
+        }
+        if let Some(kb) = self.window_kb {
+            parts.push(format!("window-{kb}"));
         }
         parts
     }
@@ -107,12 +117,20 @@ impl QuicSettings {
             match part {
                 "hedge" => settings.hedge = Some(hedge(value()?)?),
                 "pacing" => settings.pacing = Some(snapshot_pacing(value()?)?),
+                "window" => {
+                    let kb = value()?;
+                    settings.window_kb = Some(
+                        kb.parse()
+                            .map_err(|e| format!("window {kb}: a size in KB ({e})"))?,
+                    );
+                }
                 controller => {
                     settings.controller =
                         Some(congestion_controller(controller).map_err(|_| {
                             format!(
                                 "unknown setting `{controller}` (hedge-off, hedge-auto, hedge-MS, \
-                                 pacing-off, pacing-auto, pacing-MBIT, cubic, newreno, bbr)"
+                                 pacing-off, pacing-auto, pacing-MBIT, cubic, newreno, bbr, \
+                                 window-KB)"
                             )
                         })?);
                 }
@@ -162,7 +180,7 @@ impl Variant {
             _ => {
                 return Err(format!(
                     "{name}: quicraft[-hedge-off|-hedge-auto|-hedge-MS][-pacing-off|-pacing-auto|\
-                     -pacing-MBIT][-cubic|-newreno|-bbr], or tcp-ALGORITHM"
+                     -pacing-MBIT][-cubic|-newreno|-bbr][-window-KB], or tcp-ALGORITHM"
                 ));
             }
         };
