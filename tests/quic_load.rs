@@ -597,9 +597,9 @@ async fn run(plan: Plan) {
     );
     let pairs = (NODES * (NODES - 1)) as u64;
     assert_eq!(appends_received, appends_acked + unacknowledged);
-    // A heartbeat unanswered after the hedge's delay gets a copy (on this loaded host every
-    // path's round trip exceeds it), and the receiver may see both: none is lost, and
-    // nothing but copies is extra.
+    // A hedged heartbeat's copy may reach the receiver too (none goes to a peer on this
+    // host by default, but the count does not depend on it): none is lost, and nothing but
+    // copies is extra.
     let copies: u64 = nodes.iter().map(|n| n.stats().heartbeat_copies).sum();
     assert!(
         (sent.heartbeats..=sent.heartbeats + copies).contains(&heartbeats_received),

@@ -4,6 +4,7 @@
 //! partitions, black holes and latency deterministically (it works under paused tokio time).
 
 mod config;
+mod link_writer;
 mod pipeline;
 mod resume;
 
@@ -344,7 +345,10 @@ impl InmemTransport {
         let mut rx = self
             .deliver(&route, command, Some(reader), deadline, timeout)
             .await?;
-        let mut sink = resume::Counted::new(writer, 0);
+        let mut sink = resume::Counted::new(
+            link_writer::LinkWriter::new(writer, &route.cut, &route.session),
+            0,
+        );
         loop {
             let offset = sink.position;
             let streaming = async {
@@ -397,7 +401,10 @@ impl InmemTransport {
             data.seek(std::io::SeekFrom::Start(source))
                 .await
                 .map_err(Error::Io)?;
-            sink = resume::Counted::new(writer, at);
+            sink = resume::Counted::new(
+                link_writer::LinkWriter::new(writer, &route.cut, &route.session),
+                at,
+            );
         }
     }
 }
@@ -495,7 +502,8 @@ impl Transport for InmemTransport {
         let command = Command::InstallSnapshot(request);
         check_request(&command, self.node.config.max_message_size)?;
         let route = self.route(id, target)?;
-        let (mut writer, reader) = tokio::io::duplex(self.node.config.snapshot_buffer);
+        let (writer, reader) = tokio::io::duplex(self.node.config.snapshot_buffer);
+        let mut writer = link_writer::LinkWriter::new(writer, &route.cut, &route.session);
         let reader = SnapshotReader::new(reader, size);
         let rx = self
             .deliver(&route, command, Some(reader), deadline, timeout)
@@ -506,6 +514,12 @@ impl Transport for InmemTransport {
         let answer = self
             .wait_or_fail(&route, tokio::time::timeout_at(deadline, answer))
             .await?;
+        // A cut while the copy loop ran stops the data, the receiver's reader fails, and the
+        // receiver's answer to that (or its dropping the RPC) can arrive within the same poll
+        // as the cut, past `wait_or_fail`'s check: it did not cross the link.
+        if route.cut.is_cancelled() {
+            return Err(route.lost("disconnected"));
+        }
         match answer {
             Ok(Ok(answer)) => route.answer(answer, RpcKind::InstallSnapshot),
             Ok(Err(e)) => Err(e),

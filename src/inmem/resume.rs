@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::time::Instant;
 
+use super::link_writer::LinkWriter;
 use crate::transport::GraceTimer;
 
 enum Source {
@@ -151,15 +152,15 @@ impl AsyncRead for Reader {
     }
 }
 
-/// A pipe's writing end that counts the snapshot offset of what it has taken.
+/// A pipe's writing end on a link that counts the snapshot offset of what it has taken.
 pub(super) struct Counted {
-    inner: DuplexStream,
+    inner: LinkWriter<DuplexStream>,
     /// The snapshot offset of the next byte written.
     pub(super) position: u64,
 }
 
 impl Counted {
-    pub(super) fn new(inner: DuplexStream, position: u64) -> Self {
+    pub(super) fn new(inner: LinkWriter<DuplexStream>, position: u64) -> Self {
         Self { inner, position }
     }
 }

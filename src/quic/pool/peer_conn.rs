@@ -53,7 +53,15 @@ impl PeerConn {
             count: AtomicUsize::new(0),
             idle: Notify::new(),
             retiring: AtomicBool::new(false),
-            least_rtt_us: AtomicU64::new(micros(conn.rtt())),
+            // A peer on this host is a short path whatever the RTT says: there, a late answer
+            // means a busy host, not a lost packet.
+            least_rtt_us: AtomicU64::new(
+                if conn.remote_address().ip().to_canonical().is_loopback() {
+                    0
+                } else {
+                    micros(conn.rtt())
+                },
+            ),
         });
         Self {
             conn,
