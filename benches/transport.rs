@@ -30,9 +30,13 @@
 //!   stream to the same follower: the loaded p99 against the idle p99.
 //! - `concurrency`: 64 tasks sending heartbeats back to back for 3 s over the one connection.
 //! - `idle`: a connected pair doing nothing for 10 s: the CPU both nodes use (% of one core).
-//! - `growth` (quicraft only): a leader and 64 followers in this process: memory per idle
-//!   connection (both sides), handshakes per second, and 64 tasks' heartbeat rate to all 64
-//!   peers against the rate to one (`support/growth.rs`).
+//! - `growth` (quicraft only): a leader and 64 followers, each a node process of its own
+//!   (`examples/rpc_node.rs`), measured from outside through `/proc`: memory per idle
+//!   connection on the dialling side, on the accepting side (one connection per process) and
+//!   at scale (one process accepting 64), handshakes per second and CPU per handshake on each
+//!   side, and 64 tasks' heartbeat and 64 x 1 KiB AppendEntries rates to all 64 peers against
+//!   the rates to one, with the leader's CPU per RPC (`support/growth.rs`). `--busy-poll`,
+//!   `--stream-window` and `--max-udp-payload` reach every node process.
 //!
 //! `rtt` and `concurrency` also report the CPU time per RPC, both nodes together (they share
 //! this process).
@@ -235,11 +239,7 @@ impl Impl {
                 return Vec::new();
             }
             Self::Quicraft if scenario == Scenario::Growth => {
-                vec![support::growth::measure(
-                    GROWTH_PEERS,
-                    workload.concurrency_for,
-                    options.tuning(),
-                )]
+                support::growth::measure(GROWTH_PEERS, workload.concurrency_for, options.tuning())
             }
             Self::Quicraft if scenario == Scenario::Restart => {
                 support::restart::measure(workload.restart_rounds)

@@ -89,7 +89,7 @@ struct Restart {
 }
 
 /// `rpc_node` built with this benchmark's profile (`cargo bench` does not build examples).
-fn rpc_node_binary() -> Result<PathBuf, String> {
+pub(crate) fn rpc_node_binary() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let profile_dir = exe
         .parent()
@@ -99,7 +99,24 @@ fn rpc_node_binary() -> Result<PathBuf, String> {
         .join("examples")
         .join(format!("rpc_node{}", std::env::consts::EXE_SUFFIX));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // Cargo describes the running package to it in these; build scripts (ring's) rerun when
+    // they change, so passing them on would rebuild ring and all that depends on it here, and
+    // again at the next `cargo bench`.
+    for (name, _) in std::env::vars_os() {
+        let set_for_the_package = name.to_str().is_some_and(|name| {
+            name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    name,
+                    "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+                )
+        });
+        if set_for_the_package {
+            command.env_remove(name);
+        }
+    }
+    let status = command
         .args([
             "build",
             "--quiet",
