@@ -419,6 +419,138 @@ async fn refused_and_unclaimed_snapshot_streams_do_not_block_later_snapshots() {
     assert_eq!(guarded("the consumer", consumer).await.unwrap(), 1);
 }
 
+/// The frame kind of a resumable snapshot's request (`docs/PROTOCOL.md` §8.6).
+const RESUMABLE_SNAPSHOT: u8 = 0x08;
+
+/// Opens a resumable snapshot of `size` bytes on `conn` as `claimed` with `resume_id`,
+/// sending 1 KiB of its data and leaving both streams open; returns the request stream's
+/// receiving half (where the answer comes).
+async fn open_resumable(
+    conn: &quinn::Connection,
+    claimed: &str,
+    resume_id: u64,
+    size: u64,
+) -> (SendStream, SendStream, RecvStream) {
+    let mut uni = conn.open_uni().await.unwrap();
+    let transfer_id = u64::from(uni.id());
+    let header = frame(SNAPSHOT_DATA, &postcard::to_stdvec(&transfer_id).unwrap());
+    uni.write_all(&header).await.unwrap();
+    uni.write_all(&[0x5a; 1024]).await.unwrap();
+    let request = InstallSnapshotRequest {
+        header: RpcHeader::new(claimed, "127.0.0.1:1"),
+        snapshot_version: 1,
+        term: 3,
+        last_log_index: 10,
+        last_log_term: 2,
+        configuration: Bytes::new(),
+        configuration_index: 1,
+        size,
+    };
+    let body = postcard::to_stdvec(&(transfer_id, resume_id, request)).unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&frame(RESUMABLE_SNAPSHOT, &body))
+        .await
+        .unwrap();
+    (send, uni, recv)
+}
+
+/// A member that opens resumable snapshots and drops its connections to park them (each
+/// parked transfer waits `snapshot_resume_grace` for a resume) holds at most
+/// `max_snapshot_streams` transfers on the node, parked or not, whatever connection it comes
+/// back on: the next one is refused `UNAVAILABLE`. A parked transfer's reader fails when the
+/// grace period passes, which frees its place. An honest member's calls are answered
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_resumable_snapshots_are_bounded_per_member() {
+    const MAX: u32 = 2;
+    const SIZE: u64 = 1 << 20;
+    common::init_tracing();
+    let fixture = Fixture::new("prod");
+    let grace = Duration::from_millis(1500);
+    let (node, mut incoming) = node(&fixture, |config| {
+        config
+            .max_snapshot_streams(MAX)
+            .snapshot_resume_grace(grace)
+    })
+    .await;
+    // The consumer takes every snapshot and reads it; each reader's end is reported.
+    let (taken_tx, mut taken) = tokio::sync::mpsc::unbounded_channel();
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(mut rpc) = incoming.recv().await {
+            let Some(mut reader) = rpc.take_snapshot() else {
+                continue;
+            };
+            let _ = taken_tx.send(());
+            let ended_tx = ended_tx.clone();
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let read = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut sink).await;
+                let _ = ended_tx.send(read.map_err(|e| e.kind()));
+                drop(rpc);
+            });
+        }
+    });
+    let (honest, _) = fixture.node(HONEST).await;
+
+    let (_, rtts, failures) = honest_calls_during(&honest, &node, true, async {
+        // Fill the member's places, then drop the connection: both transfers park.
+        let first = RawMember::connect(&fixture, HOSTILE, &node).await;
+        let mut open = Vec::new();
+        for resume_id in [11, 12] {
+            open.push(open_resumable(&first.conn, HOSTILE, resume_id, SIZE).await);
+            guarded("the consumer takes the snapshot", taken.recv()).await;
+        }
+        first.conn.close(0u32.into(), b"gone");
+        drop(open);
+        common::stats_until(GUARD, &node, "both transfers parked", |stats| {
+            stats.snapshots_parked == MAX as usize
+        })
+        .await;
+
+        // Back on new connections: every further transfer is refused while they are parked.
+        for round in 0..3u64 {
+            let again = RawMember::connect(&fixture, HOSTILE, &node).await;
+            let (_send, _uni, recv) = open_resumable(&again.conn, HOSTILE, 100 + round, SIZE).await;
+            let answer = guarded("the refusal", recv_frame(recv)).await;
+            let (kind, body) = answer.expect("an answer");
+            assert_eq!(
+                kind, ERROR,
+                "round {round}: a transfer past the limit was taken"
+            );
+            let error: quicraft::RemoteError = postcard::from_bytes(&body).unwrap();
+            assert_eq!(error.code, quicraft::ErrorCode::UNAVAILABLE, "{error}");
+            assert!(node.stats().snapshots_parked <= MAX as usize);
+        }
+
+        // The grace period passes: the readers fail, the places free up.
+        for _ in 0..MAX {
+            let end = guarded("a parked reader's end", ended.recv())
+                .await
+                .unwrap();
+            assert_eq!(end, Err(std::io::ErrorKind::TimedOut));
+        }
+        common::stats_until(GUARD, &node, "nothing parked", |stats| {
+            stats.snapshots_parked == 0
+        })
+        .await;
+        let back = RawMember::connect(&fixture, HOSTILE, &node).await;
+        let _kept = open_resumable(&back.conn, HOSTILE, 200, SIZE).await;
+        guarded("a transfer taken again", taken.recv()).await;
+    })
+    .await;
+    assert_eq!(failures, 0, "the honest member's calls failed");
+    eprintln!("honest member: {} calls, p99 {:?}", rtts.len(), p99(&rtts));
+}
+
+/// Reads a whole answer stream: its first frame's kind and body.
+async fn recv_frame(mut recv: RecvStream) -> Option<(u8, Vec<u8>)> {
+    let bytes = recv.read_to_end(1 << 20).await.ok()?;
+    let (&kind, rest) = bytes.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    Some((kind, rest.get(4..4 + len)?.to_vec()))
+}
+
 /// The honest member's calls made every 10 ms while `attack` runs: round trips and failures.
 async fn honest_calls_during<T>(
     honest: &QuicTransport,
