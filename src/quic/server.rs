@@ -581,6 +581,33 @@ impl Stream {
         }
     }
 
+    /// The checks a snapshot request passes before anything is done with its data: the
+    /// header's id and the decoded request's hold on the peer's budget. A refused request is
+    /// answered here, and its data stream, which will never be claimed, freed at once rather
+    /// than when it expires; `None` then.
+    async fn admit_snapshot(
+        &self,
+        (send, recv): (&mut SendStream, &mut RecvStream),
+        command: &Command,
+        (transfer_id, rendezvous): (u64, &Rendezvous),
+        held: Option<Reservation>,
+        served: Served,
+    ) -> Option<(Option<Reservation>, Served)> {
+        let admitted = match self.identity_error(command) {
+            Some(error) => Err(error),
+            None => self.hold_decoded(held, command).await,
+        };
+        match admitted {
+            Ok(held) => Some((held, served)),
+            Err(error) => {
+                rendezvous.abandon(transfer_id);
+                self.record(served, ServeOutcome::Refused);
+                self.refuse(send, recv, error).await;
+                None
+            }
+        }
+    }
+
     async fn serve_snapshot(
         &self,
         mut send: SendStream,
@@ -592,19 +619,12 @@ impl Stream {
     ) {
         let size = request.size;
         let command = Command::InstallSnapshot(request);
-        if let Some(error) = self.identity_error(&command) {
-            // Its data stream will never be claimed: free it now, not when it expires.
-            rendezvous.abandon(transfer_id);
-            self.record(served, ServeOutcome::Refused);
-            return self.refuse(&mut send, &mut recv, error).await;
-        }
-        let held = match self.hold_decoded(held, &command).await {
-            Ok(held) => held,
-            Err(error) => {
-                rendezvous.abandon(transfer_id);
-                self.record(served, ServeOutcome::Refused);
-                return self.refuse(&mut send, &mut recv, error).await;
-            }
+        let streams = (&mut send, &mut recv);
+        let Some((held, served)) = self
+            .admit_snapshot(streams, &command, (transfer_id, &rendezvous), held, served)
+            .await
+        else {
+            return;
         };
         let claimed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sender_gone = CancellationToken::new();
@@ -650,18 +670,12 @@ impl Stream {
     ) {
         let size = request.size;
         let command = Command::InstallSnapshot(request);
-        if let Some(error) = self.identity_error(&command) {
-            rendezvous.abandon(transfer_id);
-            self.record(served, ServeOutcome::Refused);
-            return self.refuse(&mut send, &mut recv, error).await;
-        }
-        let held = match self.hold_decoded(held, &command).await {
-            Ok(held) => held,
-            Err(error) => {
-                rendezvous.abandon(transfer_id);
-                self.record(served, ServeOutcome::Refused);
-                return self.refuse(&mut send, &mut recv, error).await;
-            }
+        let streams = (&mut send, &mut recv);
+        let Some((held, served)) = self
+            .admit_snapshot(streams, &command, (transfer_id, &rendezvous), held, served)
+            .await
+        else {
+            return;
         };
         let (responder, rx) = Responder::new(command.kind());
         let claim = self.resumable_claim(rendezvous.clone(), transfer_id);
