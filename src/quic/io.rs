@@ -332,15 +332,31 @@ impl Drop for ResetOnDrop {
     }
 }
 
-/// Copies exactly `size` bytes from `source` onto a QUIC stream, a chunk at a time. Each chunk
-/// is read into its own buffer and handed to quinn as `Bytes`, so quinn keeps it without a
-/// second copy; memory stays bounded by quinn's send window. With a `pacer`, each chunk waits
-/// for its turn at the pacer's rate.
+/// Copies a snapshot's `size` bytes from `source` onto `stream` ([`copy_range_to_stream`]
+/// from 0).
 pub(crate) async fn copy_exact_to_stream<R>(
     source: &mut R,
     size: u64,
     stream: &mut SendStream,
+    pacer: Option<(super::pacing::Pacer, &quinn::Connection)>,
+) -> Result<(), crate::transport::CopyError>
+where
+    R: tokio::io::AsyncRead + Unpin + ?Sized,
+{
+    copy_range_to_stream(source, 0..size, stream, pacer, |_| {}).await
+}
+
+/// Copies the bytes `range` of a snapshot from `source` (positioned at `range.start`) onto
+/// `stream`, 64 KiB at a time, each chunk handed to quinn as owned bytes (no copy into its
+/// buffer) once `pacer` allows it. `written` gets the snapshot offset reached after every
+/// write quinn takes, partial ones included (a resume needs to know exactly what went out).
+/// A source that ends early, or fails, is a [`CopyError::Source`](crate::transport::CopyError).
+pub(crate) async fn copy_range_to_stream<R>(
+    source: &mut R,
+    range: std::ops::Range<u64>,
+    stream: &mut SendStream,
     mut pacer: Option<(super::pacing::Pacer, &quinn::Connection)>,
+    mut written: impl FnMut(u64),
 ) -> Result<(), crate::transport::CopyError>
 where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
@@ -349,23 +365,27 @@ where
     use tokio::io::AsyncReadExt;
 
     const CHUNK: usize = 64 * 1024;
-    let mut copied = 0u64;
-    while copied < size {
-        let want = usize::try_from(size - copied)
+    let mut position = range.start;
+    while position < range.end {
+        let want = usize::try_from(range.end - position)
             .unwrap_or(usize::MAX)
             .min(CHUNK);
         let mut chunk = BytesMut::with_capacity(want);
         // `take` stops the read at `want` bytes even if the source has more.
         let read = (&mut *source).take(want as u64).read_buf(&mut chunk).await;
-        let n = CopyError::check_read(copied, read)?;
+        let n = CopyError::check_read(position, read)?;
         if let Some((pacer, conn)) = &mut pacer {
             pacer.admit(n, conn).await;
         }
-        stream
-            .write_chunk(chunk.freeze())
-            .await
-            .map_err(|e| CopyError::Sink(std::io::Error::from(e)))?;
-        copied += n as u64;
+        let mut chunks: [bytes::Bytes; 1] = [chunk.freeze()];
+        while !chunks[0].is_empty() {
+            let taken = stream
+                .write_chunks(&mut chunks)
+                .await
+                .map_err(|e| CopyError::Sink(std::io::Error::from(e)))?;
+            position += taken.bytes as u64;
+            written(position);
+        }
     }
     Ok(())
 }

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use quinn::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt};
+use quinn::RecvStream;
+use tokio::io::{AsyncRead, AsyncSeek, AsyncSeekExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -18,7 +17,7 @@ use super::client::{
     Client, answer, answer_read_error, open_request, record_call, request_write_error,
 };
 use super::codes::{self, stream};
-use super::io::{FrameReader, ResetOnDrop, write_frame};
+use super::io::{FrameReader, ResetOnDrop, copy_range_to_stream, write_frame};
 use super::metrics::{Kind, PeerMetrics};
 use super::pacing::Pacer;
 use super::pool::PeerConn;
@@ -28,14 +27,12 @@ use crate::command::{
     Command, InstallSnapshotRequest, InstallSnapshotResponse, RpcKind, ServerAddress, ServerId,
 };
 use crate::error::Error;
-use crate::transport::{CopyError, check_request, snapshot_timeout, stream_until_answer};
+use crate::transport::{check_request, snapshot_timeout, stream_until_answer};
 
 /// The first pause between dials while a lost snapshot connection is redialled; it doubles
 /// up to [`REDIAL_MAX`].
 const REDIAL_FIRST: Duration = Duration::from_millis(50);
 const REDIAL_MAX: Duration = Duration::from_secs(1);
-/// Bytes read from the source per write.
-const CHUNK: usize = 64 * 1024;
 
 /// A resumable InstallSnapshot: as `client::install_snapshot`, and when the connection is
 /// lost, resumed on a new one from the offset the receiver confirms, within the snapshot's
@@ -330,7 +327,17 @@ impl Sender<'_> {
         let bytes = conn.metrics.snapshot_sent_bytes();
         let streaming = async {
             let pacer = Pacer::new(self.client.settings.snapshot_pacing).map(|p| (p, &conn.conn));
-            let copied = copy_from(data, offset, progress, &mut data_stream, pacer, &bytes).await;
+            // How far QUIC has taken the bytes, partial writes included: a resume after this
+            // connection sends again exactly what may not have arrived.
+            let mut counted = offset;
+            let record = |position: u64| {
+                bytes.increment(position - counted);
+                counted = position;
+                progress.sent.fetch_max(position, Ordering::Relaxed);
+            };
+            let copied =
+                copy_range_to_stream(data, offset..progress.size, &mut data_stream, pacer, record)
+                    .await;
             if copied.is_ok() {
                 data_stream.finish();
             }
@@ -362,44 +369,4 @@ async fn open_data_stream(
         .await
         .map_err(|e| request_write_error(peer, RpcKind::InstallSnapshot, e))?;
     Ok((transfer_id, data_stream))
-}
-
-/// Copies the snapshot's bytes from `offset` to its end from `source` (positioned at
-/// `offset`) onto `stream`, a chunk at a time, recording in `progress.sent` how far QUIC has
-/// taken them (partial writes included, so a resume knows exactly what it sends again).
-async fn copy_from<R>(
-    source: &mut R,
-    offset: u64,
-    progress: &Progress,
-    stream: &mut SendStream,
-    mut pacer: Option<(Pacer, &quinn::Connection)>,
-    bytes: &metrics::Counter,
-) -> Result<(), CopyError>
-where
-    R: AsyncRead + Unpin + ?Sized,
-{
-    let mut position = offset;
-    while position < progress.size {
-        let want = usize::try_from(progress.size - position)
-            .unwrap_or(usize::MAX)
-            .min(CHUNK);
-        let mut chunk = BytesMut::with_capacity(want);
-        // `take` stops the read at `want` bytes even if the source has more.
-        let read = (&mut *source).take(want as u64).read_buf(&mut chunk).await;
-        let n = CopyError::check_read(position, read)?;
-        if let Some((pacer, conn)) = &mut pacer {
-            pacer.admit(n, conn).await;
-        }
-        let mut chunks: [Bytes; 1] = [chunk.freeze()];
-        while !chunks[0].is_empty() {
-            let written = stream
-                .write_chunks(&mut chunks)
-                .await
-                .map_err(|e| CopyError::Sink(std::io::Error::from(e)))?;
-            position += written.bytes as u64;
-            bytes.increment(written.bytes as u64);
-            progress.sent.fetch_max(position, Ordering::Relaxed);
-        }
-    }
-    Ok(())
 }
