@@ -378,16 +378,7 @@ async fn refused_and_unclaimed_snapshot_streams_do_not_block_later_snapshots() {
             uni.write_all(&header).await.unwrap();
             uni.write_all(b"snapshot").await.unwrap();
             let _ = uni.finish();
-            let request = InstallSnapshotRequest {
-                header: RpcHeader::new(claimed, "127.0.0.1:1"),
-                snapshot_version: 1,
-                term: 3,
-                last_log_index: 10,
-                last_log_term: 2,
-                configuration: Bytes::new(),
-                configuration_index: 1,
-                size: 8,
-            };
+            let request = raw_snapshot_request(claimed, 8);
             let body = postcard::to_stdvec(&(transfer_id, request)).unwrap();
             let (mut send, recv) = conn.open_bi().await.unwrap();
             send.write_all(&frame(INSTALL_SNAPSHOT, &body))
@@ -419,6 +410,20 @@ async fn refused_and_unclaimed_snapshot_streams_do_not_block_later_snapshots() {
     assert_eq!(guarded("the consumer", consumer).await.unwrap(), 1);
 }
 
+/// An InstallSnapshot of `size` bytes as a raw member claiming to be `claimed` sends it.
+fn raw_snapshot_request(claimed: &str, size: u64) -> InstallSnapshotRequest {
+    InstallSnapshotRequest {
+        header: RpcHeader::new(claimed, "127.0.0.1:1"),
+        snapshot_version: 1,
+        term: 3,
+        last_log_index: 10,
+        last_log_term: 2,
+        configuration: Bytes::new(),
+        configuration_index: 1,
+        size,
+    }
+}
+
 /// The frame kind of a resumable snapshot's request (`docs/PROTOCOL.md` §8.6).
 const RESUMABLE_SNAPSHOT: u8 = 0x08;
 
@@ -436,16 +441,7 @@ async fn open_resumable(
     let header = frame(SNAPSHOT_DATA, &postcard::to_stdvec(&transfer_id).unwrap());
     uni.write_all(&header).await.unwrap();
     uni.write_all(&[0x5a; 1024]).await.unwrap();
-    let request = InstallSnapshotRequest {
-        header: RpcHeader::new(claimed, "127.0.0.1:1"),
-        snapshot_version: 1,
-        term: 3,
-        last_log_index: 10,
-        last_log_term: 2,
-        configuration: Bytes::new(),
-        configuration_index: 1,
-        size,
-    };
+    let request = raw_snapshot_request(claimed, size);
     let body = postcard::to_stdvec(&(transfer_id, resume_id, request)).unwrap();
     let (mut send, recv) = conn.open_bi().await.unwrap();
     send.write_all(&frame(RESUMABLE_SNAPSHOT, &body))
