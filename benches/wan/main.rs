@@ -30,8 +30,8 @@
 //! Flags: `--json` (one JSON line per row; notes and the closing Markdown table go to
 //! stderr), `--quick`, `--rtt 50,150` (ms), `--loss 0,0.5,2,5` (percent), `--variant
 //! NAME,...` (see `variant.rs`: `quicraft[-hedge-off|-hedge-auto|-hedge-MS][-pacing-off|
-//! -pacing-auto|-pacing-MBIT][-cubic|-newreno|-bbr][-window-KB]`, `tcp-ALGORITHM`), `--runs N` (each row N times: the
-//! medians, and every run's p99s), `--queue-kb KB` (the bottleneck queue at every RTT),
+//! -pacing-auto|-pacing-MBIT][-cubic|-newreno|-bbr][-window-KB]`, `tcp-ALGORITHM`), `--runs
+//! N` (each row N times: the medians, and every run's p99s), `--queue-kb KB` (the bottleneck queue at every RTT),
 //! `--snapshot-mib`, `--idle-s`, `--cap-s` (a phase's size or length instead of the mode's),
 //! `--appends N` (appends outstanding, 0 for none).
 //! The single-setting flags of before stay, as overrides on top of every quicraft variant

@@ -209,9 +209,10 @@ impl QuicConfig {
     /// [`HeartbeatHedge::Auto`]: a copy after 5 ms on paths whose round trip (the least seen)
     /// is at least that long, none to a peer on this host (loopback) or on a LAN (where a late
     /// heartbeat means a busy peer, not a lost packet; a LAN host so loaded that no round trip
-    /// ever takes under 5 ms looks long, and gets at most one copy per heartbeat). On a lossy long link both copies are lost only with the square of the loss
-    /// rate, so the heartbeat tail shrinks from several RTTs (a loss detection and a
-    /// retransmission) to about one RTT plus the delay, for a few dozen bytes per heartbeat.
+    /// ever takes under 5 ms looks long, and gets at most one copy per heartbeat). On a lossy
+    /// long link both copies are lost only with the square of the loss rate, so the heartbeat
+    /// tail shrinks from several RTTs (a loss detection and a retransmission) to about one RTT
+    /// plus the delay, for a few dozen bytes per heartbeat.
     /// [`HeartbeatHedge::After`] hedges on every path; [`HeartbeatHedge::Off`] never.
     /// `QuicTransport::stats` counts copies sent and won.
     pub fn heartbeat_hedge(mut self, hedge: HeartbeatHedge) -> Self {

@@ -23,11 +23,11 @@ pub enum HeartbeatHedge {
     Off,
     /// A copy when the heartbeat has no answer after this delay, whatever the path.
     After(Duration),
-    /// A copy after [`HeartbeatHedge::AUTO_DELAY`], on paths whose round-trip time (the least
-    /// seen on the connection) is at least that long and whose peer is not on this host (across regions, where the copy costs a few dozen bytes and
-    /// saves round trips when a packet is lost); none on shorter paths (one host, a LAN),
-    /// where a heartbeat that late means a busy peer, which a copy would only load more. The
-    /// default.
+    /// A copy after [`HeartbeatHedge::AUTO_DELAY`] on paths whose round-trip time (the least
+    /// seen on the connection) is at least that long and whose peer is not on this host:
+    /// across regions, where the copy costs a few dozen bytes and saves round trips when a
+    /// packet is lost. None on shorter paths (one host, a LAN), where a heartbeat that late
+    /// means a busy peer, which a copy would only load more. The default.
     #[default]
     Auto,
 }
