@@ -520,6 +520,9 @@ impl Transport for InmemTransport {
         if route.cut.is_cancelled() {
             return Err(route.lost("disconnected"));
         }
+        if route.session.is_cancelled() {
+            return Err(route.lost("disconnected by this node"));
+        }
         match answer {
             Ok(Ok(answer)) => route.answer(answer, RpcKind::InstallSnapshot),
             Ok(Err(e)) => Err(e),

@@ -55,6 +55,11 @@ pub(crate) struct CallSettings {
 }
 
 impl Client {
+    /// The connection to `id` if one is up and usable now (no dial, no wait).
+    pub(super) fn ready(&self, id: &ServerId, target: &ServerAddress) -> Option<PeerConn> {
+        self.pool.ready(id, &self.resolver.resolve(id, target))
+    }
+
     /// The connection to `id`, dialled at the provider's address for it or at `target`, by
     /// `deadline`. A connection not up by then is [`Error::Unreachable`], never
     /// [`Error::Timeout`]: whichever of the dial's own timeout and the RPC's deadline comes
@@ -325,18 +330,34 @@ pub(super) async fn append_entries(
     if hedge == HeartbeatHedge::Off {
         return unary(client, id, target, priority::CONTROL, request).await;
     }
-    let deadline = Instant::now() + client.settings.rpc_timeout;
-    // The hedge's delay counts from when the request can go out, not from a dial.
-    let (conn, _) = client.connection(id, target, deadline).await?;
-    match hedge.delay(|rtt| conn.path_at_least(rtt)) {
-        None => unary(client, id, target, priority::CONTROL, request).await,
+    // The hedge's delay counts from when the request can go out, not from a dial; and
+    // whether the path is long is known only on a connection. `dialled`: the call's deadline,
+    // which a dial has started to use up.
+    let (conn, dialled) = match client.ready(id, target) {
+        Some(conn) => (conn, None),
+        None => {
+            let deadline = Instant::now() + client.settings.rpc_timeout;
+            (
+                client.connection(id, target, deadline).await?.0,
+                Some(deadline),
+            )
+        }
+    };
+    match (hedge.delay(|rtt| conn.path_at_least(rtt)), dialled) {
         // Boxed: it holds two calls, which would otherwise make every heartbeat's future
         // (and the copy of it into the caller's box) twice as large.
-        Some(delay) => {
+        (Some(delay), _) => {
+            let deadline = dialled.unwrap_or_else(|| Instant::now() + client.settings.rpc_timeout);
             let call =
                 hedge::hedged_heartbeat(client, (id, target), request, conn, deadline, delay);
             Box::pin(call).await
         }
+        // The call's own deadline would start after the dial: the one from the start holds.
+        (None, Some(deadline)) => {
+            let call = unary(client, id, target, priority::CONTROL, request);
+            Box::pin(client.guarded(RpcKind::AppendEntries, deadline, call)).await
+        }
+        (None, None) => unary(client, id, target, priority::CONTROL, request).await,
     }
 }
 

@@ -27,8 +27,9 @@ struct Active {
     /// Set when the connection lost the tie-break and is being retired: long-lived users
     /// (pipelines) move to the winner.
     retiring: AtomicBool,
-    /// The least smoothed RTT seen on the connection, in microseconds: the path's length,
-    /// without the queueing and scheduling delays that raise the smoothed RTT under load.
+    /// The least round trip seen on the connection, in microseconds (quinn's smoothed RTT
+    /// and hedged heartbeats' own; 0 for a peer on this host): the path's length, without the
+    /// queueing and scheduling delays that raise the smoothed RTT under load.
     least_rtt_us: AtomicU64,
 }
 
